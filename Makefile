@@ -1,0 +1,46 @@
+# Two commands do everything: `make run` and `make test`. The rest are their parts.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+WASM_RAW := target/wasm32-wasip1/release/mcpgw.wasm
+WASM := target/mcpgw.wasm
+
+.PHONY: help setup build wasm test test-unit test-wasm test-e2e lint fmt run clean
+
+help:
+	@echo "make run    build and start Envoy + plugin + example MCP servers on 127.0.0.1"
+	@echo "make test   everything CI runs: lint, unit tests (native and wasm32-wasip1), end-to-end"
+
+setup:
+	@scripts/setup.sh
+
+wasm: setup
+	./build.sh
+
+build: wasm
+
+lint: setup
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p mcpgw -p mcpgw-core --target wasm32-wasip1 --all-targets -- -D warnings
+
+test-unit: setup
+	cargo test --workspace
+
+test-wasm: setup
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(CURDIR)/$(VENV)/bin/python $(CURDIR)/scripts/wasi-runner.py" \
+		cargo test -p mcpgw-core --target wasm32-wasip1
+
+test-e2e: wasm
+	$(VENV)/bin/python -m pytest -q tests/e2e
+
+test: lint test-unit test-wasm test-e2e
+
+run: wasm
+	$(VENV)/bin/python scripts/run.py
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean

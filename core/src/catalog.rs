@@ -1,0 +1,277 @@
+//! Everything derived from one configuration version, built once and shared by every request:
+//! the routing index (prefixed tool name -> server and upstream name), the pre-serialized
+//! `tools/list` pages, the `initialize` answer, and the session keys.
+
+use std::collections::HashMap;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::{GatewayConfig, GatewayInfo, Limits, ServerConfig};
+use crate::error::GatewayError;
+use crate::jsonrpc::{json_string, span_in, splice};
+use crate::session::SessionKeys;
+
+/// Where a prefixed tool name goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolRoute {
+    pub server: usize,
+    /// The tool's name upstream, already JSON-encoded (ready to splice into a body).
+    pub upstream_name_json: String,
+    pub upstream_name: String,
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    pub version: String,
+    pub gateway: GatewayInfo,
+    pub limits: Limits,
+    pub servers: Vec<ServerConfig>,
+    pub keys: SessionKeys,
+    tools: HashMap<String, ToolRoute>,
+    /// `tools/list` results, one JSON text per page.
+    pages: Vec<String>,
+    /// The `initialize` result after `"protocolVersion":"…",`.
+    initialize_tail: String,
+    /// Problems that did not reject the document (shadowed tool names), for the log.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct ToolName<'a> {
+    #[serde(borrow)]
+    name: &'a RawValue,
+}
+
+impl Catalog {
+    /// Validates a document and derives everything requests need. The error names the field.
+    pub fn build(config: GatewayConfig) -> Result<Self, String> {
+        let GatewayConfig {
+            version,
+            hash: _,
+            gateway,
+            session,
+            limits,
+            servers,
+        } = config;
+        if !gateway.mcp_path.starts_with('/') {
+            return Err(format!(
+                "gateway.mcp_path: must start with '/', got {:?}",
+                gateway.mcp_path
+            ));
+        }
+        if limits.page_size == 0 {
+            return Err("limits.page_size: must be positive".into());
+        }
+        if limits.upstream_session_slots == 0 {
+            return Err("limits.upstream_session_slots: must be positive".into());
+        }
+        let keys = SessionKeys::new(&session)?;
+        let mut warnings = Vec::new();
+        let mut tools: HashMap<String, ToolRoute> = HashMap::new();
+        let mut listed: Vec<String> = Vec::new();
+        for (index, server) in servers.iter().enumerate() {
+            validate_server(index, server)?;
+            if servers.iter().take(index).any(|s| s.name == server.name) {
+                return Err(format!(
+                    "servers[{index}].name: duplicate server name {:?}",
+                    server.name
+                ));
+            }
+            let mut definitions = Vec::with_capacity(server.tools.len());
+            for (t, definition) in server.tools.iter().enumerate() {
+                let text = definition.get();
+                let parsed: ToolName = serde_json::from_str(text)
+                    .map_err(|e| format!("servers[{index}].tools[{t}]: {e}"))?;
+                let upstream_name: String = serde_json::from_str(parsed.name.get())
+                    .map_err(|_| format!("servers[{index}].tools[{t}].name: must be a string"))?;
+                let prefixed = format!("{}{}", server.prefix, upstream_name);
+                if let Some(existing) = tools.get(&prefixed) {
+                    let owner = servers
+                        .get(existing.server)
+                        .map_or("?", |s| s.name.as_str());
+                    warnings.push(format!(
+                        "tool {prefixed:?} of server {:?} collides with server {owner:?}; dropped",
+                        server.name
+                    ));
+                    continue;
+                }
+                let span = span_in(text, parsed.name.get())
+                    .ok_or_else(|| format!("servers[{index}].tools[{t}]: bad name span"))?;
+                let renamed = splice(text, span, &json_string(&prefixed))
+                    .ok_or_else(|| format!("servers[{index}].tools[{t}]: bad name span"))?;
+                definitions.push(renamed);
+                tools.insert(
+                    prefixed,
+                    ToolRoute {
+                        server: index,
+                        upstream_name_json: parsed.name.get().to_owned(),
+                        upstream_name,
+                    },
+                );
+            }
+            listed.extend(definitions);
+        }
+        let pages = paginate(&listed, limits.page_size);
+        let initialize_tail = initialize_tail(&gateway);
+        Ok(Self {
+            version,
+            gateway,
+            limits,
+            servers,
+            keys,
+            tools,
+            pages,
+            initialize_tail,
+            warnings,
+        })
+    }
+
+    pub fn route(&self, prefixed_name: &str) -> Option<(&ToolRoute, &ServerConfig)> {
+        let route = self.tools.get(prefixed_name)?;
+        let server = self.servers.get(route.server)?;
+        Some((route, server))
+    }
+
+    pub fn server(&self, index: usize) -> Option<&ServerConfig> {
+        self.servers.get(index)
+    }
+
+    pub fn tool_count(&self) -> usize {
+        self.tools.len()
+    }
+
+    /// The `tools/list` result for a cursor (`None`: the first page).
+    pub fn tools_page(&self, cursor: Option<&str>) -> Result<&str, GatewayError> {
+        let index = match cursor {
+            None => 0,
+            Some(cursor) => decode_cursor(cursor)
+                .filter(|i| *i > 0 && *i < self.pages.len())
+                .ok_or_else(|| GatewayError::invalid_params("Invalid params: unknown cursor"))?,
+        };
+        self.pages
+            .get(index)
+            .map(String::as_str)
+            .ok_or_else(|| GatewayError::invalid_params("Invalid params: unknown cursor"))
+    }
+
+    /// The `initialize` result for a negotiated protocol version.
+    pub fn initialize_result(&self, protocol_version: &str) -> String {
+        format!(
+            "{{\"protocolVersion\":{},{}",
+            json_string(protocol_version),
+            self.initialize_tail
+        )
+    }
+}
+
+fn validate_server(index: usize, server: &ServerConfig) -> Result<(), String> {
+    let field = |name: &str| format!("servers[{index}].{name}");
+    if server.name.is_empty() || !server.name.bytes().all(is_token_byte) {
+        return Err(format!(
+            "{}: must be non-empty [A-Za-z0-9._-], got {:?}",
+            field("name"),
+            server.name
+        ));
+    }
+    if !server.prefix.bytes().all(is_token_byte) {
+        return Err(format!(
+            "{}: must be [A-Za-z0-9._-], got {:?}",
+            field("prefix"),
+            server.prefix
+        ));
+    }
+    if server.authority.is_empty() || !server.authority.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("{}: must be a host[:port]", field("authority")));
+    }
+    if !server.path.starts_with('/') || !server.path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("{}: must start with '/'", field("path")));
+    }
+    if server.cluster.is_empty() {
+        return Err(format!("{}: must name an Envoy cluster", field("cluster")));
+    }
+    for (h, header) in server.headers.iter().enumerate() {
+        let name_ok = !header.name.is_empty()
+            && !header.name.starts_with(':')
+            && header
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b':');
+        if !name_ok {
+            return Err(format!(
+                "{}: invalid header name",
+                field(&format!("headers[{h}].name"))
+            ));
+        }
+        if header
+            .value
+            .bytes()
+            .any(|b| b == b'\r' || b == b'\n' || b == 0)
+        {
+            return Err(format!(
+                "{}: must not contain CR, LF or NUL",
+                field(&format!("headers[{h}].value"))
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
+}
+
+fn paginate(definitions: &[String], page_size: usize) -> Vec<String> {
+    let chunks: Vec<&[String]> = definitions.chunks(page_size).collect();
+    if chunks.is_empty() {
+        return vec![String::from("{\"tools\":[]}")];
+    }
+    let last = chunks.len() - 1;
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut page =
+                String::with_capacity(chunk.iter().map(|d| d.len() + 1).sum::<usize>() + 48);
+            page.push_str("{\"tools\":[");
+            page.push_str(&chunk.join(","));
+            page.push(']');
+            if i < last {
+                page.push_str(",\"nextCursor\":");
+                page.push_str(&json_string(&encode_cursor(i + 1)));
+            }
+            page.push('}');
+            page
+        })
+        .collect()
+}
+
+fn encode_cursor(page: usize) -> String {
+    URL_SAFE_NO_PAD.encode(format!("page:{page}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<usize> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    std::str::from_utf8(&bytes)
+        .ok()?
+        .strip_prefix("page:")?
+        .parse()
+        .ok()
+}
+
+fn initialize_tail(gateway: &GatewayInfo) -> String {
+    let capabilities = format!("{{\"tools\":{{\"listChanged\":{}}}}}", gateway.list_changed);
+    let mut tail = format!(
+        "\"capabilities\":{capabilities},\"serverInfo\":{{\"name\":{},\"version\":{}}}",
+        json_string(&gateway.name),
+        json_string(&gateway.version)
+    );
+    if let Some(instructions) = &gateway.instructions {
+        tail.push_str(",\"instructions\":");
+        tail.push_str(&json_string(instructions));
+    }
+    tail.push('}');
+    tail
+}

@@ -1,0 +1,190 @@
+//! The configuration document: the one contract between the sidecar (which writes it) and the plugin
+//! (which parses it). Documented field by field in `docs/configuration.md`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Protocol revisions the gateway speaks with clients, newest first.
+pub const SUPPORTED_PROTOCOL_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
+
+/// The whole gateway configuration, as pushed to every plugin instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Opaque version label; a change means "rebuild everything derived from this document".
+    pub version: String,
+    /// Hex SHA-256 of the document's content (the sidecar's `ETag`); informational for the plugin.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+    #[serde(default)]
+    pub gateway: GatewayInfo,
+    pub session: SessionConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub servers: Vec<ServerConfig>,
+}
+
+/// How the gateway presents itself to clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayInfo {
+    pub name: String,
+    pub version: String,
+    /// Path of the MCP endpoint; other paths pass through the plugin untouched.
+    pub mcp_path: String,
+    /// Sent as `instructions` in the `initialize` result when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+    /// Advertise `tools.listChanged` (true when a sidecar serves the GET notification stream).
+    pub list_changed: bool,
+}
+
+impl Default for GatewayInfo {
+    fn default() -> Self {
+        Self {
+            name: "mcpgw".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            mcp_path: "/mcp".into(),
+            instructions: None,
+            list_changed: false,
+        }
+    }
+}
+
+/// Keys that seal client session tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Newest first: tokens are sealed with the first key and opened with any of them, so a key
+    /// can be rotated in by prepending it and rotated out later.
+    pub keys: Vec<SessionKey>,
+    /// Lifetime of a session token.
+    #[serde(default = "default_session_ttl")]
+    pub ttl_seconds: u64,
+}
+
+fn default_session_ttl() -> u64 {
+    24 * 3600
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionKey {
+    /// Short name of the key, embedded in each token so opening needs one AEAD attempt.
+    pub id: String,
+    /// 32 random bytes, standard base64.
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body the plugin buffers; larger ones get HTTP 413.
+    pub max_body_bytes: usize,
+    /// Tools per `tools/list` page.
+    pub page_size: usize,
+    /// Slots in the shared upstream-session cache (direct-mapped; a collision evicts).
+    pub upstream_session_slots: u32,
+    /// Timeout of the gateway's own calls to upstreams (initialize, DELETE, retries).
+    pub upstream_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            page_size: 500,
+            upstream_session_slots: 16384,
+            upstream_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// One upstream MCP server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Unique name, sent upstream as `x-mcp-servername`.
+    pub name: String,
+    /// Prepended to this server's tool names in the aggregated catalog (may be empty for one server).
+    #[serde(default)]
+    pub prefix: String,
+    /// `:authority` set on routed requests, matched by Envoy's routes (an HTTPRoute hostname).
+    pub authority: String,
+    /// Upstream MCP path.
+    #[serde(default = "default_mcp_path")]
+    pub path: String,
+    /// Envoy cluster for the gateway's own calls to this server (session initialize, DELETE).
+    pub cluster: String,
+    /// `Host` of those calls; defaults to `authority`. Set it when a route rewrites the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Headers injected upstream, typically the credential (`authorization: Bearer ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderValue>,
+    /// The server's discovered tools, full MCP definitions with their upstream names.
+    #[serde(default)]
+    pub tools: Vec<Box<RawValue>>,
+}
+
+fn default_mcp_path() -> String {
+    "/mcp".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValue {
+    pub name: String,
+    pub value: String,
+}
+
+impl ServerConfig {
+    pub fn call_host(&self) -> &str {
+        self.host.as_deref().unwrap_or(&self.authority)
+    }
+}
+
+/// The plugin's own configuration, the `configuration` string Envoy hands to `on_configure`.
+/// Either an inline document (static setups, tests) or a sidecar to poll, or both (the inline
+/// document serves until the sidecar answers).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<GatewayConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<SidecarSource>,
+}
+
+/// Where the plugin fetches configuration documents from: `GET {path}?wait_ms=N` with
+/// `If-None-Match`, answered 200 (new document, `ETag`) or 304 (unchanged after waiting up to N ms).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarSource {
+    /// Envoy cluster of the sidecar.
+    pub cluster: String,
+    #[serde(default = "default_sidecar_authority")]
+    pub authority: String,
+    #[serde(default = "default_sidecar_path")]
+    pub path: String,
+    /// How long the sidecar may hold a poll open waiting for a change (long poll).
+    #[serde(default = "default_long_poll_ms")]
+    pub long_poll_ms: u64,
+    /// Pause between polls after a failed one.
+    #[serde(default = "default_retry_ms")]
+    pub retry_ms: u64,
+}
+
+fn default_sidecar_authority() -> String {
+    "mcpgw-sidecar".into()
+}
+fn default_sidecar_path() -> String {
+    "/v1/config".into()
+}
+fn default_long_poll_ms() -> u64 {
+    20_000
+}
+fn default_retry_ms() -> u64 {
+    1_000
+}

@@ -1,0 +1,54 @@
+//! The few things the request pipeline needs from its proxy. The plugin edge implements this with
+//! proxy-wasm host calls; tests implement it with a fake.
+
+/// Severity of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// The answer to a call the gateway dispatched (`status: None` when the call failed without an
+/// HTTP response: reset, timeout).
+#[derive(Debug, Clone, Default)]
+pub struct CallResponse {
+    pub status: Option<u16>,
+    pub content_type: Option<Vec<u8>>,
+    pub session_id: Option<Vec<u8>>,
+    pub body: Vec<u8>,
+}
+
+pub trait Host {
+    /// All request headers, read in one host call (names lower-case).
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
+    fn set_request_header(&mut self, name: &str, value: &[u8]);
+    fn remove_request_header(&mut self, name: &str);
+    /// The buffered request body (`size` bytes).
+    fn request_body(&self, size: usize) -> Option<Vec<u8>>;
+    /// Replaces the whole buffered request body.
+    fn set_request_body(&mut self, size: usize, body: &[u8]);
+    fn response_header(&self, name: &str) -> Option<Vec<u8>>;
+    fn set_response_header(&mut self, name: &str, value: &[u8]);
+    fn remove_response_header(&mut self, name: &str);
+    /// A local reply; the stream ends here.
+    fn send_response(&mut self, status: u16, headers: &[(&str, &[u8])], body: &[u8]);
+    /// An HTTP call to an Envoy cluster; the answer comes back as an event with the token.
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, String>;
+    fn shared_get(&self, key: &str) -> Option<Vec<u8>>;
+    fn shared_set(&mut self, key: &str, value: &[u8]);
+    fn now_secs(&self) -> u64;
+    fn random_nonce(&mut self) -> [u8; 24];
+    /// Makes Envoy pick the route again after routing headers changed.
+    fn clear_route_cache(&mut self);
+    fn resume_request(&mut self);
+    fn resume_response(&mut self);
+    fn log(&self, level: Level, message: &str);
+}

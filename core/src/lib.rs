@@ -1,0 +1,17 @@
+//! Pure core of the MCP gateway: no proxy-wasm, no I/O. The plugin edge (`src/`) translates
+//! proxy callbacks into [`pipeline::Request`] events and implements [`host::Host`].
+
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod host;
+pub mod jsonrpc;
+pub mod pipeline;
+pub mod session;
+pub mod sse;
+pub mod upstream;
+
+pub use catalog::Catalog;
+pub use config::{GatewayConfig, PluginConfig};
+pub use host::{CallResponse, Host, Level};
+pub use pipeline::{Action, Request};

