@@ -124,6 +124,10 @@ impl HttpContext for McpStream {
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         action(self.request.on_response_headers(&mut self.host))
     }
+
+    fn on_http_response_body(&mut self, _size: usize, _end_of_stream: bool) -> Action {
+        action(self.request.on_response_body())
+    }
 }
 
 /// Before any configuration arrived: MCP requests get a clear 503, other traffic passes.

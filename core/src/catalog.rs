@@ -275,3 +275,116 @@ fn initialize_tail(gateway: &GatewayInfo) -> String {
     tail.push('}');
     tail
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+    use super::*;
+
+    fn document(servers: serde_json::Value) -> GatewayConfig {
+        serde_json::from_value(serde_json::json!({
+            "version": "v",
+            "session": {"keys": [{"id": "k", "secret": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}]},
+            "servers": servers
+        }))
+        .unwrap()
+    }
+
+    fn server(name: &str, prefix: &str, tools: &[&str]) -> serde_json::Value {
+        let tools: Vec<_> = tools
+            .iter()
+            .map(|t| serde_json::json!({"name": t}))
+            .collect();
+        serde_json::json!({"name": name, "prefix": prefix, "authority": format!("{name}.local"),
+                           "cluster": name, "tools": tools})
+    }
+
+    #[test]
+    fn routes_by_prefixed_name() {
+        let catalog = Catalog::build(document(serde_json::json!([
+            server("a", "a_", &["x", "b_y"]),
+            server("ab", "a_b_", &["z"]),
+        ])))
+        .unwrap();
+        let (route, server) = catalog.route("a_b_y").unwrap();
+        assert_eq!(
+            (server.name.as_str(), route.upstream_name.as_str()),
+            ("a", "b_y")
+        );
+        let (route, server) = catalog.route("a_b_z").unwrap();
+        assert_eq!(
+            (server.name.as_str(), route.upstream_name_json.as_str()),
+            ("ab", "\"z\"")
+        );
+        assert!(catalog.route("x").is_none());
+        assert!(catalog.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_colliding_tool_is_reported_not_shadowed() {
+        let catalog = Catalog::build(document(serde_json::json!([
+            server("a", "p_", &["x"]),
+            server("b", "p_", &["x", "y"]),
+        ])))
+        .unwrap();
+        assert_eq!(catalog.route("p_x").unwrap().1.name, "a");
+        assert_eq!(catalog.route("p_y").unwrap().1.name, "b");
+        assert_eq!(catalog.warnings.len(), 1);
+        assert!(
+            catalog.warnings[0].contains("\"p_x\""),
+            "{:?}",
+            catalog.warnings
+        );
+    }
+
+    #[test]
+    fn invalid_documents_name_the_field() {
+        let cases = [
+            (
+                serde_json::json!([server("a", "a_", &[]), server("a", "b_", &[])]),
+                "servers[1].name",
+            ),
+            (
+                serde_json::json!([server("a b", "a_", &[])]),
+                "servers[0].name",
+            ),
+            (
+                serde_json::json!([server("a", "a/", &[])]),
+                "servers[0].prefix",
+            ),
+            (
+                serde_json::json!([{"name": "a", "authority": "a", "cluster": "a", "tools": [{"title": "x"}]}]),
+                "servers[0].tools[0]",
+            ),
+            (
+                serde_json::json!([{"name": "a", "authority": "a", "cluster": "a", "path": "mcp"}]),
+                "servers[0].path",
+            ),
+            (
+                serde_json::json!([{"name": "a", "authority": "a", "cluster": "a",
+                                 "headers": [{"name": "authorization", "value": "x\r\ny: z"}]}]),
+                "servers[0].headers[0].value",
+            ),
+        ];
+        for (servers, field) in cases {
+            let err = Catalog::build(document(servers)).unwrap_err();
+            assert!(err.starts_with(field), "{err} should name {field}");
+        }
+    }
+
+    #[test]
+    fn empty_catalog_lists_nothing_and_cursors_are_checked() {
+        let catalog = Catalog::build(document(serde_json::json!([]))).unwrap();
+        assert_eq!(catalog.tools_page(None).unwrap(), "{\"tools\":[]}");
+        assert!(catalog.tools_page(Some("")).is_err());
+        assert!(catalog.tools_page(Some(&encode_cursor(0))).is_err());
+        let init: serde_json::Value =
+            serde_json::from_str(&catalog.initialize_result("2025-06-18")).unwrap();
+        assert_eq!(init["serverInfo"]["name"], "mcpgw");
+    }
+}

@@ -180,6 +180,17 @@ impl Request {
         Action::Continue
     }
 
+    /// While a replay is under way the upstream's own (404) answer is held back; otherwise the
+    /// response streams through untouched.
+    pub fn on_response_body(&mut self) -> Action {
+        match self.stage {
+            Stage::Initializing { retry: true, .. }
+            | Stage::Acknowledging { retry: true, .. }
+            | Stage::Replaying { .. } => Action::Pause,
+            _ => Action::Continue,
+        }
+    }
+
     pub fn on_call_response(&mut self, host: &mut dyn Host, token: u32, response: CallResponse) {
         match std::mem::replace(&mut self.stage, Stage::Answered) {
             Stage::Initializing {
