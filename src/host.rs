@@ -2,6 +2,7 @@
 
 use std::time::UNIX_EPOCH;
 
+use mcpgw_core::sync::ControlHost;
 use mcpgw_core::{CallResponse, Host, Level};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
@@ -36,6 +37,7 @@ impl ProxyHost {
             status,
             content_type: find("content-type"),
             session_id: find("mcp-session-id"),
+            etag: find("etag"),
             body,
         }
     }
@@ -174,4 +176,44 @@ impl Host for ProxyHost {
             Level::Error => log::error!("{message}"),
         }
     }
+}
+
+/// [`ControlHost`] for the root context (configuration sync).
+pub struct ControlProxy;
+
+impl ControlHost for ControlProxy {
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        timeout_ms: u64,
+    ) -> Result<u32, String> {
+        ProxyHost.dispatch(cluster, headers, b"", timeout_ms)
+    }
+
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+    }
+
+    fn now_millis(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        ProxyHost.log(level, message);
+    }
+}
+
+/// A random name for this root context in the poller lease.
+pub fn owner_id() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -6,11 +6,17 @@ mod host;
 
 use std::rc::Rc;
 
+use std::time::Duration;
+
+use mcpgw_core::sync::ConfigSync;
 use mcpgw_core::{Catalog, PluginConfig};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-use crate::host::ProxyHost;
+use crate::host::{ControlProxy, ProxyHost};
+
+/// How often each VM looks for a newly published configuration (and the poller renews its lease).
+const TICK: Duration = Duration::from_millis(200);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -20,21 +26,45 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| Box::new(Gateway::default()));
 }}
 
-/// One per plugin per VM: holds the catalog built from the current configuration.
+/// One per plugin per VM: holds the catalog built from the current configuration, and keeps it
+/// in step with the sidecar when one is configured.
 #[derive(Default)]
 struct Gateway {
     catalog: Option<Rc<Catalog>>,
+    sync: Option<ConfigSync>,
 }
 
-impl Context for Gateway {}
+impl Context for Gateway {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let response = ProxyHost::call_response(body_size);
+        let catalog = self
+            .sync
+            .as_mut()
+            .and_then(|sync| sync.on_response(&mut ControlProxy, token, &response));
+        if let Some(catalog) = catalog {
+            self.install(catalog);
+        }
+    }
+}
 
 impl RootContext for Gateway {
     fn on_configure(&mut self, _size: usize) -> bool {
         let raw = self.get_plugin_configuration().unwrap_or_default();
         match parse_plugin_config(&raw) {
-            Ok(catalog) => {
+            Ok((catalog, sidecar)) => {
                 if let Some(catalog) = catalog {
                     self.install(catalog);
+                }
+                self.sync = sidecar.map(|source| ConfigSync::new(source, host::owner_id()));
+                if self.sync.is_some() {
+                    self.set_tick_period(TICK);
+                    self.on_tick();
                 }
                 true
             }
@@ -54,6 +84,16 @@ impl RootContext for Gateway {
             }),
             None => Box::new(Unconfigured),
         })
+    }
+
+    fn on_tick(&mut self) {
+        let catalog = self
+            .sync
+            .as_mut()
+            .and_then(|sync| sync.on_tick(&mut ControlProxy));
+        if let Some(catalog) = catalog {
+            self.install(catalog);
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -76,14 +116,17 @@ impl Gateway {
     }
 }
 
-/// The catalog of an inline document, if the plugin configuration has one.
-fn parse_plugin_config(raw: &[u8]) -> Result<Option<Catalog>, String> {
+/// The catalog of the inline document, if any, and the sidecar to follow, if any.
+fn parse_plugin_config(
+    raw: &[u8],
+) -> Result<(Option<Catalog>, Option<mcpgw_core::config::SidecarSource>), String> {
     let config: PluginConfig =
         serde_json::from_slice(raw).map_err(|e| format!("plugin configuration: {e}"))?;
     if config.document.is_none() && config.sidecar.is_none() {
         return Err("plugin configuration: needs `document` or `sidecar`".into());
     }
-    config.document.map(Catalog::build).transpose()
+    let catalog = config.document.map(Catalog::build).transpose()?;
+    Ok((catalog, config.sidecar))
 }
 
 /// A stream of an MCP request.

@@ -17,6 +17,7 @@ pub struct CallResponse {
     pub status: Option<u16>,
     pub content_type: Option<Vec<u8>>,
     pub session_id: Option<Vec<u8>>,
+    pub etag: Option<Vec<u8>>,
     pub body: Vec<u8>,
 }
 

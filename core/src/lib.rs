@@ -9,6 +9,7 @@ pub mod jsonrpc;
 pub mod pipeline;
 pub mod session;
 pub mod sse;
+pub mod sync;
 pub mod upstream;
 
 pub use catalog::Catalog;

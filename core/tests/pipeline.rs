@@ -274,6 +274,7 @@ fn tools_call_opens_an_upstream_session_then_routes() {
             content_type: Some(b"text/event-stream".to_vec()),
             session_id: Some(b"up-1".to_vec()),
             body: sse.to_vec(),
+            ..Default::default()
         },
     );
     let (_, headers, note) = host.calls[1].clone();
@@ -370,6 +371,7 @@ fn an_expired_upstream_session_is_reopened_and_the_call_replayed() {
             content_type: Some(b"application/json".to_vec()),
             session_id: Some(b"new".to_vec()),
             body: init.as_bytes().to_vec(),
+            ..Default::default()
         },
     );
     request.on_call_response(
@@ -397,6 +399,7 @@ fn an_expired_upstream_session_is_reopened_and_the_call_replayed() {
             content_type: Some(b"application/json".to_vec()),
             session_id: Some(b"new".to_vec()),
             body: answer.to_vec(),
+            ..Default::default()
         },
     );
     assert_eq!(host.reply_status(), 200);
