@@ -63,8 +63,9 @@ impl RootContext for Gateway {
                 }
                 self.sync = sidecar.map(|source| ConfigSync::new(source, host::owner_id()));
                 if self.sync.is_some() {
+                    // Polling starts on the first tick: during configuration the cluster
+                    // manager may not be ready for calls yet.
                     self.set_tick_period(TICK);
-                    self.on_tick();
                 }
                 true
             }

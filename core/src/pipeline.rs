@@ -173,6 +173,17 @@ impl Request {
                 Err(e) => self.fail(host, e),
             };
         }
+        if !status.as_deref().is_some_and(|s| s.starts_with(b"2")) && !speaks_mcp(host) {
+            // Envoy's own "upstream connect error" and the like: the client gets a JSON-RPC
+            // error for this call, its session stays usable.
+            let status = String::from_utf8_lossy(status.as_deref().unwrap_or(b"none")).into_owned();
+            let server = self.catalog.server(call.server);
+            let error = match server {
+                Some(server) => upstream_failure(server, &format!("answered HTTP {status}")),
+                None => GatewayError::upstream(format!("upstream answered HTTP {status}")),
+            };
+            return self.fail(host, error);
+        }
         match &self.session_token {
             Some(token) => host.set_response_header("mcp-session-id", token),
             None => host.remove_response_header("mcp-session-id"),
@@ -735,6 +746,13 @@ fn check_post<'h>(
         return Err(GatewayError::parse("Parse error: empty body"));
     }
     Ok(())
+}
+
+/// The response carries an MCP answer (JSON or SSE), not a proxy's error page.
+fn speaks_mcp(host: &dyn Host) -> bool {
+    host.response_header("content-type").is_some_and(|ct| {
+        media_type_is(&ct, b"application/json") || media_type_is(&ct, b"text/event-stream")
+    })
 }
 
 /// `value` (a header value, maybe with parameters) names the media type `expected`.

@@ -45,3 +45,23 @@ def test_call_survives_upstream_restart(gateway, upstreams):
         # The new upstream session sticks; the other upstream's session was not touched.
         assert whoami_sid(c, "alpha") == new_sid
         assert whoami_sid(c, "beta") == beta_sid
+
+
+def test_call_to_a_down_upstream_is_a_jsonrpc_error(gateway, upstreams):
+    """Envoy's plain-text 503 for an unreachable upstream becomes a JSON-RPC error for that call;
+    the client's session keeps working for the other upstream."""
+    beta = upstreams["beta"]
+    with Rpc(gateway.url) as c:
+        c.initialize()
+        whoami_sid(c, "beta")  # an upstream session exists, so the call is routed, not initialized
+        beta.stop()
+        try:
+            resp, msg = c.call_tool("beta_echo", {"text": "anyone?"})
+            assert resp.status_code == 200, describe(resp)
+            assert resp.headers.get("content-type") == "application/json", describe(resp)
+            assert msg["id"] is not None and msg["error"]["code"] == -32603, describe(resp)
+            assert "beta" in msg["error"]["message"] and "503" in msg["error"]["message"], describe(resp)
+            resp, msg = c.call_tool("alpha_echo", {"text": "still here"})
+            assert tool_text(msg) == "alpha: still here", describe(resp)
+        finally:
+            beta.start()
