@@ -413,6 +413,6 @@ mod tests {
         let bad = br#"{"version":"x","session":{"keys":[]}}"#.to_vec();
         assert!(sync.on_response(&mut a, 1, &ok(bad, "\"bad\"")).is_none());
         assert!(a.logs.borrow()[0].contains("session.keys"));
-        assert!(process.borrow().data.get(ETAG_KEY).is_none());
+        assert!(!process.borrow().data.contains_key(ETAG_KEY));
     }
 }

@@ -11,13 +11,19 @@ use std::rc::Rc;
 
 use mcpgw_core::{Action, CallResponse, Catalog, GatewayConfig, Host, Level, Request};
 
+type Headers = Vec<(String, Vec<u8>)>;
+/// A local reply: status, headers, body.
+type Reply = (u16, Headers, Vec<u8>);
+/// A dispatched call: cluster, headers, body.
+type Call = (String, Vec<(String, String)>, Vec<u8>);
+
 #[derive(Default)]
 struct FakeHost {
     request_headers: Vec<(String, Vec<u8>)>,
     request_body: Vec<u8>,
     response_headers: Vec<(String, Vec<u8>)>,
-    reply: Option<(u16, Vec<(String, Vec<u8>)>, Vec<u8>)>,
-    calls: Vec<(String, Vec<(String, String)>, Vec<u8>)>,
+    reply: Option<Reply>,
+    calls: Vec<Call>,
     shared: HashMap<String, Vec<u8>>,
     resumed_request: bool,
     route_cache_cleared: bool,
