@@ -76,13 +76,7 @@ pub fn initialize_body(claims: &Claims) -> String {
     let capabilities = claims
         .caps
         .as_ref()
-        .and_then(|raw| {
-            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get()).ok()
-        })
-        .map(|mut caps| {
-            caps.retain(|k, _| RELAYED_CAPABILITIES.contains(&k.as_str()));
-            serde_json::Value::Object(caps).to_string()
-        })
+        .and_then(|raw| relayed_capabilities(raw.get()))
         .unwrap_or_else(|| "{}".into());
     let client_info = claims
         .info
@@ -93,6 +87,21 @@ pub fn initialize_body(claims: &Claims) -> String {
         "{{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":{},\"capabilities\":{capabilities},\"clientInfo\":{client_info}}}}}",
         crate::jsonrpc::json_string(&claims.pv)
     )
+}
+
+/// The client's capabilities restricted to [`RELAYED_CAPABILITIES`], values kept verbatim.
+fn relayed_capabilities(capabilities: &str) -> Option<String> {
+    let all: Vec<(std::borrow::Cow<str>, &RawValue)> =
+        serde_json::from_str::<std::collections::BTreeMap<_, _>>(capabilities)
+            .ok()?
+            .into_iter()
+            .collect();
+    let kept: Vec<String> = all
+        .iter()
+        .filter(|(name, _)| RELAYED_CAPABILITIES.contains(&name.as_ref()))
+        .map(|(name, value)| format!("{}:{}", crate::jsonrpc::json_string(name), value.get()))
+        .collect();
+    Some(format!("{{{}}}", kept.join(",")))
 }
 
 pub const INITIALIZED_BODY: &str = "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}";
