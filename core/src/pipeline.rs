@@ -235,7 +235,7 @@ impl Request {
             other => {
                 host.log(
                     Level::Debug,
-                    &format!("ignored call answer {token} in {other:?}"),
+                    &format!("ignored call answer {token}: not awaited"),
                 );
                 self.stage = other;
             }
