@@ -13,12 +13,14 @@ Contenders (each one Envoy 1.40 process, `--concurrency 1`, pinned to CPU 1; loa
   mcpgw       Envoy + this plugin (target/mcpgw.wasm)
 
 Workloads (each at 1 and 16 connections, wrk + bench/wrk/mcp.lua, a fresh JSON-RPC id per request):
-  call        tools/call with small arguments       (2 upstreams configured)
-  call64k     tools/call with 64 KiB arguments       (2 upstreams configured)
+  call        tools/call with small arguments       (2 upstreams x 100 tools configured)
+  call64k     tools/call with 64 KiB arguments       (2 upstreams x 100 tools configured)
   list        tools/list, 2,000 tools from 20 upstreams x 100 tools; the contenders without MCP
               logic proxy one upstream that serves the same 2,000 tools in one answer
   init        initialize with 10 upstreams configured (9 answer after 1 ms, one after 3 ms); the
               contenders without aggregation proxy the slowest upstream
+  list200     tools/list aggregated from the 2 upstreams of `call` (2 x 100 tools), 16 connections,
+              aggregating contenders only: reproduces the anchor "mcp_router tools/list 1.1 k rps"
 
 Upstreams: bench/echo-server (Rust, hyper, one thread per process), session ids accepted, not tracked.
 Standard library only.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import concurrent.futures
 import datetime as dt
 import glob
 import http.client
@@ -53,8 +56,9 @@ PLUGIN_WASM = ROOT / "target" / "mcpgw.wasm"
 FLOOR_RAW = ROOT / "target" / "wasm32-wasip1" / "release" / "mcpgw_bench_floor.wasm"
 ECHO_BIN = ROOT / "target" / "release" / "mcpgw-bench-echo"
 
+# Envoy on one core, load generator and upstreams on the other (no pinning on a single-core machine).
 LOAD_CPU = "0"
-ENVOY_CPU = "1"
+ENVOY_CPU = "1" if (os.cpu_count() or 1) > 1 else "0"
 HOST = "127.0.0.1"
 PROTOCOL = "2025-06-18"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -76,9 +80,14 @@ WORKLOADS = {
     "call64k": "tools/call, 64 KiB arguments",
     "list": "tools/list, 2,000 tools (20 upstreams)",
     "init": "initialize, 10 upstreams",
+    "list200": "tools/list, 2 x 100 tools (anchor)",
 }
+# Workloads run only by some contenders / at some connection counts (default: all).
+WORKLOAD_CONTENDERS = {"list200": AGGREGATING}
+WORKLOAD_CONNS = {"list200": [16]}
+LUA_WORKLOAD = {"list200": "list"}
 # Which listener (upstream group) a workload uses.
-GROUP_OF = {"call": "call", "call64k": "call", "list": "list", "init": "init"}
+GROUP_OF = {"call": "call", "call64k": "call", "list": "list", "init": "init", "list200": "call"}
 
 # Upstream groups: (ports of the aggregated upstreams, port the non-aggregating contenders proxy).
 GROUPS = {
@@ -88,7 +97,7 @@ GROUPS = {
 }
 # One echo process per line: (ports spec, tools, latency ms).
 ECHO_FLEET = [
-    ("18001-18002", 10, 0),
+    ("18001-18002", 100, 0),
     ("18100", 2000, 0),
     ("18101-18120", 100, 0),
     ("18201-18209", 10, 1),
@@ -97,6 +106,16 @@ ECHO_FLEET = [
 SLOWEST_UPSTREAM_MS = 3
 LISTENER_OFFSET = {"call": 0, "list": 1, "init": 2}
 BASE_PORT = {name: 10100 + 100 * i for i, name in enumerate(CONTENDERS)}
+
+# Measured earlier on this machine class (Envoy 1.40, 1 pinned worker, small tools/call, 16 connections,
+# medians of 3 interleaved rounds): the run reproduces them alongside, as a sanity check of the setup.
+ANCHORS = [
+    ("plain", "call", 16, 16400),
+    ("buffer", "call", 16, 16600),
+    ("mcp", "call", 16, 11400),
+    ("mcp_router", "call", 16, 9700),
+    ("mcp_router", "list200", 16, 1100),
+]
 
 TARGETS_DOC = """\
 | # | target |
@@ -223,6 +242,10 @@ def describe_exchange(port: int, body: dict, session: str | None, status: int, h
 
 # --------------------------------------------------------------------------------------------------
 # Envoy configuration
+
+
+def conns_for(workload: str, conns_list: list[int], smoke: bool = False) -> list[int]:
+    return conns_list if smoke else WORKLOAD_CONNS.get(workload, conns_list)
 
 
 def cluster(name: str, port: int) -> dict:
@@ -420,17 +443,18 @@ def check_workload(c: Contender, workload: str) -> None:
         body = call_body(7, c.tool())
     elif workload == "call64k":
         body = call_body(7, c.tool(), "x" * 65536)
-    elif workload == "list":
+    elif workload in ("list", "list200"):
         body = {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {}}
     else:
         body, sid = init_body(7), None
     status, headers, data = post(port, body, sid)
     ok = status == 200 and b'"result"' in data and b'"error":' not in data
-    if ok and workload == "list":
+    if ok and workload in ("list", "list200"):
         n = len(json.loads(data)["result"]["tools"])
-        ok = n == 2000
+        want = 2000 if workload == "list" else (200 if c.name in AGGREGATING else 100)
+        ok = n == want
         if not ok:
-            data = f"expected 2000 tools, got {n}".encode() + b"; " + data[:300]
+            data = f"expected {want} tools, got {n}".encode() + b"; " + data[:300]
     if not ok:
         raise RuntimeError(f"{workload} failed:\n" + describe_exchange(port, body, sid, status, headers, data))
 
@@ -440,7 +464,7 @@ def run_wrk(c: Contender, workload: str, conns: int, duration: int, check: bool)
     sid = c.sessions.get(group) if workload != "init" else None
     url = f"http://{HOST}:{c.port(group)}/mcp"
     argv = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "5s",
-            "-s", str(LUA), url, "--", workload, sid or "-", c.tool(), "check" if check else "fast"]
+            "-s", str(LUA), url, "--", LUA_WORKLOAD.get(workload, workload), sid or "-", c.tool(), "check" if check else "fast"]
     t0 = cpu_ticks(c.pid)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     t1 = cpu_ticks(c.pid)
@@ -511,7 +535,12 @@ def session_growth(c: Contender, n: int, warm: int, threads: int = 4) -> dict:
     elapsed = time.time() - t0
     time.sleep(0.5)
     after = rss_kib(c.pid)
+    # A second batch as large: a bounded cache grows less (or not at all) the second time.
+    batch(n)
+    time.sleep(0.5)
+    after2 = rss_kib(c.pid)
     return {"sessions": n, "warm": warm, "rss_before_kib": before, "rss_after_kib": after,
+            "rss_after_2x_kib": after2, "growth_2nd_kib": after2 - after,
             "growth_kib": after - before, "bytes_per_session": (after - before) * 1024 / max(n, 1),
             "failures": len(failures), "failure_sample": failures[:3], "seconds": elapsed,
             "first_call_p50_us": statistics.median(first_call_us) if first_call_us else None}
@@ -585,6 +614,7 @@ def machine_info(envoy: str) -> dict:
         "wasm_opt": cmd(["sh", "-c", "wasm-opt --version 2>/dev/null"]) or "absent",
         "python": platform.python_version(),
         "commit": cmd(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]) or "uncommitted",
+        "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
     }
 
 
@@ -609,6 +639,8 @@ def summarize(results: dict) -> dict:
         out[key]["errors"] = sum(r["errors"] for r in rows)
         out[key]["rounds"] = len(rows)
         out[key]["rps_all"] = [round(r["rps"]) for r in rows]
+        rps = [r["rps"] for r in rows]
+        out[key]["spread_pct"] = (max(rps) - min(rps)) / 2 / out[key]["rps"] * 100 if out[key]["rps"] else 0
     return out
 
 
@@ -714,15 +746,18 @@ def svg_chart(s: dict, contenders: list[str], workloads: list[str]) -> str:
     return "\n".join(o) + "\n"
 
 
-def markdown_table(s: dict, contenders: list[str], workloads: list[str], conns_list: list[int]) -> str:
+def markdown_table(s: dict, contenders: list[str], workloads: list[str], conns_list: list[int],
+                   smoke: bool = False) -> str:
     lines = ["| workload | conns | contender | req/s | vs plain | vs mcp_router | p50 | p99 | "
              "Envoy CPU/req | Envoy RSS | answer bytes |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for w in workloads:
-        for n in conns_list:
+        for n in conns_for(w, conns_list, smoke):
             plain = s.get(("plain", w, n), {}).get("rps")
             router = s.get(("mcp_router", w, n), {}).get("rps")
             for c in contenders:
+                if c not in WORKLOAD_CONTENDERS.get(w, CONTENDERS):
+                    continue
                 r = s.get((c, w, n))
                 if not r:
                     lines.append(f"| {w} | {n} | {CONTENDERS[c]} | failed | | | | | | | |")
@@ -730,11 +765,23 @@ def markdown_table(s: dict, contenders: list[str], workloads: list[str], conns_l
                 name = f"**{CONTENDERS[c]}**" if c == "mcpgw" else CONTENDERS[c]
                 vp = f"{r['rps'] / plain:.2f}x" if plain else "-"
                 vr = f"{r['rps'] / router:.2f}x" if router else "-"
+                spread = f" ±{r['spread_pct']:.0f}%" if r["rounds"] > 1 else ""
                 lines.append(
-                    f"| {w} | {n} | {name} | {r['rps']:,.0f} | {vp} | {vr} | {fmt_us(r['p50_us'])} | "
+                    f"| {w} | {n} | {name} | {r['rps']:,.0f}{spread} | {vp} | {vr} | {fmt_us(r['p50_us'])} | "
                     f"{fmt_us(r['p99_us'])} | {r['cpu_us_per_req']:.0f} us | {r['rss_kib'] / 1024:.1f} MiB | "
                     f"{r['bytes_per_resp']:,.0f} |")
     return "\n".join(lines)
+
+
+def anchor_table(s: dict) -> str:
+    plain = s.get(("plain", "call", 16), {}).get("rps")
+    rows = ["| contender | workload | anchor req/s | anchor vs plain | this run req/s | this run vs plain |",
+            "|---|---|---:|---:|---:|---:|"]
+    for c, w, n, rps in ANCHORS:
+        got = s.get((c, w, n), {}).get("rps")
+        rows.append(f"| {CONTENDERS[c]} | {w} @{n} | {rps:,} | {rps / 16400:.2f}x | "
+                    f"{f'{got:,.0f}' if got else '-'} | {f'{got / plain:.2f}x' if got and plain else '-'} |")
+    return "\n".join(rows)
 
 
 def write_report(out_md: Path, out_svg: Path, info: dict, s: dict, targets: list[dict], args,
@@ -749,7 +796,9 @@ def write_report(out_md: Path, out_svg: Path, info: dict, s: dict, targets: list
                       f"`tools/call`, which opens the upstream session; never deleted), after "
                       f"{growth['warm']:,} warm-up sessions: RSS {growth['rss_before_kib'] / 1024:.1f} -> "
                       f"{growth['rss_after_kib'] / 1024:.1f} MiB ({growth['growth_kib']:+,} KiB, "
-                      f"{growth['bytes_per_session']:.0f} B/session), {growth['failures']} failures, first "
+                      f"{growth['bytes_per_session']:.0f} B/session); another {growth['sessions']:,}: "
+                      f"{growth['rss_after_2x_kib'] / 1024:.1f} MiB ({growth['growth_2nd_kib']:+,} KiB). "
+                      f"{growth['failures']} failures, first "
                       f"`tools/call` of a session p50 "
                       f"{fmt_us(growth['first_call_p50_us']) if growth['first_call_p50_us'] else '-'} "
                       f"(sequential Python client, includes the upstream `initialize`).")
@@ -798,6 +847,7 @@ Raw numbers: `target/bench/results.json` of the run.
 | Rust | {info['rustc']} |
 | wasm-opt | {info['wasm_opt']} |
 | commit | {info['commit']} |
+| load average | {info['loadavg_start']} at the start, {info.get('loadavg_end', '?')} at the end (other work on the machine shows here) |
 | wasm sizes | mcpgw {sizes.get('mcpgw') or 0:,} B; wasm floor {sizes.get('floor') or 0:,} B (both after `wasm-opt -Oz`) |
 
 ## Method
@@ -832,9 +882,18 @@ Raw numbers: `target/bench/results.json` of the run.
 
 ## Results
 
-{markdown_table(s, contenders, workloads, conns_list)}
+Medians over rounds (± half the range over rounds). "vs plain" and "vs mcp_router" compare requests
+per second within the same workload and connection count.
+
+{markdown_table(s, contenders, workloads, conns_list, args.smoke)}
 
 ![throughput and p99 per contender](benchmarks.svg)
+
+## Anchors
+
+Figures measured before on this machine (same Envoy, same pinning), reproduced in this run:
+
+{anchor_table(s)}
 
 ## Where the time goes (tools/call, 16 connections)
 
@@ -849,7 +908,7 @@ Raw numbers: `target/bench/results.json` of the run.
 {fails}
 """
     out_md.write_text(md)
-    out_svg.write_text(svg_chart(s, contenders, workloads))
+    out_svg.write_text(svg_chart(s, contenders, [w for w in workloads if w not in WORKLOAD_CONTENDERS]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -868,6 +927,8 @@ def main() -> int:
     ap.add_argument("--no-build", action="store_true", help="use the binaries already in target/")
     ap.add_argument("--profile", default="buffer,floor,mcpgw",
                     help="contenders to profile with perf on tools/call at 16 connections ('' to skip)")
+    ap.add_argument("--serve", action="store_true",
+                    help="start upstreams and contenders, print their ports, wait for Ctrl-C (manual probing)")
     ap.add_argument("--out", default=None, help="report directory (default docs/, smoke: target/bench/smoke)")
     args = ap.parse_args()
 
@@ -941,12 +1002,23 @@ def main() -> int:
                 failures[c] = obj.failed
                 log(f"!! {c}: {obj.failed}")
 
+        if args.serve:
+            for c, obj in contender_objs.items():
+                ports = ", ".join(f"{g} {obj.port(g)}" for g in GROUPS)
+                print(f"{c:<10} pid {obj.pid:<7} {ports}, admin {BASE_PORT[c] + 99}", flush=True)
+            print("serving; Ctrl-C to stop", flush=True)
+            while all(o.proc.poll() is None for o in contender_objs.values()):
+                time.sleep(1)
+            return 1
+
         # Sessions and one checked request per workload.
         live: dict[str, list[str]] = {}
         for c, obj in contender_objs.items():
             if obj.failed:
                 continue
             for w in workloads:
+                if c not in WORKLOAD_CONTENDERS.get(w, CONTENDERS):
+                    continue
                 try:
                     g = GROUP_OF[w]
                     if g not in obj.sessions:
@@ -957,13 +1029,18 @@ def main() -> int:
                     failures[f"{c}/{w}"] = str(e)
                     log(f"!! {c}/{w}: {e}")
 
-        # Checked warm-up (in smoke mode: the checked run itself).
+        # Checked warm-up (in smoke mode: the checked run itself, every contender at once since
+        # nothing is measured).
         check_secs = args.warmup if args.warmup > 0 else args.duration
+        n = 16 if not args.smoke else conns_list[0]
         for w in workloads:
-            for c in list(live.get(w, [])):
-                obj = contender_objs[c]
-                n = 16 if not args.smoke else conns_list[0]
-                r = run_wrk(obj, w, n, check_secs, check=True)
+            names = list(live.get(w, []))
+            if args.smoke:
+                with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(names), 1)) as pool:
+                    runs = list(pool.map(lambda c: run_wrk(contender_objs[c], w, n, check_secs, True), names))
+            else:
+                runs = [run_wrk(contender_objs[c], w, n, check_secs, check=True) for c in names]
+            for c, r in zip(names, runs):
                 bad = r["bad"] or r["errors"] or r["requests"] == 0 or r["checked"] == 0
                 log(f"   check {c:<10} {w:<8} {r['rps']:>9,.0f} req/s  checked {r['checked']:,}  "
                     f"bad {r['bad']}  errors {r['errors']}")
@@ -979,7 +1056,7 @@ def main() -> int:
         if not args.smoke:
             for rnd in range(args.rounds):
                 for wi, w in enumerate(workloads):
-                    for n in conns_list:
+                    for n in conns_for(w, conns_list, args.smoke):
                         order = list(live.get(w, []))
                         if order:
                             k = (rnd + wi) % len(order)
@@ -1014,6 +1091,7 @@ def main() -> int:
     finally:
         procs.stop_all()
 
+    info["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
     s = summarize(results)
     targets = evaluate_targets(s, sizes.get("mcpgw"), growth)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1027,9 +1105,12 @@ def main() -> int:
     write_report(out_dir / "benchmarks.md", out_dir / "benchmarks.svg", info, s, targets, args,
                  contenders, workloads, conns_list, sizes, growth, failures, profiles)
 
-    print(markdown_table(s, contenders, workloads, conns_list))
+    print(markdown_table(s, contenders, workloads, conns_list, args.smoke))
     print()
-    for t in targets:
+    if not args.smoke:
+        print(anchor_table(s))
+        print()
+    for t in ([] if args.smoke else targets):
         print(f"{t['id']:<4} {'met    ' if t['met'] else 'NOT MET'}  {t['value']:>12}  {t['target']}  ({t['detail']})")
     if failures:
         print("\nFAILURES:")
@@ -1037,7 +1118,7 @@ def main() -> int:
             print(f"- {c}: {msg}")
     print(f"\nreport: {out_dir / 'benchmarks.md'}")
     if args.smoke:
-        expected = len(contenders) * len(workloads)
+        expected = sum(1 for w in workloads for c in contenders if c in WORKLOAD_CONTENDERS.get(w, CONTENDERS))
         ok = not failures and len(s) == expected and all(v["errors"] == 0 for v in s.values())
         print(f"smoke: {len(s)}/{expected} cells ok" + ("" if ok else " -- FAILED"))
         return 0 if ok else 1
