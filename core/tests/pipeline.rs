@@ -571,3 +571,62 @@ fn other_paths_pass_untouched() {
         "not ours to touch"
     );
 }
+
+/// Hostile bodies: every truncation and many byte substitutions of valid messages must end in an
+/// answer (or a routed call), never a panic, which would kill the VM for the whole worker.
+#[test]
+fn mangled_bodies_always_get_an_answer() {
+    let catalog = catalog(2);
+    let token = initialize(&catalog);
+    let seeds = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"x","version":"1"}}}"#,
+        r#"{"jsonrpc":"2.0","id":"a\u00e9","method":"tools/call","params":{"name":"alpha_echo","arguments":{"t":"\ud83d\ude00"}}}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":"cGFnZTox"}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    ];
+    let replacements: &[u8] = b"{}[]\",:\\0-e.\x00\xff\xc3 ";
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut cases = 0;
+    for seed in seeds {
+        let bytes = seed.as_bytes();
+        let mut bodies: Vec<Vec<u8>> = (0..bytes.len()).map(|cut| bytes[..cut].to_vec()).collect();
+        for _ in 0..400 {
+            let mut body = bytes.to_vec();
+            let at = (next() as usize) % body.len();
+            body[at] = replacements[(next() as usize) % replacements.len()];
+            bodies.push(body);
+        }
+        for body in bodies {
+            for session in [None, Some(token.as_str())] {
+                let mut host = FakeHost::post("", session);
+                host.request_body = body.clone();
+                let mut request = Request::new(Rc::clone(&catalog));
+                if request.on_request_headers(&mut host, false) != Action::Pause {
+                    continue;
+                }
+                let action = request.on_request_body(&mut host, body.len(), true);
+                let answered = host.reply.is_some();
+                let routed = action == Action::Continue || !host.calls.is_empty();
+                assert!(
+                    answered || routed,
+                    "no answer for {:?}",
+                    String::from_utf8_lossy(&body)
+                );
+                if let Some((status, _, reply)) = &host.reply {
+                    if *status != 202 {
+                        let reply: serde_json::Value = serde_json::from_slice(reply).unwrap();
+                        assert_eq!(reply["jsonrpc"], "2.0");
+                    }
+                }
+                cases += 1;
+            }
+        }
+    }
+    assert!(cases > 3000);
+}
