@@ -1,0 +1,414 @@
+//! Discovery: one task per enabled server. It connects with rmcp (Streamable HTTP, `initialize`),
+//! lists tools (all pages) and the prompts/resources the server declares, reports the result, then
+//! follows `notifications/*/list_changed`, refreshes periodically and pings. Any failure reports
+//! the server down with the reason, and the task reconnects with exponential backoff (jittered).
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcpgw_core::config::HeaderValue;
+use reqwest::header::{HeaderName, HeaderValue as HttpHeaderValue};
+use rmcp::model::{ClientCapabilities, ClientConfig, ClientRequest, Implementation, PingRequest};
+use rmcp::service::{NotificationContext, RoleClient, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{ClientCacheConfig, ClientHandler, ServiceExt};
+use serde::Serialize;
+use serde_json::value::{to_raw_value, RawValue};
+use tokio::sync::mpsc;
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::catalog::{Item, ServerLists};
+use crate::settings::Timing;
+
+/// What a discovery task reports to the engine. `generation` tells a current task from one the
+/// engine has since replaced.
+#[derive(Debug)]
+pub enum Event {
+    Up {
+        server: String,
+        generation: u64,
+        lists: Arc<ServerLists>,
+    },
+    Down {
+        server: String,
+        generation: u64,
+        reason: String,
+    },
+}
+
+/// Everything a task needs to reach its server.
+#[derive(Clone)]
+pub struct Target {
+    pub name: String,
+    pub url: String,
+    pub headers: Vec<HeaderValue>,
+    pub http: reqwest::Client,
+    pub timing: Timing,
+}
+
+/// Receives the server's notifications; list changes wake the task.
+struct Handler {
+    changed: mpsc::Sender<()>,
+}
+
+impl ClientHandler for Handler {
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.changed.try_send(());
+    }
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.changed.try_send(());
+    }
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.changed.try_send(());
+    }
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("mcpgw-sidecar", env!("CARGO_PKG_VERSION")),
+        )
+    }
+}
+
+type Client = RunningService<RoleClient, Handler>;
+
+/// Runs until aborted.
+pub async fn run(target: Target, generation: u64, events: mpsc::Sender<Event>) {
+    let timing = target.timing;
+    let mut delay = timing.backoff_initial;
+    loop {
+        let (changed_tx, changed_rx) = mpsc::channel(4);
+        let reason = match connect(&target, changed_tx).await {
+            Err(reason) => reason,
+            Ok(client) => {
+                let (reason, served) =
+                    serve(&target, generation, &events, &client, changed_rx).await;
+                drop(client);
+                if served {
+                    delay = timing.backoff_initial;
+                }
+                reason
+            }
+        };
+        let down = Event::Down {
+            server: target.name.clone(),
+            generation,
+            reason: reason.clone(),
+        };
+        if events.send(down).await.is_err() {
+            return;
+        }
+        let wait = jitter(delay);
+        tracing::debug!(
+            "server {}: next connection attempt in {} ms",
+            target.name,
+            wait.as_millis()
+        );
+        sleep(wait).await;
+        delay = (delay * 2).min(timing.backoff_max);
+    }
+}
+
+/// `initialize` with the configured headers; the client's own response cache is disabled (a
+/// refresh must see the server, not a stale copy).
+async fn connect(target: &Target, changed: mpsc::Sender<()>) -> Result<Client, String> {
+    let mut headers = HashMap::new();
+    for h in &target.headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|e| format!("header {:?}: {e}", h.name))?;
+        let value =
+            HttpHeaderValue::from_str(&h.value).map_err(|e| format!("header {:?}: {e}", h.name))?;
+        headers.insert(name, value);
+    }
+    let config = StreamableHttpClientTransportConfig::with_uri(target.url.as_str())
+        .custom_headers(headers)
+        .reinit_on_expired_session(false);
+    let transport = StreamableHttpClientTransport::with_client(target.http.clone(), config);
+    let client = bounded(target.timing.request_timeout, "initialize", async {
+        Handler { changed }
+            .serve(transport)
+            .await
+            .map_err(|e| describe(&e))
+    })
+    .await?;
+    client
+        .peer()
+        .set_response_cache_config(ClientCacheConfig::disabled())
+        .await;
+    Ok(client)
+}
+
+/// Lists, reports, then watches. Returns why the session ended and whether it ever served.
+async fn serve(
+    target: &Target,
+    generation: u64,
+    events: &mpsc::Sender<Event>,
+    client: &Client,
+    mut changed: mpsc::Receiver<()>,
+) -> (String, bool) {
+    let timing = target.timing;
+    let mut served = false;
+    let mut last: Option<Arc<ServerLists>> = None;
+    let mut next_refresh = Instant::now();
+    let mut next_ping = Instant::now() + timing.health_interval;
+    let mut refresh = true;
+    loop {
+        if refresh {
+            refresh = false;
+            let lists = match list(client, timing.request_timeout).await {
+                Ok(lists) => Arc::new(lists),
+                Err(reason) => return (reason, served),
+            };
+            if last.as_deref() != Some(&*lists) {
+                tracing::info!(
+                    "Discovered {} tools for server {}{}",
+                    lists.tools.len(),
+                    target.name,
+                    extras_note(&lists)
+                );
+                last = Some(lists.clone());
+            } else {
+                tracing::debug!("server {}: lists unchanged", target.name);
+            }
+            let up = Event::Up {
+                server: target.name.clone(),
+                generation,
+                lists,
+            };
+            if events.send(up).await.is_err() {
+                return ("sidecar shutting down".into(), served);
+            }
+            served = true;
+            next_refresh = Instant::now() + timing.refresh_interval;
+        }
+        tokio::select! {
+            notice = changed.recv() => {
+                if notice.is_none() {
+                    return ("notification channel closed".into(), served);
+                }
+                // Coalesce a burst of notifications into one refresh.
+                sleep(Duration::from_millis(20)).await;
+                while changed.try_recv().is_ok() {}
+                tracing::debug!("server {}: list_changed received, refreshing", target.name);
+                refresh = true;
+            }
+            _ = tokio::time::sleep_until(next_refresh) => {
+                refresh = true;
+            }
+            _ = tokio::time::sleep_until(next_ping) => {
+                let ping = ClientRequest::PingRequest(PingRequest::default());
+                let answer = bounded(timing.request_timeout, "ping", async {
+                    client.send_request(ping).await.map_err(|e| describe(&e))
+                }).await;
+                if let Err(reason) = answer {
+                    return (reason, served);
+                }
+                next_ping = Instant::now() + timing.health_interval;
+            }
+        }
+        if client.is_closed() {
+            return ("connection closed".into(), served);
+        }
+    }
+}
+
+fn extras_note(lists: &ServerLists) -> String {
+    if lists.prompts.is_empty() && lists.resources.is_empty() && lists.resource_templates.is_empty()
+    {
+        return String::new();
+    }
+    format!(
+        " ({} prompts, {} resources, {} resource templates)",
+        lists.prompts.len(),
+        lists.resources.len(),
+        lists.resource_templates.len()
+    )
+}
+
+/// One full pass: every page of every list the server declared.
+async fn list(client: &Client, limit: Duration) -> Result<ServerLists, String> {
+    let caps = client
+        .peer_info()
+        .map(|info| info.capabilities.clone())
+        .unwrap_or_default();
+    let server_info = client.peer_info().and_then(|info| {
+        info.server_info
+            .as_ref()
+            .map(|i| format!("{} {}", i.name, i.version))
+    });
+    let mut lists = ServerLists {
+        server_info,
+        ..ServerLists::default()
+    };
+    if caps.tools.is_some() {
+        let tools = bounded(limit, "tools/list", async {
+            client.list_all_tools().await.map_err(|e| describe(&e))
+        })
+        .await?;
+        lists.tools = items(&tools, |t| t.name.to_string())?;
+    }
+    if caps.prompts.is_some() {
+        let prompts = bounded(limit, "prompts/list", async {
+            client.list_all_prompts().await.map_err(|e| describe(&e))
+        })
+        .await?;
+        lists.prompts = items(&prompts, |p| p.name.clone())?;
+    }
+    if caps.resources.is_some() {
+        let resources = bounded(limit, "resources/list", async {
+            client.list_all_resources().await.map_err(|e| describe(&e))
+        })
+        .await?;
+        lists.resources = items(&resources, |r| r.uri.clone())?;
+        let templates = bounded(limit, "resources/templates/list", async {
+            client
+                .list_all_resource_templates()
+                .await
+                .map_err(|e| describe(&e))
+        })
+        .await?;
+        lists.resource_templates = items(&templates, |t| t.uri_template.clone())?;
+    }
+    Ok(lists)
+}
+
+fn items<T: Serialize>(list: &[T], key: impl Fn(&T) -> String) -> Result<Vec<Item>, String> {
+    list.iter()
+        .map(|x| {
+            let json: Box<RawValue> = to_raw_value(x).map_err(|e| e.to_string())?;
+            Ok(Item::new(key(x), json))
+        })
+        .collect()
+}
+
+async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    match timeout(limit, fut).await {
+        Ok(result) => result.map_err(|e| format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {} ms", limit.as_millis())),
+    }
+}
+
+/// The error and its root cause on one line, with a hint for credential problems.
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let top = strip_type_names(&error.to_string());
+    let mut root = None;
+    let mut current = error.source();
+    while let Some(e) = current {
+        root = Some(e.to_string());
+        current = e.source();
+    }
+    // rmcp keeps the transport's cause out of `source()`; its Debug form still has it.
+    let root = root.or_else(|| debug_cause(&format!("{error:?}")));
+    let mut line = match root {
+        Some(root) if !top.contains(&root) => format!("{top}: {root}"),
+        _ => top,
+    };
+    let lower = line.to_ascii_lowercase();
+    if lower.contains("401") || lower.contains("unauthorized") || lower.contains("auth required") {
+        line.push_str(
+            " (HTTP 401: the server wants a credential; check this server's `credential` in the \
+             sidecar configuration)",
+        );
+    } else if lower.contains("403") || lower.contains("forbidden") {
+        line.push_str(" (HTTP 403: the server refused the configured credential)");
+    }
+    line
+}
+
+/// The innermost cause visible in a Debug rendering: an OS error message, a TLS verdict.
+fn debug_cause(debug: &str) -> Option<String> {
+    if let Some(at) = debug.rfind("message: \"") {
+        let rest = debug.get(at + "message: \"".len()..)?;
+        return rest.split('"').next().map(str::to_owned);
+    }
+    for marker in ["InvalidCertificate(", "AlertReceived(", "InvalidMessage("] {
+        if let Some(at) = debug.find(marker) {
+            let rest = debug.get(at..)?;
+            let end = rest.find(')').map_or(rest.len(), |i| i + 1);
+            return rest.get(..end).map(|s| format!("TLS: {s}"));
+        }
+    }
+    None
+}
+
+/// rmcp puts Rust type names in its messages (`Transport [rmcp::transport::...<...>] error`).
+fn strip_type_names(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut depth = 0usize;
+    for c in text.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' if depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out.replace("  ", " ")
+}
+
+/// `d` +/- 20 %.
+fn jitter(d: Duration) -> Duration {
+    let random = RandomState::new().build_hasher().finish();
+    let permille = 800 + (random % 401);
+    d * u32::try_from(permille).unwrap_or(1000) / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn describe_joins_sources_and_explains_401() {
+        let e = E(
+            "send initialize",
+            Some(Box::new(E("HTTP status 401 Unauthorized", None))),
+        );
+        let line = describe(&e);
+        assert!(
+            line.starts_with("send initialize: HTTP status 401 Unauthorized"),
+            "{line}"
+        );
+        assert!(line.contains("credential"), "{line}");
+        let e = E(
+            "connect: connection refused",
+            Some(Box::new(E("connection refused", None))),
+        );
+        assert_eq!(describe(&e), "connect: connection refused");
+    }
+
+    #[test]
+    fn jitter_stays_within_twenty_percent() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(1000));
+            assert!(j >= Duration::from_millis(800) && j <= Duration::from_millis(1200));
+        }
+    }
+}

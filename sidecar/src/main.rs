@@ -1,0 +1,229 @@
+//! mcpgw-sidecar: discovers the upstream MCP servers of the gateway, serves the plugin's
+//! configuration document (long poll), the clients' notification stream, and Envoy xDS files.
+//!
+//! ```text
+//! mcpgw-sidecar run --config sidecar.yaml
+//! mcpgw-sidecar bootstrap --config sidecar.yaml [--out envoy.json] [--no-wasm]
+//! mcpgw-sidecar check --config sidecar.yaml
+//! ```
+
+mod catalog;
+mod discovery;
+mod engine;
+mod http;
+mod settings;
+mod watch;
+mod xds;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+const USAGE: &str = "\
+usage:
+  mcpgw-sidecar run --config FILE
+      serve /v1/config (plugin long poll), GET <mcp_path> (client notifications), /v1/status;
+      discover the configured servers; write Envoy xDS files when envoy.xds_dir is set
+  mcpgw-sidecar bootstrap --config FILE [--out FILE] [--no-wasm]
+      write the Envoy bootstrap for standalone mode (stdout by default) and the initial xDS files
+  mcpgw-sidecar check --config FILE
+      validate the configuration file and print what it resolves to
+environment: MCPGW_LOG=error|warn|info|debug|trace (default info)";
+
+struct Args {
+    command: String,
+    config: Option<PathBuf>,
+    out: Option<PathBuf>,
+    wasm: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        command: "run".into(),
+        config: None,
+        out: None,
+        wasm: true,
+    };
+    let mut it = std::env::args().skip(1);
+    let mut first = true;
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--config" | "-c" => args.config = it.next().map(PathBuf::from),
+            "--out" | "-o" => args.out = it.next().map(PathBuf::from),
+            "--no-wasm" => args.wasm = false,
+            "--help" | "-h" => args.command = "help".into(),
+            "--version" | "-V" => args.command = "version".into(),
+            cmd if first && !cmd.starts_with('-') => args.command = cmd.to_string(),
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+        first = false;
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("mcpgw-sidecar: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let needs_config = || {
+        args.config
+            .clone()
+            .ok_or_else(|| "--config FILE is required".to_string())
+    };
+    let result = match args.command.as_str() {
+        "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        "version" => {
+            println!("mcpgw-sidecar {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        "run" => needs_config().and_then(|c| serve(&c)),
+        "bootstrap" => needs_config().and_then(|c| bootstrap(&c, args.out.as_deref(), args.wasm)),
+        "check" => needs_config().and_then(|c| check(&c)),
+        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("mcpgw-sidecar: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let level = std::env::var("MCPGW_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    // rmcp logs every transport hiccup at ERROR; our own lines carry the reason. Show its logs
+    // only when debugging.
+    let rmcp = if level >= tracing::Level::DEBUG {
+        LevelFilter::from_level(level)
+    } else {
+        LevelFilter::OFF
+    };
+    let filter = Targets::new().with_default(level).with_target("rmcp", rmcp);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .finish()
+        .with(filter)
+        .init();
+}
+
+fn serve(config: &Path) -> Result<(), String> {
+    // One crypto provider for every TLS client (reqwest is built without a default one).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    runtime.block_on(async {
+        let settings = Arc::new(settings::load(config)?);
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| format!("listen {}: {e}", settings.listen))?;
+        tracing::info!(
+            "mcpgw-sidecar {} listening on http://{} (config {})",
+            env!("CARGO_PKG_VERSION"),
+            settings.listen,
+            config.display()
+        );
+        let (engine, outputs) = engine::Engine::new(settings.clone());
+        let (config_tx, config_rx) = mpsc::channel(8);
+        tokio::spawn(watch::watch(config.to_path_buf(), settings, config_tx));
+        tokio::spawn(engine.run(config_rx));
+        let server = axum::serve(listener, http::router(outputs));
+        tokio::select! {
+            result = server => result.map_err(|e| format!("HTTP server: {e}")),
+            _ = shutdown() => {
+                tracing::info!("shutting down");
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn bootstrap(config: &Path, out: Option<&Path>, wasm: bool) -> Result<(), String> {
+    let settings = settings::load(config)?;
+    let dir = settings
+        .envoy
+        .xds_dir
+        .clone()
+        .ok_or("envoy.xds_dir must be set to generate a bootstrap")?;
+    // Initial xDS files, so Envoy can start before the sidecar.
+    let mut writer = xds::Writer::new(dir.clone());
+    writer.write(&settings, std::time::Instant::now())?;
+    let doc = xds::bootstrap(&settings, &dir, &xds::BootstrapOptions { wasm });
+    let mut text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    text.push('\n');
+    match out {
+        Some(path) => {
+            let parent = path.parent().unwrap_or(Path::new("."));
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or("--out must name a file")?;
+            xds::write_atomic(parent, &name, text.as_bytes())?;
+            eprintln!(
+                "wrote {} and the xDS files in {}",
+                path.display(),
+                dir.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn check(config: &Path) -> Result<(), String> {
+    let settings = settings::load(config)?;
+    println!("{}: ok", config.display());
+    println!("listen {}", settings.listen);
+    for s in &settings.servers {
+        let creds = match &s.headers {
+            Ok(h) => format!("{} header(s)", h.len()),
+            Err(e) => format!("NOT USABLE: {e}"),
+        };
+        println!(
+            "server {} {} prefix {:?} {}authority {} cluster {} {creds}",
+            s.name,
+            s.url,
+            s.prefix,
+            if s.enabled { "" } else { "(disabled) " },
+            s.authority,
+            s.cluster
+        );
+    }
+    Ok(())
+}

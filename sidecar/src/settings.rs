@@ -1,0 +1,855 @@
+//! The sidecar's own configuration file (YAML): parsing, validation, and resolution of
+//! everything that lives outside the file (credentials, CA files, the session key).
+//!
+//! `load` either returns a complete [`Settings`] or one error message naming the field; the caller
+//! keeps the last good settings when it fails. Relative paths are relative to the config file.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use mcpgw_core::config::{GatewayInfo, HeaderValue, Limits, SessionKey};
+use serde::Deserialize;
+
+/// Name of the Envoy cluster that points at the sidecar (static, in the bootstrap).
+pub const SIDECAR_CLUSTER: &str = "mcpgw_sidecar";
+/// Prefix of the generated per-server Envoy clusters.
+pub const CLUSTER_PREFIX: &str = "mcpgw_srv_";
+
+// ---------------------------------------------------------------------------------------------
+// The file, as written by people.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    /// Where the sidecar serves `/v1/config`, `/v1/status` and the MCP GET stream.
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    #[serde(default)]
+    gateway: GatewaySection,
+    #[serde(default)]
+    session: SessionSection,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    discovery: DiscoverySection,
+    #[serde(default)]
+    notifications: NotificationsSection,
+    #[serde(default)]
+    envoy: EnvoySection,
+    #[serde(default)]
+    servers: Vec<ServerSection>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 18000))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct GatewaySection {
+    name: String,
+    version: String,
+    mcp_path: String,
+    instructions: Option<String>,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        let info = GatewayInfo::default();
+        Self {
+            name: info.name,
+            version: info.version,
+            mcp_path: info.mcp_path,
+            instructions: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SessionSection {
+    /// File holding 32 random bytes, standard base64; generated (mode 0600) when missing.
+    key_file: PathBuf,
+    key_id: String,
+    ttl_seconds: u64,
+}
+
+impl Default for SessionSection {
+    fn default() -> Self {
+        Self {
+            key_file: PathBuf::from("session.key"),
+            key_id: "k1".into(),
+            ttl_seconds: 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct DiscoverySection {
+    refresh_interval_ms: u64,
+    health_interval_ms: u64,
+    request_timeout_ms: u64,
+    backoff_initial_ms: u64,
+    backoff_max_ms: u64,
+    startup_grace_ms: u64,
+    config_poll_ms: u64,
+}
+
+impl Default for DiscoverySection {
+    fn default() -> Self {
+        Self {
+            refresh_interval_ms: 300_000,
+            health_interval_ms: 5_000,
+            request_timeout_ms: 10_000,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 30_000,
+            startup_grace_ms: 5_000,
+            config_poll_ms: 200,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct NotificationsSection {
+    keepalive_ms: u64,
+    /// Pause between publishing a changed catalog and telling the clients, so every plugin VM
+    /// has adopted it (they pick a new document up on a 200 ms tick).
+    delay_ms: u64,
+}
+
+impl Default for NotificationsSection {
+    fn default() -> Self {
+        Self {
+            keepalive_ms: 15_000,
+            delay_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct EnvoySection {
+    /// Directory for `cds.json` and `rds.json`; no xDS files are written when unset.
+    xds_dir: Option<PathBuf>,
+    /// The rest only shapes the bootstrap written by `mcpgw-sidecar bootstrap`.
+    listen: SocketAddr,
+    admin: SocketAddr,
+    wasm: PathBuf,
+    /// CA bundle for `https` upstreams without their own `ca_file`.
+    ca_bundle: PathBuf,
+    authority_suffix: String,
+    long_poll_ms: u64,
+    retry_ms: u64,
+    connect_timeout_ms: u64,
+}
+
+impl Default for EnvoySection {
+    fn default() -> Self {
+        Self {
+            xds_dir: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 10000)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            wasm: PathBuf::from("target/mcpgw.wasm"),
+            ca_bundle: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            authority_suffix: "mcp.local".into(),
+            long_poll_ms: 20_000,
+            retry_ms: 1_000,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    name: String,
+    url: String,
+    /// Defaults to `<name>_`.
+    prefix: Option<String>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    credential: Option<CredentialSection>,
+    /// Extra, non-secret headers sent to the server (discovery and routed calls).
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    /// CA certificate(s) (PEM) trusted for this `https` server instead of the system bundle.
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialSection {
+    env: Option<String>,
+    file: Option<PathBuf>,
+    #[serde(default = "default_credential_header")]
+    header: String,
+    /// Written before the secret with one space; empty sends the secret alone.
+    #[serde(default = "default_scheme")]
+    scheme: String,
+}
+
+fn default_credential_header() -> String {
+    "authorization".into()
+}
+fn default_scheme() -> String {
+    "Bearer".into()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The resolved settings the rest of the sidecar works with.
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub source: PathBuf,
+    pub listen: SocketAddr,
+    pub gateway: SerdeEq<GatewayInfo>,
+    pub session_key_file: PathBuf,
+    pub session_keys: SerdeEq<Vec<SessionKey>>,
+    pub session_ttl_seconds: u64,
+    pub limits: SerdeEq<Limits>,
+    pub discovery: Timing,
+    pub keepalive: Duration,
+    pub notify_delay: Duration,
+    pub config_poll: Duration,
+    pub envoy: EnvoySettings,
+    pub servers: Vec<ServerSpec>,
+}
+
+/// A core type (without `PartialEq`) compared through its JSON form.
+#[derive(Debug, Clone, Default)]
+pub struct SerdeEq<T>(pub T);
+
+impl<T: serde::Serialize> PartialEq for SerdeEq<T> {
+    fn eq(&self, other: &Self) -> bool {
+        serde_json::to_value(&self.0).ok() == serde_json::to_value(&other.0).ok()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub refresh_interval: Duration,
+    pub health_interval: Duration,
+    pub request_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub startup_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvoySettings {
+    pub xds_dir: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub wasm: PathBuf,
+    pub ca_bundle: PathBuf,
+    pub long_poll_ms: u64,
+    pub retry_ms: u64,
+    pub connect_timeout: Duration,
+}
+
+/// One configured upstream server, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSpec {
+    pub name: String,
+    pub prefix: String,
+    pub enabled: bool,
+    pub url: String,
+    pub tls: bool,
+    /// Host name or IP (no brackets, no port): what Envoy resolves or connects to, and the SNI.
+    pub hostname: String,
+    pub port: u16,
+    /// `host[:port]` as written in the URL, sent as `Host`.
+    pub host_header: String,
+    pub path: String,
+    pub ca_file: Option<PathBuf>,
+    /// `:authority` the plugin sets on routed requests; Envoy's virtual host for this server.
+    pub authority: String,
+    pub cluster: String,
+    /// Headers sent upstream (credential included), or why they could not be resolved (a
+    /// missing variable or file): then the server stays out of the catalog.
+    pub headers: Result<Vec<HeaderValue>, String>,
+}
+
+impl ServerSpec {
+    pub fn hostname_is_ip(&self) -> bool {
+        self.hostname.parse::<IpAddr>().is_ok()
+    }
+}
+
+/// Reads, parses and validates the file at `path`. The error is one line naming the problem.
+pub fn load(path: &Path) -> Result<Settings, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut settings = parse(&text, &base, &|name| std::env::var(name).ok())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    settings.source = path.to_path_buf();
+    let key = load_or_create_key(&settings.session_key_file)?;
+    if let Some(first) = settings.session_keys.0.first_mut() {
+        first.secret = key;
+    }
+    Ok(settings)
+}
+
+/// Parses and validates the YAML text; paths resolve against `base`, variables through `env`.
+/// The session key's secret is left empty (filled by [`load`] from the key file).
+pub fn parse(
+    text: &str,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, String> {
+    let file: FileConfig = yaml_serde::from_str(text).map_err(|e| e.to_string())?;
+    let FileConfig {
+        listen,
+        gateway,
+        session,
+        limits,
+        discovery,
+        notifications,
+        envoy,
+        servers,
+    } = file;
+
+    if !gateway.mcp_path.starts_with('/') || gateway.mcp_path.starts_with("/v1/") {
+        return Err(format!(
+            "gateway.mcp_path: must start with '/' and not with '/v1/', got {:?}",
+            gateway.mcp_path
+        ));
+    }
+    if session.key_id.is_empty() || !session.key_id.bytes().all(is_token_byte) {
+        return Err("session.key_id: must be non-empty [A-Za-z0-9._-]".into());
+    }
+    if session.ttl_seconds == 0 {
+        return Err("session.ttl_seconds: must be positive".into());
+    }
+    if limits.page_size == 0 {
+        return Err("limits.page_size: must be positive".into());
+    }
+    let positive = |name: &str, v: u64| {
+        if v == 0 {
+            Err(format!("{name}: must be positive"))
+        } else {
+            Ok(Duration::from_millis(v))
+        }
+    };
+    let discovery_timing = Timing {
+        refresh_interval: positive(
+            "discovery.refresh_interval_ms",
+            discovery.refresh_interval_ms,
+        )?,
+        health_interval: positive("discovery.health_interval_ms", discovery.health_interval_ms)?,
+        request_timeout: positive("discovery.request_timeout_ms", discovery.request_timeout_ms)?,
+        backoff_initial: positive("discovery.backoff_initial_ms", discovery.backoff_initial_ms)?,
+        backoff_max: positive("discovery.backoff_max_ms", discovery.backoff_max_ms)?,
+        startup_grace: Duration::from_millis(discovery.startup_grace_ms),
+    };
+    if discovery_timing.backoff_max < discovery_timing.backoff_initial {
+        return Err("discovery.backoff_max_ms: must be >= backoff_initial_ms".into());
+    }
+    let config_poll = positive("discovery.config_poll_ms", discovery.config_poll_ms)?;
+    let keepalive = positive("notifications.keepalive_ms", notifications.keepalive_ms)?;
+    let suffix = envoy
+        .authority_suffix
+        .trim_matches('.')
+        .to_ascii_lowercase();
+    if suffix.is_empty()
+        || !suffix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    {
+        return Err(format!(
+            "envoy.authority_suffix: must be a DNS suffix, got {:?}",
+            envoy.authority_suffix
+        ));
+    }
+
+    let mut specs = Vec::with_capacity(servers.len());
+    let mut names = HashSet::new();
+    for (i, server) in servers.into_iter().enumerate() {
+        let spec = server_spec(i, server, base, &suffix, env)?;
+        if !names.insert(spec.name.to_ascii_lowercase()) {
+            return Err(format!(
+                "servers[{i}].name: duplicate server name {:?} (names are compared case-insensitively)",
+                spec.name
+            ));
+        }
+        specs.push(spec);
+    }
+
+    Ok(Settings {
+        source: PathBuf::new(),
+        listen,
+        gateway: SerdeEq(GatewayInfo {
+            name: gateway.name,
+            version: gateway.version,
+            mcp_path: gateway.mcp_path,
+            instructions: gateway.instructions,
+            // The sidecar serves the GET notification stream.
+            list_changed: true,
+        }),
+        session_key_file: resolve(base, &session.key_file),
+        session_keys: SerdeEq(vec![SessionKey {
+            id: session.key_id,
+            secret: String::new(),
+        }]),
+        session_ttl_seconds: session.ttl_seconds,
+        limits: SerdeEq(limits),
+        discovery: discovery_timing,
+        keepalive,
+        notify_delay: Duration::from_millis(notifications.delay_ms),
+        config_poll,
+        envoy: EnvoySettings {
+            xds_dir: envoy.xds_dir.map(|p| resolve(base, &p)),
+            listen: envoy.listen,
+            admin: envoy.admin,
+            wasm: resolve(base, &envoy.wasm),
+            ca_bundle: resolve(base, &envoy.ca_bundle),
+            long_poll_ms: envoy.long_poll_ms,
+            retry_ms: envoy.retry_ms,
+            connect_timeout: positive("envoy.connect_timeout_ms", envoy.connect_timeout_ms)?,
+        },
+        servers: specs,
+    })
+}
+
+fn server_spec(
+    i: usize,
+    server: ServerSection,
+    base: &Path,
+    suffix: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ServerSpec, String> {
+    let field = |name: &str| format!("servers[{i}].{name}");
+    if server.name.is_empty() || server.name.len() > 64 || !server.name.bytes().all(is_token_byte) {
+        return Err(format!(
+            "{}: must be 1-64 characters of [A-Za-z0-9._-], got {:?}",
+            field("name"),
+            server.name
+        ));
+    }
+    let prefix = server.prefix.unwrap_or_else(|| format!("{}_", server.name));
+    if prefix.len() > 64 || !prefix.bytes().all(is_token_byte) {
+        return Err(format!(
+            "{}: must be at most 64 characters of [A-Za-z0-9._-], got {prefix:?}",
+            field("prefix")
+        ));
+    }
+    let url = url::Url::parse(&server.url)
+        .map_err(|e| format!("{}: {e}: {:?}", field("url"), server.url))?;
+    let tls = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        other => {
+            return Err(format!(
+                "{}: scheme must be http or https, got {other:?}",
+                field("url")
+            ))
+        }
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{}: must not carry user info; use `credential`",
+            field("url")
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(format!("{}: must not have a fragment", field("url")));
+    }
+    let (hostname, host_header) = match url.host() {
+        Some(url::Host::Domain(d)) => (d.to_string(), d.to_string()),
+        Some(url::Host::Ipv4(a)) => (a.to_string(), a.to_string()),
+        Some(url::Host::Ipv6(a)) => (a.to_string(), format!("[{a}]")),
+        None => return Err(format!("{}: has no host", field("url"))),
+    };
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
+    let host_header = match url.port() {
+        Some(p) => format!("{host_header}:{p}"),
+        None => host_header,
+    };
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    if server.ca_file.is_some() && !tls {
+        return Err(format!("{}: only applies to https URLs", field("ca_file")));
+    }
+
+    let mut headers = Vec::new();
+    for (name, value) in &server.headers {
+        check_header(&field(&format!("headers.{name}")), name, value)?;
+        headers.push(HeaderValue {
+            name: name.to_ascii_lowercase(),
+            value: value.clone(),
+        });
+    }
+    let resolved = match server.credential {
+        None => Ok(headers),
+        Some(c) => {
+            let name = c.header.to_ascii_lowercase();
+            check_header(&field("credential.header"), &name, "")?;
+            if headers.iter().any(|h| h.name == name) {
+                return Err(format!(
+                    "{}: header {name:?} is also set in `headers`",
+                    field("credential")
+                ));
+            }
+            let secret = match (c.env, c.file) {
+                (Some(var), None) => env(&var)
+                    .filter(|v| !v.trim().is_empty())
+                    .map(|v| v.trim().to_string())
+                    .ok_or_else(|| format!("credential: environment variable {var} is not set")),
+                (None, Some(file)) => {
+                    let path = resolve(base, &file);
+                    fs::read_to_string(&path)
+                        .map_err(|e| format!("credential: {}: {e}", path.display()))
+                        .and_then(|s| {
+                            let s = s.trim().to_string();
+                            if s.is_empty() {
+                                Err(format!("credential: {} is empty", path.display()))
+                            } else {
+                                Ok(s)
+                            }
+                        })
+                }
+                _ => {
+                    return Err(format!(
+                        "{}: set exactly one of `env` and `file`",
+                        field("credential")
+                    ))
+                }
+            };
+            secret.and_then(|secret| {
+                let value = if c.scheme.is_empty() {
+                    secret
+                } else {
+                    format!("{} {secret}", c.scheme)
+                };
+                if value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                    return Err("credential: the secret contains control characters".into());
+                }
+                headers.push(HeaderValue { name, value });
+                Ok(headers)
+            })
+        }
+    };
+
+    let lower = server.name.to_ascii_lowercase();
+    Ok(ServerSpec {
+        authority: format!("{lower}.{suffix}"),
+        cluster: format!("{CLUSTER_PREFIX}{}", server.name),
+        name: server.name,
+        prefix,
+        enabled: server.enabled,
+        url: url.to_string(),
+        tls,
+        hostname,
+        port,
+        host_header,
+        path,
+        ca_file: server.ca_file.map(|p| resolve(base, &p)),
+        headers: resolved,
+    })
+}
+
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "accept",
+    "content-type",
+    "content-length",
+    "connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "keep-alive",
+    "proxy-connection",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+    "mcp-method",
+    "mcp-name",
+];
+
+fn check_header(field: &str, name: &str, value: &str) -> Result<(), String> {
+    let lower = name.to_ascii_lowercase();
+    if lower.is_empty()
+        || !lower
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        return Err(format!("{field}: invalid header name {name:?}"));
+    }
+    if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-mcp-") {
+        return Err(format!(
+            "{field}: header {name:?} is managed by the gateway"
+        ));
+    }
+    if value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err(format!("{field}: value contains control characters"));
+    }
+    Ok(())
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-'
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Reads the session key file (standard base64 of 32 bytes), creating it (mode 0600) if missing.
+pub fn load_or_create_key(path: &Path) -> Result<String, String> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let text = text.trim();
+            match STANDARD.decode(text) {
+                Ok(bytes) if bytes.len() == 32 => Ok(text.to_string()),
+                _ => Err(format!(
+                    "session.key_file: {} must hold 32 bytes in standard base64",
+                    path.display()
+                )),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            getrandom::getrandom(&mut bytes)
+                .map_err(|e| format!("session key: no randomness: {e}"))?;
+            let text = STANDARD.encode(bytes);
+            if let Some(dir) = path.parent() {
+                if !dir.as_os_str().is_empty() {
+                    fs::create_dir_all(dir)
+                        .map_err(|e| format!("session.key_file: {}: {e}", dir.display()))?;
+                }
+            }
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let written = options
+                .open(path)
+                .and_then(|mut f| f.write_all(format!("{text}\n").as_bytes()));
+            match written {
+                Ok(()) => {
+                    tracing::info!("generated session key file {}", path.display());
+                    Ok(text)
+                }
+                // Someone else created it meanwhile: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_key(path),
+                Err(e) => Err(format!("session.key_file: {}: {e}", path.display())),
+            }
+        }
+        Err(e) => Err(format!("session.key_file: {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "TOKEN" => Some("s3cret\n".into()),
+            _ => None,
+        }
+    }
+
+    fn parse_ok(text: &str) -> Settings {
+        parse(text, Path::new("/etc/mcpgw"), &env).unwrap()
+    }
+
+    fn parse_err(text: &str) -> String {
+        parse(text, Path::new("/etc/mcpgw"), &env).unwrap_err()
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let s = parse_ok("servers: []\n");
+        assert_eq!(s.listen, "127.0.0.1:18000".parse().unwrap());
+        assert_eq!(s.gateway.0.mcp_path, "/mcp");
+        assert!(s.gateway.0.list_changed);
+        assert_eq!(s.session_keys.0[0].id, "k1");
+        assert_eq!(s.keepalive, Duration::from_secs(15));
+        assert!(s.envoy.xds_dir.is_none());
+        let empty = parse_ok("{}");
+        assert!(empty.servers.is_empty());
+    }
+
+    #[test]
+    fn server_fields_resolve() {
+        let s = parse_ok(
+            r#"
+servers:
+  - name: Alpha
+    url: https://api.example.com/v1/mcp?x=1
+    credential: {env: TOKEN}
+    headers: {X-Tenant: acme}
+    ca_file: certs/ca.pem
+  - name: beta
+    url: http://127.0.0.1:18081/mcp
+    prefix: ""
+    enabled: false
+  - name: gamma
+    url: http://[::1]:9000
+    credential: {file: /nonexistent/token, header: x-api-key, scheme: ""}
+"#,
+        );
+        let a = &s.servers[0];
+        assert_eq!(a.prefix, "Alpha_");
+        assert!(a.tls);
+        assert_eq!(a.hostname, "api.example.com");
+        assert_eq!(a.port, 443);
+        assert_eq!(a.host_header, "api.example.com");
+        assert_eq!(a.path, "/v1/mcp?x=1");
+        assert_eq!(a.authority, "alpha.mcp.local");
+        assert_eq!(a.cluster, "mcpgw_srv_Alpha");
+        assert_eq!(
+            a.ca_file.as_deref(),
+            Some(Path::new("/etc/mcpgw/certs/ca.pem"))
+        );
+        let headers = a.headers.as_ref().unwrap();
+        assert_eq!(headers[0].name, "x-tenant");
+        assert_eq!(headers[1].name, "authorization");
+        assert_eq!(headers[1].value, "Bearer s3cret");
+
+        let b = &s.servers[1];
+        assert_eq!(b.prefix, "");
+        assert!(!b.enabled);
+        assert_eq!(b.host_header, "127.0.0.1:18081");
+        assert!(b.hostname_is_ip());
+
+        let g = &s.servers[2];
+        assert_eq!(g.hostname, "::1");
+        assert_eq!(g.host_header, "[::1]:9000");
+        assert_eq!(g.path, "/");
+        // A missing credential is a per-server problem, not a rejected file.
+        assert!(g
+            .headers
+            .as_ref()
+            .unwrap_err()
+            .contains("/nonexistent/token"));
+    }
+
+    #[test]
+    fn missing_env_credential_is_per_server() {
+        let s = parse_ok(
+            "servers:\n  - {name: a, url: 'http://127.0.0.1:1/mcp', credential: {env: NOPE}}\n",
+        );
+        let err = s.servers[0].headers.as_ref().unwrap_err();
+        assert!(err.contains("NOPE is not set"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_files_with_a_clear_message() {
+        let cases = [
+            ("servers: [ {name: a, url: x", "did not find expected"),
+            ("serverz: []", "unknown field `serverz`"),
+            (
+                "servers:\n  - {name: 'a b', url: 'http://h/'}",
+                "servers[0].name",
+            ),
+            (
+                "servers:\n  - {name: a, url: 'ftp://h/'}",
+                "scheme must be http or https",
+            ),
+            (
+                "servers:\n  - {name: a, url: 'not a url'}",
+                "servers[0].url",
+            ),
+            ("servers:\n  - {name: a, url: 'http://u:p@h/'}", "user info"),
+            (
+                "servers:\n  - {name: a, url: 'http://h/', prefix: 'a/'}",
+                "servers[0].prefix",
+            ),
+            (
+                "servers:\n  - {name: a, url: 'http://h/'}\n  - {name: A, url: 'http://h/'}",
+                "duplicate server name",
+            ),
+            (
+                "servers:\n  - {name: a, url: 'http://h/', credential: {env: X, file: y}}",
+                "exactly one of",
+            ),
+            (
+                "servers:\n  - {name: a, url: 'http://h/', credential: {}}",
+                "exactly one of",
+            ),
+            (
+                "servers:\n  - {name: a, url: 'http://h/', ca_file: x}",
+                "only applies to https",
+            ),
+            (
+                "servers:\n  - {name: a, url: 'http://h/', headers: {host: x}}",
+                "managed by the gateway",
+            ),
+            (
+                "servers:\n  - {name: a, url: 'http://h/', colour: red}",
+                "unknown field `colour`",
+            ),
+            ("gateway: {mcp_path: mcp}", "gateway.mcp_path"),
+            ("discovery: {health_interval_ms: 0}", "health_interval_ms"),
+            (
+                "discovery: {backoff_initial_ms: 10, backoff_max_ms: 5}",
+                "backoff_max_ms",
+            ),
+            ("listen: nowhere", "listen"),
+            ("limits: {page_size: 0}", "page_size"),
+        ];
+        for (text, want) in cases {
+            let err = parse_err(text);
+            assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn yaml_errors_carry_a_location() {
+        let err = parse_err("servers:\n  - name: a\n    url: [\n");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn key_file_is_created_0600_and_reused() {
+        let dir = std::env::temp_dir().join(format!("mcpgw-key-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("sub/session.key");
+        let first = load_or_create_key(&path).unwrap();
+        assert_eq!(STANDARD.decode(&first).unwrap().len(), 32);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(load_or_create_key(&path).unwrap(), first);
+        fs::write(&path, "short").unwrap();
+        assert!(load_or_create_key(&path).unwrap_err().contains("32 bytes"));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,495 @@
+//! Envoy configuration for standalone mode: file-based xDS (CDS + RDS through
+//! `path_config_source`) and the bootstrap that points at those files.
+//!
+//! One cluster per enabled server (STATIC for an IP, LOGICAL_DNS for a host name; `https` gets an
+//! `UpstreamTlsContext` with SNI and certificate + SAN verification) and one virtual host per server
+//! (`domains: [<authority>]`, `host_rewrite_literal: <host>`, path kept). The default virtual host
+//! sends `GET <mcp_path>` to the sidecar (the notification stream) and answers everything else 404.
+//!
+//! Files are written atomically (temporary file + rename), which is the move Envoy's file watcher
+//! reacts to. A removed server's cluster stays in CDS for a grace period so that requests the
+//! plugin routes with the previous document still find it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::hex;
+use crate::settings::{ServerSpec, Settings, SIDECAR_CLUSTER};
+
+/// Name of the route configuration (RDS resource) the listener asks for.
+pub const ROUTE_CONFIG_NAME: &str = "mcpgw";
+pub const CDS_FILE: &str = "cds.json";
+pub const RDS_FILE: &str = "rds.json";
+/// How long a removed server's cluster is kept.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(10);
+
+const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const ROUTES_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+const TLS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+
+fn duration(d: Duration) -> String {
+    format!("{}.{:03}s", d.as_secs(), d.subsec_millis())
+}
+
+/// The Envoy cluster of one server.
+pub fn cluster(spec: &ServerSpec, settings: &Settings) -> Value {
+    let ip = spec.hostname_is_ip();
+    let mut cluster = json!({
+        "@type": CLUSTER_TYPE,
+        "name": spec.cluster,
+        "type": if ip { "STATIC" } else { "LOGICAL_DNS" },
+        "connect_timeout": duration(settings.envoy.connect_timeout),
+        "load_assignment": {
+            "cluster_name": spec.cluster,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": spec.hostname,
+                "port_value": spec.port,
+            }}}}]}],
+        },
+    });
+    if let Some(map) = cluster.as_object_mut() {
+        if !ip {
+            map.insert("dns_lookup_family".into(), json!("V4_PREFERRED"));
+        }
+        if spec.tls {
+            let ca = spec.ca_file.as_ref().unwrap_or(&settings.envoy.ca_bundle);
+            let san_type = if ip { "IP_ADDRESS" } else { "DNS" };
+            let mut tls = json!({
+                "@type": TLS_TYPE,
+                "common_tls_context": {"validation_context": {
+                    "trusted_ca": {"filename": ca.display().to_string()},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": san_type, "matcher": {"exact": spec.hostname}}
+                    ],
+                }},
+            });
+            if !ip {
+                if let Some(t) = tls.as_object_mut() {
+                    t.insert("sni".into(), json!(spec.hostname));
+                }
+            }
+            map.insert(
+                "transport_socket".into(),
+                json!({"name": "envoy.transport_sockets.tls", "typed_config": tls}),
+            );
+        }
+    }
+    cluster
+}
+
+/// The whole route configuration: one virtual host per enabled server, then the default one.
+pub fn route_configuration(settings: &Settings) -> Value {
+    let mut hosts: Vec<Value> = settings
+        .servers
+        .iter()
+        .filter(|s| s.enabled)
+        .map(|s| {
+            json!({
+                "name": format!("srv_{}", s.name),
+                "domains": [s.authority],
+                "routes": [
+                    {
+                        // Only what the plugin routed (it strips client x-mcp-* headers on the
+                        // MCP path and sets this one), not a client naming the host itself.
+                        "match": {"prefix": "/", "headers": [{
+                            "name": "x-mcp-servername",
+                            "string_match": {"exact": s.name},
+                        }]},
+                        "route": {
+                            "cluster": s.cluster,
+                            "host_rewrite_literal": s.host_header,
+                            "timeout": "0s",
+                        },
+                    },
+                    {
+                        "match": {"prefix": "/"},
+                        "direct_response": {"status": 404, "body": {"inline_string": "not found\n"}},
+                    },
+                ],
+            })
+        })
+        .collect();
+    hosts.push(json!({
+        "name": "mcpgw_default",
+        "domains": ["*"],
+        "routes": [
+            {
+                "match": {
+                    "path": settings.gateway.0.mcp_path,
+                    "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                },
+                "route": {"cluster": SIDECAR_CLUSTER, "timeout": "0s"},
+            },
+            {
+                "match": {"prefix": "/"},
+                "direct_response": {"status": 404, "body": {"inline_string": "not found\n"}},
+            },
+        ],
+    }));
+    json!({
+        "@type": ROUTES_TYPE,
+        "name": ROUTE_CONFIG_NAME,
+        "virtual_hosts": hosts,
+    })
+}
+
+/// A `DiscoveryResponse` as Envoy reads it from a file.
+fn discovery_response(resources: Vec<Value>) -> Vec<u8> {
+    let body = serde_json::to_vec(&resources).unwrap_or_default();
+    let version = hex(&Sha256::digest(&body));
+    let doc = json!({
+        "version_info": version.get(..16).unwrap_or(&version),
+        "resources": resources,
+    });
+    let mut text = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+    text.push(b'\n');
+    text
+}
+
+/// Writes the two files atomically and remembers what it wrote.
+pub struct Writer {
+    dir: PathBuf,
+    /// Clusters of the last write, by name.
+    current: BTreeMap<String, Value>,
+    /// Clusters of removed servers, kept until the grace period ends.
+    retired: BTreeMap<String, (Value, Instant)>,
+    last_cds: Vec<u8>,
+    last_rds: Vec<u8>,
+}
+
+impl Writer {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            current: BTreeMap::new(),
+            retired: BTreeMap::new(),
+            last_cds: Vec::new(),
+            last_rds: Vec::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Renders and writes what changed. Clusters first, so that routes never name a cluster
+    /// Envoy has not seen.
+    pub fn write(&mut self, settings: &Settings, now: Instant) -> Result<bool, String> {
+        let next: BTreeMap<String, Value> = settings
+            .servers
+            .iter()
+            .filter(|s| s.enabled)
+            .map(|s| (s.cluster.clone(), cluster(s, settings)))
+            .collect();
+        for (name, value) in std::mem::take(&mut self.current) {
+            if !next.contains_key(&name) {
+                self.retired.entry(name).or_insert((value, now));
+            }
+        }
+        self.retired.retain(|name, (_, since)| {
+            !next.contains_key(name) && now.duration_since(*since) < RETIRE_GRACE
+        });
+        self.current = next;
+
+        let clusters: Vec<Value> = self
+            .current
+            .values()
+            .chain(self.retired.values().map(|(v, _)| v))
+            .cloned()
+            .collect();
+        let cds = discovery_response(clusters);
+        let rds = discovery_response(vec![route_configuration(settings)]);
+        let mut changed = false;
+        if cds != self.last_cds {
+            write_atomic(&self.dir, CDS_FILE, &cds)?;
+            self.last_cds = cds;
+            changed = true;
+        }
+        if rds != self.last_rds {
+            write_atomic(&self.dir, RDS_FILE, &rds)?;
+            self.last_rds = rds;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// When the next retired cluster expires, if any.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.retired
+            .values()
+            .map(|(_, since)| *since + RETIRE_GRACE)
+            .min()
+    }
+}
+
+/// Temporary file in the same directory, then rename: Envoy sees one complete file appear.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let target = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))
+}
+
+/// Options of the generated bootstrap.
+pub struct BootstrapOptions {
+    /// Include the MCP gateway Wasm filter (off: plain routing, for testing the xDS files alone).
+    pub wasm: bool,
+}
+
+/// The Envoy bootstrap for standalone mode: the listener (Wasm filter + router, routes from RDS),
+/// clusters from CDS, and the static `mcpgw_sidecar` cluster. Paths are made absolute.
+pub fn bootstrap(settings: &Settings, xds_dir: &Path, options: &BootstrapOptions) -> Value {
+    let xds_dir = absolute(xds_dir);
+    let source = |file: &str| {
+        json!({
+            "path_config_source": {"path": xds_dir.join(file).display().to_string()},
+            "resource_api_version": "V3",
+        })
+    };
+    let plugin_configuration = json!({
+        "sidecar": {
+            "cluster": SIDECAR_CLUSTER,
+            "authority": "mcpgw-sidecar",
+            "path": "/v1/config",
+            "long_poll_ms": settings.envoy.long_poll_ms,
+            "retry_ms": settings.envoy.retry_ms,
+        }
+    });
+    let mut filters = Vec::new();
+    if options.wasm {
+        filters.push(json!({
+            "name": "envoy.filters.http.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "mcpgw",
+                    "root_id": "mcpgw",
+                    "allow_on_headers_stop_iteration": true,
+                    "failure_policy": "FAIL_RELOAD",
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": plugin_configuration.to_string(),
+                    },
+                    "vm_config": {
+                        "vm_id": "mcpgw",
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": absolute(&settings.envoy.wasm).display().to_string()}},
+                    },
+                },
+            },
+        }));
+    }
+    filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }));
+    let address = |a: std::net::SocketAddr| json!({"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}});
+    json!({
+        "node": {"id": "mcpgw", "cluster": "mcpgw"},
+        "admin": {"address": address(settings.envoy.admin)},
+        "dynamic_resources": {"cds_config": source(CDS_FILE)},
+        "static_resources": {
+            "listeners": [{
+                "name": "mcpgw",
+                "address": address(settings.envoy.listen),
+                "per_connection_buffer_limit_bytes": 4 * 1024 * 1024,
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "mcpgw",
+                        "rds": {"route_config_name": ROUTE_CONFIG_NAME, "config_source": source(RDS_FILE)},
+                        "http_filters": filters,
+                    },
+                }]}],
+            }],
+            "clusters": [{
+                "name": SIDECAR_CLUSTER,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": SIDECAR_CLUSTER,
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address(settings.listen)}}]}],
+                },
+            }],
+        },
+    })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use super::*;
+    use crate::settings::parse;
+
+    fn settings() -> Settings {
+        parse(
+            r#"
+envoy: {xds_dir: /tmp/x}
+servers:
+  - {name: alpha, url: 'http://127.0.0.1:18081/mcp'}
+  - {name: beta, url: 'https://api.example.com/mcp', ca_file: /ca.pem}
+  - {name: gamma, url: 'https://10.0.0.1:8443/mcp'}
+  - {name: off, url: 'http://h/', enabled: false}
+"#,
+            Path::new("/etc"),
+            &|_| None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn clusters_follow_scheme_and_host_kind() {
+        let s = settings();
+        let a = cluster(&s.servers[0], &s);
+        assert_eq!(a["type"], "STATIC");
+        assert!(a.get("transport_socket").is_none());
+        assert!(a.get("dns_lookup_family").is_none());
+        let b = cluster(&s.servers[1], &s);
+        assert_eq!(b["type"], "LOGICAL_DNS");
+        assert_eq!(
+            b["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["port_value"],
+            443
+        );
+        let tls = &b["transport_socket"]["typed_config"];
+        assert_eq!(tls["sni"], "api.example.com");
+        let v = &tls["common_tls_context"]["validation_context"];
+        assert_eq!(v["trusted_ca"]["filename"], "/ca.pem");
+        assert_eq!(v["match_typed_subject_alt_names"][0]["san_type"], "DNS");
+        let g = cluster(&s.servers[2], &s);
+        let tls = &g["transport_socket"]["typed_config"];
+        assert!(tls.get("sni").is_none(), "no SNI for an IP");
+        let v = &tls["common_tls_context"]["validation_context"];
+        assert_eq!(
+            v["trusted_ca"]["filename"],
+            "/etc/ssl/certs/ca-certificates.crt"
+        );
+        assert_eq!(
+            v["match_typed_subject_alt_names"][0]["san_type"],
+            "IP_ADDRESS"
+        );
+    }
+
+    #[test]
+    fn routes_have_one_vhost_per_enabled_server_then_default() {
+        let s = settings();
+        let r = route_configuration(&s);
+        let hosts = r["virtual_hosts"].as_array().unwrap();
+        assert_eq!(hosts.len(), 4);
+        assert_eq!(hosts[0]["domains"][0], "alpha.mcp.local");
+        assert_eq!(
+            hosts[0]["routes"][0]["route"]["host_rewrite_literal"],
+            "127.0.0.1:18081"
+        );
+        assert_eq!(hosts[0]["routes"][0]["route"]["cluster"], "mcpgw_srv_alpha");
+        let header = &hosts[0]["routes"][0]["match"]["headers"][0];
+        assert_eq!(header["name"], "x-mcp-servername");
+        assert_eq!(header["string_match"]["exact"], "alpha");
+        assert_eq!(hosts[0]["routes"][1]["direct_response"]["status"], 404);
+        assert_eq!(hosts[3]["domains"][0], "*");
+        assert_eq!(hosts[3]["routes"][0]["match"]["path"], "/mcp");
+        assert_eq!(hosts[3]["routes"][0]["route"]["cluster"], SIDECAR_CLUSTER);
+        assert_eq!(hosts[3]["routes"][1]["direct_response"]["status"], 404);
+    }
+
+    #[test]
+    fn writer_is_atomic_idempotent_and_retires_clusters() {
+        let dir = std::env::temp_dir().join(format!("mcpgw-xds-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut w = Writer::new(dir.clone());
+        let s = settings();
+        let t0 = Instant::now();
+        assert!(w.write(&s, t0).unwrap());
+        assert!(!w.write(&s, t0).unwrap(), "unchanged: nothing rewritten");
+        let cds: Value = serde_json::from_slice(&fs::read(dir.join(CDS_FILE)).unwrap()).unwrap();
+        assert_eq!(cds["resources"].as_array().unwrap().len(), 3);
+        assert_eq!(cds["resources"][0]["@type"], CLUSTER_TYPE);
+
+        let mut fewer = s.clone();
+        fewer.servers.remove(0);
+        assert!(w.write(&fewer, t0).unwrap());
+        let cds: Value = serde_json::from_slice(&fs::read(dir.join(CDS_FILE)).unwrap()).unwrap();
+        assert_eq!(
+            cds["resources"].as_array().unwrap().len(),
+            3,
+            "alpha retired, not gone"
+        );
+        let rds: Value = serde_json::from_slice(&fs::read(dir.join(RDS_FILE)).unwrap()).unwrap();
+        assert_eq!(
+            rds["resources"][0]["virtual_hosts"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(w.next_expiry(), Some(t0 + RETIRE_GRACE));
+        assert!(w.write(&fewer, t0 + RETIRE_GRACE).unwrap());
+        let cds: Value = serde_json::from_slice(&fs::read(dir.join(CDS_FILE)).unwrap()).unwrap();
+        assert_eq!(cds["resources"].as_array().unwrap().len(), 2);
+        assert_eq!(w.next_expiry(), None);
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bootstrap_points_at_the_files_and_the_sidecar() {
+        let s = settings();
+        let b = bootstrap(&s, Path::new("/run/xds"), &BootstrapOptions { wasm: true });
+        assert_eq!(
+            b["dynamic_resources"]["cds_config"]["path_config_source"]["path"],
+            "/run/xds/cds.json"
+        );
+        let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        assert_eq!(
+            hcm["rds"]["config_source"]["path_config_source"]["path"],
+            "/run/xds/rds.json"
+        );
+        let wasm = &hcm["http_filters"][0]["typed_config"]["config"];
+        assert_eq!(wasm["allow_on_headers_stop_iteration"], true);
+        assert_eq!(wasm["failure_policy"], "FAIL_RELOAD");
+        let conf: Value =
+            serde_json::from_str(wasm["configuration"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(conf["sidecar"]["cluster"], SIDECAR_CLUSTER);
+        assert_eq!(conf["sidecar"]["long_poll_ms"], 20000);
+        let sidecar = &b["static_resources"]["clusters"][0];
+        assert_eq!(
+            sidecar["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["port_value"],
+            18000
+        );
+        let plain = bootstrap(&s, Path::new("/run/xds"), &BootstrapOptions { wasm: false });
+        let hcm = &plain["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        assert_eq!(hcm["http_filters"].as_array().unwrap().len(), 1);
+    }
+}
