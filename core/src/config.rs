@@ -84,7 +84,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Tools per `tools/list` page.
     pub page_size: usize,
-    /// Slots in the shared upstream-session cache (direct-mapped; a collision evicts).
+    /// Slots in the shared upstream-session cache (4-way set associative; a full set evicts its
+    /// oldest entry).
     pub upstream_session_slots: u32,
     /// Timeout of the gateway's own calls to upstreams (initialize, DELETE, retries).
     pub upstream_timeout_ms: u64,

@@ -88,14 +88,15 @@ impl Request {
                 .find(|(n, _)| n == name)
                 .map(|(_, v)| v.as_slice())
         };
+        // Only the gateway speaks in x-mcp-* headers, on every path: routes to upstreams match
+        // on them, so a client must not be able to reach an upstream by sending them itself.
+        for (name, _) in headers.iter().filter(|(n, _)| n.starts_with("x-mcp-")) {
+            host.remove_request_header(name);
+        }
         let path = header(":path").unwrap_or_default();
         let path = path.split(|b| *b == b'?').next().unwrap_or_default();
         if path != self.catalog.gateway.mcp_path.as_bytes() {
             return Action::Continue;
-        }
-        // Only the gateway speaks for itself in x-mcp-* headers.
-        for (name, _) in headers.iter().filter(|(n, _)| n.starts_with("x-mcp-")) {
-            host.remove_request_header(name);
         }
         self.session_token = header("mcp-session-id").map(<[u8]>::to_vec);
         let method = header(":method").unwrap_or_default();
@@ -366,15 +367,8 @@ impl Request {
             received_len,
             session,
         };
-        let key = upstream::slot_key(
-            &call.session.id,
-            &server.name,
-            catalog.limits.upstream_session_slots,
-        );
-        let cached = host
-            .shared_get(&key)
-            .and_then(|v| upstream::decode_slot(&v, &call.session.id, &server.name));
-        match cached {
+        let slots = catalog.limits.upstream_session_slots;
+        match upstream::lookup(host, slots, &call.session.id, &server.name) {
             Some(upstream) => {
                 self.forward(host, call, &upstream, true);
                 Ok(Action::Continue)
@@ -538,15 +532,8 @@ impl Request {
                 ))
             }
         }
-        let key = upstream::slot_key(
-            &call.session.id,
-            &server.name,
-            catalog.limits.upstream_session_slots,
-        );
-        host.shared_set(
-            &key,
-            &upstream::encode_slot(&call.session.id, &server.name, &upstream),
-        );
+        let slots = catalog.limits.upstream_session_slots;
+        upstream::store(host, slots, &call.session.id, &server.name, &upstream);
         host.log(
             Level::Debug,
             &format!(
@@ -607,14 +594,9 @@ impl Request {
         );
         let mut pending = Vec::new();
         for server in &catalog.servers {
-            let key = upstream::slot_key(&session.id, &server.name, slots);
-            let Some(upstream) = host
-                .shared_get(&key)
-                .and_then(|v| upstream::decode_slot(&v, &session.id, &server.name))
-            else {
+            let Some(upstream) = upstream::forget(host, slots, &session.id, &server.name) else {
                 continue;
             };
-            host.shared_set(&key, b"");
             if upstream.session_id.is_empty() {
                 continue;
             }

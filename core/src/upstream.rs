@@ -1,13 +1,16 @@
 //! Upstream sessions: the gateway's own calls that open and close them, and their cache.
 //!
-//! The cache lives in Envoy's shared data (process-wide, all workers) as a fixed table of slots,
-//! so it is bounded by construction: a (client session, server) pair hashes to one slot, and a
-//! colliding pair evicts the older entry. A miss only costs opening a new upstream session.
+//! The cache lives in Envoy's shared data (process-wide, all workers) as a fixed table of
+//! `limits.upstream_session_slots` keys, so it is bounded by construction. It is 4-way set
+//! associative: a (client session, server) pair hashes to a set of four slots and, when all four
+//! are taken, replaces the one stored longest ago. A miss only costs opening a new upstream
+//! session.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::ServerConfig;
+use crate::host::Host;
 use crate::session::Claims;
 use crate::sse;
 
@@ -20,20 +23,88 @@ pub struct UpstreamSession {
     pub protocol_version: String,
 }
 
+const WAYS: u32 = 4;
 const SLOT_PREFIX: &str = "mcpgw.us.";
 const ENDED_PREFIX: &str = "mcpgw.ended.";
 
-/// Shared-data key of the slot for (client session, server).
-pub fn slot_key(client_session: &str, server: &str, slots: u32) -> String {
-    format!("{SLOT_PREFIX}{}", slot_of(&[client_session, server], slots))
+/// The cached upstream session of (client session, server), if any.
+pub fn lookup(host: &dyn Host, slots: u32, client: &str, server: &str) -> Option<UpstreamSession> {
+    set_keys(client, server, slots).find_map(|key| {
+        let value = host.shared_get(&key)?;
+        let slot = Slot::decode(&value)?;
+        slot.owned_by(client, server).then_some(slot.session)
+    })
+}
+
+/// Caches the upstream session of (client session, server).
+pub fn store(
+    host: &mut dyn Host,
+    slots: u32,
+    client: &str,
+    server: &str,
+    session: &UpstreamSession,
+) {
+    let now = host.now_secs();
+    let mut victim: Option<(String, u64)> = None;
+    for key in set_keys(client, server, slots) {
+        let value = host.shared_get(&key);
+        let age = match value.as_deref().and_then(Slot::decode) {
+            None => {
+                victim = Some((key, 0));
+                break;
+            }
+            Some(slot) if slot.owned_by(client, server) => {
+                victim = Some((key, 0));
+                break;
+            }
+            Some(slot) => slot.stored_at,
+        };
+        if victim.as_ref().is_none_or(|(_, oldest)| age < *oldest) {
+            victim = Some((key, age));
+        }
+    }
+    if let Some((key, _)) = victim {
+        let value = format!(
+            "{client}\n{server}\n{}\n{}\n{now}",
+            session.session_id, session.protocol_version
+        );
+        host.shared_set(&key, value.as_bytes());
+    }
+}
+
+/// Removes and returns the cached upstream session of (client session, server).
+pub fn forget(
+    host: &mut dyn Host,
+    slots: u32,
+    client: &str,
+    server: &str,
+) -> Option<UpstreamSession> {
+    for key in set_keys(client, server, slots) {
+        let value = host.shared_get(&key);
+        let slot = value.as_deref().and_then(Slot::decode);
+        if let Some(slot) = slot.filter(|s| s.owned_by(client, server)) {
+            host.shared_set(&key, b"");
+            return Some(slot.session);
+        }
+    }
+    None
 }
 
 /// Shared-data key that records an ended (DELETEd) client session.
 pub fn ended_key(client_session: &str, slots: u32) -> String {
-    format!("{ENDED_PREFIX}{}", slot_of(&[client_session], slots))
+    format!(
+        "{ENDED_PREFIX}{}",
+        hash(&[client_session]) % u64::from(slots.max(1))
+    )
 }
 
-fn slot_of(parts: &[&str], slots: u32) -> u32 {
+fn set_keys(client: &str, server: &str, slots: u32) -> impl Iterator<Item = String> {
+    let sets = u64::from((slots / WAYS).max(1));
+    let set = hash(&[client, server]) % sets;
+    (0..WAYS).map(move |way| format!("{SLOT_PREFIX}{set}.{way}"))
+}
+
+fn hash(parts: &[&str]) -> u64 {
     // FNV-1a: stable across VMs and restarts, no dependency.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
@@ -42,29 +113,34 @@ fn slot_of(parts: &[&str], slots: u32) -> u32 {
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
     }
-    u32::try_from(hash % u64::from(slots.max(1))).unwrap_or(0)
+    hash
 }
 
-/// Slot value: `client session \n server \n upstream session \n protocol version`.
-pub fn encode_slot(client_session: &str, server: &str, session: &UpstreamSession) -> Vec<u8> {
-    format!(
-        "{client_session}\n{server}\n{}\n{}",
-        session.session_id, session.protocol_version
-    )
-    .into_bytes()
+/// A slot's value: `client session \n server \n upstream session \n protocol version \n stored at`.
+struct Slot<'a> {
+    client: &'a str,
+    server: &'a str,
+    session: UpstreamSession,
+    stored_at: u64,
 }
 
-/// Reads a slot; `None` when empty or owned by another (client session, server).
-pub fn decode_slot(value: &[u8], client_session: &str, server: &str) -> Option<UpstreamSession> {
-    let text = std::str::from_utf8(value).ok()?;
-    let mut parts = text.split('\n');
-    if parts.next()? != client_session || parts.next()? != server {
-        return None;
+impl<'a> Slot<'a> {
+    fn decode(value: &'a [u8]) -> Option<Self> {
+        let mut parts = std::str::from_utf8(value).ok()?.split('\n');
+        Some(Self {
+            client: parts.next()?,
+            server: parts.next()?,
+            session: UpstreamSession {
+                session_id: parts.next()?.to_owned(),
+                protocol_version: parts.next()?.to_owned(),
+            },
+            stored_at: parts.next()?.parse().ok()?,
+        })
     }
-    Some(UpstreamSession {
-        session_id: parts.next()?.to_owned(),
-        protocol_version: parts.next()?.to_owned(),
-    })
+
+    fn owned_by(&self, client: &str, server: &str) -> bool {
+        self.client == client && self.server == server
+    }
 }
 
 /// Capabilities relayed to upstreams. Server-to-client requests (sampling, elicitation, roots)
@@ -199,21 +275,6 @@ mod tests {
         clippy::indexing_slicing
     )]
     use super::*;
-
-    #[test]
-    fn slots_round_trip_and_detect_foreign_entries() {
-        let session = UpstreamSession {
-            session_id: "abc".into(),
-            protocol_version: "2025-06-18".into(),
-        };
-        let value = encode_slot("s1", "alpha", &session);
-        assert_eq!(decode_slot(&value, "s1", "alpha"), Some(session));
-        assert_eq!(decode_slot(&value, "s2", "alpha"), None);
-        assert_eq!(decode_slot(&value, "s1", "beta"), None);
-        assert_eq!(decode_slot(b"", "s1", "alpha"), None);
-        assert_eq!(slot_key("s1", "alpha", 16), slot_key("s1", "alpha", 16));
-        assert!(slot_key("s1", "alpha", 1).ends_with(".0"));
-    }
 
     #[test]
     fn initialize_relays_client_info_but_not_unroutable_capabilities() {

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use mcpgw_core::upstream;
 use mcpgw_core::{Action, CallResponse, Catalog, GatewayConfig, Host, Level, Request};
 
 type Headers = Vec<(String, Vec<u8>)>;
@@ -349,16 +350,12 @@ fn an_expired_upstream_session_is_reopened_and_the_call_replayed() {
     let body = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"beta_echo","arguments":{}}}"#;
     let mut host = FakeHost::post(body, Some(&token));
     let session_id = catalog.keys.open(token.as_bytes(), host.now).unwrap().id;
-    let key =
-        mcpgw_core::upstream::slot_key(&session_id, "beta", catalog.limits.upstream_session_slots);
-    let stale = mcpgw_core::upstream::UpstreamSession {
+    let slots = catalog.limits.upstream_session_slots;
+    let stale = upstream::UpstreamSession {
         session_id: "old".into(),
         protocol_version: "2025-06-18".into(),
     };
-    host.shared.insert(
-        key.clone(),
-        mcpgw_core::upstream::encode_slot(&session_id, "beta", &stale),
-    );
+    upstream::store(&mut host, slots, &session_id, "beta", &stale);
     let (mut request, action) = run(&catalog, &mut host);
     assert_eq!(action, Action::Continue);
     host.response_headers = vec![(":status".into(), b"404".to_vec())];
@@ -411,8 +408,7 @@ fn an_expired_upstream_session_is_reopened_and_the_call_replayed() {
     assert_eq!(host.reply_status(), 200);
     assert_eq!(host.reply_json()["id"], 9);
     assert_eq!(host.reply_header("mcp-session-id").unwrap(), token);
-    let cached =
-        mcpgw_core::upstream::decode_slot(&host.shared[&key], &session_id, "beta").unwrap();
+    let cached = upstream::lookup(&host, slots, &session_id, "beta").unwrap();
     assert_eq!(cached.session_id, "new");
 }
 
@@ -442,16 +438,12 @@ fn delete_closes_upstream_sessions_and_ends_the_session() {
     let token = initialize(&catalog);
     let mut host = FakeHost::post("", Some(&token));
     let session_id = catalog.keys.open(token.as_bytes(), host.now).unwrap().id;
-    let key =
-        mcpgw_core::upstream::slot_key(&session_id, "alpha", catalog.limits.upstream_session_slots);
-    let up = mcpgw_core::upstream::UpstreamSession {
+    let slots = catalog.limits.upstream_session_slots;
+    let up = upstream::UpstreamSession {
         session_id: "up-a".into(),
         protocol_version: "2025-06-18".into(),
     };
-    host.shared.insert(
-        key,
-        mcpgw_core::upstream::encode_slot(&session_id, "alpha", &up),
-    );
+    upstream::store(&mut host, slots, &session_id, "alpha", &up);
     host.request_headers[0].1 = b"DELETE".to_vec();
     let mut request = Request::new(Rc::clone(&catalog));
     assert_eq!(request.on_request_headers(&mut host, true), Action::Pause);
@@ -551,7 +543,7 @@ fn bad_input_gets_precise_errors() {
 }
 
 #[test]
-fn other_paths_pass_untouched() {
+fn other_paths_pass_through_without_routing_headers() {
     let catalog = catalog(10);
     let mut host = FakeHost::post("{oops", None);
     host.set_request_header(":path", b"/healthz");
@@ -565,10 +557,9 @@ fn other_paths_pass_untouched() {
         Action::Continue
     );
     assert!(host.reply.is_none());
-    assert_eq!(
-        host.header("x-mcp-servername").unwrap(),
-        "spoofed",
-        "not ours to touch"
+    assert!(
+        host.header("x-mcp-servername").is_none(),
+        "routing headers are the gateway's on every path"
     );
 }
 
@@ -629,4 +620,49 @@ fn mangled_bodies_always_get_an_answer() {
         }
     }
     assert!(cases > 3000);
+}
+
+#[test]
+fn the_session_cache_is_bounded_and_evicts_the_oldest_entry_of_a_set() {
+    let mut host = FakeHost::post("", None);
+    let up = |id: &str| upstream::UpstreamSession {
+        session_id: id.into(),
+        protocol_version: "2025-06-18".into(),
+    };
+    // 4 slots = one set of 4 ways: the fifth pair evicts the one stored first.
+    for (i, client) in ["c1", "c2", "c3", "c4"].iter().enumerate() {
+        host.now = 100 + i as u64;
+        upstream::store(&mut host, 4, client, "alpha", &up(client));
+    }
+    upstream::store(&mut host, 4, "c2", "alpha", &up("c2-renewed"));
+    assert_eq!(
+        upstream::lookup(&host, 4, "c2", "alpha")
+            .unwrap()
+            .session_id,
+        "c2-renewed"
+    );
+    host.now = 200;
+    upstream::store(&mut host, 4, "c5", "alpha", &up("c5"));
+    assert!(
+        upstream::lookup(&host, 4, "c1", "alpha").is_none(),
+        "oldest evicted"
+    );
+    for client in ["c2", "c3", "c4", "c5"] {
+        assert!(
+            upstream::lookup(&host, 4, client, "alpha").is_some(),
+            "{client}"
+        );
+    }
+    assert!(
+        upstream::lookup(&host, 4, "c3", "beta").is_none(),
+        "keyed by server too"
+    );
+    assert_eq!(host.shared.len(), 4, "bounded by the slot count");
+    assert_eq!(
+        upstream::forget(&mut host, 4, "c3", "alpha")
+            .unwrap()
+            .session_id,
+        "c3"
+    );
+    assert!(upstream::lookup(&host, 4, "c3", "alpha").is_none());
 }

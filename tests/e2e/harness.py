@@ -371,7 +371,9 @@ def envoy_bootstrap(*, listen_port: int, admin_port: int, upstreams: Sequence[tu
             "name": name,
             "domains": [authority_of(name)],
             "routes": [{
-                "match": {"prefix": "/"},
+                # Only requests the plugin routed carry x-mcp-servername (it strips clients' own).
+                "match": {"prefix": "/", "headers": [
+                    {"name": "x-mcp-servername", "string_match": {"exact": name}}]},
                 "route": {"cluster": name, "host_rewrite_literal": f"{HOST}:{port}", "timeout": "0s"},
             }],
         }

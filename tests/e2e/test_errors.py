@@ -158,3 +158,18 @@ def test_plugin_survived_bad_input(gateway):
         assert tool_text(msg) == "alpha: alive"
     log = gateway.envoy.log_path.read_text(errors="replace")
     assert "panicked" not in log, gateway.envoy.tail(60)
+
+
+def test_client_cannot_reach_an_upstream_by_spoofing_routing_headers(gateway, upstreams):
+    """Upstream routes match the gateway's own x-mcp-servername; a client's copy is stripped on every
+    path, so naming an upstream's internal authority and header gets nowhere."""
+    import httpx
+
+    alpha = upstreams["alpha"]
+    alpha.clear_log()
+    for path in ("/mcp-not", "/other", "/"):
+        r = httpx.post(gateway.base_url + path, content=b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
+                       headers={"content-type": "application/json", "host": "alpha.mcp.local",
+                                "x-mcp-servername": "alpha", "x-mcp-toolname": "echo"}, timeout=5)
+        assert r.status_code == 404, describe(r)
+    assert alpha.requests_log() == []
