@@ -29,3 +29,20 @@ if [ ! -f "$stamp" ]; then
 fi
 "$VENV/bin/envoy" --version | grep -q "/$ENVOY_VERSION/" || {
   echo "setup: expected Envoy $ENVOY_VERSION in $VENV" >&2; exit 1; }
+
+# Node tools for `make run` (@modelcontextprotocol/server-everything), pinned by
+# tools/npm/package-lock.json, installed into tools/npm/node_modules (gitignored). Node >= 20.
+NPM_DIR=tools/npm
+if ! command -v npm >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+[ "$node_major" -ge 20 ] || {
+  echo "setup: Node.js >= 20 is needed for $NPM_DIR (found $(node -v)); install a newer nodejs" >&2; exit 1; }
+npm_stamp="$NPM_DIR/node_modules/.mcpgw.$(cat "$NPM_DIR/package.json" "$NPM_DIR/package-lock.json" | sha256sum | cut -c1-16)"
+if [ ! -f "$npm_stamp" ]; then
+  (cd "$NPM_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+  touch "$npm_stamp"
+fi
