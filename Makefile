@@ -5,10 +5,11 @@ VENV := .venv
 WASM_RAW := target/wasm32-wasip1/release/mcpgw.wasm
 WASM := target/mcpgw.wasm
 
-.PHONY: help setup build wasm test test-unit test-wasm test-e2e lint fmt run clean
+.PHONY: help setup build wasm sidecar test test-unit test-wasm test-e2e lint fmt run clean
 
 help:
-	@echo "make run    build and start Envoy + plugin + example MCP servers on 127.0.0.1"
+	@echo "make run    build and start Envoy + plugin + sidecar + example MCP servers on 127.0.0.1"
+	@echo "           (make run CONFIG=servers.yaml: the same gateway over your own servers)"
 	@echo "make test   everything CI runs: lint, unit tests (native and wasm32-wasip1), end-to-end"
 
 setup:
@@ -17,7 +18,10 @@ setup:
 wasm: setup
 	./build.sh
 
-build: wasm
+sidecar: setup
+	cargo build -p mcpgw-sidecar
+
+build: wasm sidecar
 
 lint: setup
 	cargo fmt --all --check
@@ -31,13 +35,13 @@ test-wasm: setup
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(CURDIR)/$(VENV)/bin/python $(CURDIR)/scripts/wasi-runner.py" \
 		cargo test -p mcpgw-core --target wasm32-wasip1
 
-test-e2e: wasm
+test-e2e: wasm sidecar
 	$(VENV)/bin/python -m pytest -q tests/e2e
 
 test: lint test-unit test-wasm test-e2e
 
-run: wasm
-	$(VENV)/bin/python scripts/run.py
+run: wasm sidecar
+	$(VENV)/bin/python scripts/run.py $(if $(CONFIG),--config $(CONFIG))
 
 fmt:
 	cargo fmt --all

@@ -134,7 +134,7 @@ fn serve(config: &Path) -> Result<(), String> {
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     runtime.block_on(async {
-        let settings = Arc::new(settings::load(config)?);
+        let settings = Arc::new(settings::load(config, settings::KeyFile::Create)?);
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|e| format!("listen {}: {e}", settings.listen))?;
@@ -175,7 +175,7 @@ async fn shutdown() {
 }
 
 fn bootstrap(config: &Path, out: Option<&Path>, wasm: bool) -> Result<(), String> {
-    let settings = settings::load(config)?;
+    let settings = settings::load(config, settings::KeyFile::ReadOnly)?;
     let dir = settings
         .envoy
         .xds_dir
@@ -207,8 +207,14 @@ fn bootstrap(config: &Path, out: Option<&Path>, wasm: bool) -> Result<(), String
 }
 
 fn check(config: &Path) -> Result<(), String> {
-    let settings = settings::load(config)?;
+    let settings = settings::load(config, settings::KeyFile::ReadOnly)?;
     println!("{}: ok", config.display());
+    if !settings.session_key_file.exists() {
+        println!(
+            "session key file {} does not exist yet: `run` creates it",
+            settings.session_key_file.display()
+        );
+    }
     println!("listen {}", settings.listen);
     for s in &settings.servers {
         let creds = match &s.headers {

@@ -290,15 +290,30 @@ impl ServerSpec {
     }
 }
 
+/// What loading does about a missing session key file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFile {
+    /// Create it (the sidecar that serves documents needs the key).
+    Create,
+    /// Leave the disk alone: validating or writing a bootstrap needs no secret.
+    ReadOnly,
+}
+
 /// Reads, parses and validates the file at `path`. The error is one line naming the problem.
-pub fn load(path: &Path) -> Result<Settings, String> {
+pub fn load(path: &Path, key_file: KeyFile) -> Result<Settings, String> {
     let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut settings = parse(&text, &base, &|name| std::env::var(name).ok())
         .map_err(|e| format!("{}: {e}", path.display()))?;
     settings.source = path.to_path_buf();
-    let key = load_or_create_key(&settings.session_key_file)?;
-    if let Some(first) = settings.session_keys.0.first_mut() {
+    let key = match key_file {
+        KeyFile::Create => Some(load_or_create_key(&settings.session_key_file)?),
+        KeyFile::ReadOnly if settings.session_key_file.exists() => {
+            Some(load_or_create_key(&settings.session_key_file)?)
+        }
+        KeyFile::ReadOnly => None,
+    };
+    if let (Some(key), Some(first)) = (key, settings.session_keys.0.first_mut()) {
         first.secret = key;
     }
     Ok(settings)

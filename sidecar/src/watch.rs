@@ -50,14 +50,14 @@ pub async fn watch(path: PathBuf, mut current: Arc<Settings>, events: mpsc::Send
         }
         last_full = tokio::time::Instant::now();
         last_stamp = now_stamp;
-        let loaded = match settings::load(&path) {
+        let loaded = match settings::load(&path, settings::KeyFile::Create) {
             Err(e) => {
                 // Maybe caught mid-write: if the file is still changing, look again shortly.
                 sleep(Duration::from_millis(50)).await;
                 let again = stamp(&path);
                 if again != last_stamp {
                     last_stamp = again;
-                    settings::load(&path)
+                    settings::load(&path, settings::KeyFile::Create)
                 } else {
                     Err(e)
                 }
