@@ -33,7 +33,7 @@ struct Call {
     body: Vec<u8>,
     /// The body buffered by Envoy, which the rewrite replaces.
     received_len: usize,
-    session: Session,
+    session: Rc<Session>,
 }
 
 #[derive(Debug)]
@@ -68,6 +68,8 @@ pub struct Request {
     /// Raw JSON id of the client's request, for answers produced later.
     id: Option<String>,
     session_token: Option<Vec<u8>>,
+    /// The client's request headers, read once in the headers phase.
+    headers: Vec<(String, Vec<u8>)>,
 }
 
 impl Request {
@@ -77,30 +79,35 @@ impl Request {
             stage: Stage::Bypass,
             id: None,
             session_token: None,
+            headers: Vec::new(),
         }
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
-        let headers = host.request_headers();
+        let mut headers = host.request_headers();
+        // Only the gateway speaks in x-mcp-* headers, on every path: routes to upstreams match
+        // on them, so a client must not be able to reach an upstream by sending them itself.
+        headers.retain(|(name, _)| {
+            let ours = name.starts_with("x-mcp-");
+            if ours {
+                host.remove_request_header(name);
+            }
+            !ours
+        });
         let header = |name: &str| {
             headers
                 .iter()
                 .find(|(n, _)| n == name)
                 .map(|(_, v)| v.as_slice())
         };
-        // Only the gateway speaks in x-mcp-* headers, on every path: routes to upstreams match
-        // on them, so a client must not be able to reach an upstream by sending them itself.
-        for (name, _) in headers.iter().filter(|(n, _)| n.starts_with("x-mcp-")) {
-            host.remove_request_header(name);
-        }
         let path = header(":path").unwrap_or_default();
         let path = path.split(|b| *b == b'?').next().unwrap_or_default();
         if path != self.catalog.gateway.mcp_path.as_bytes() {
             return Action::Continue;
         }
         self.session_token = header("mcp-session-id").map(<[u8]>::to_vec);
-        let method = header(":method").unwrap_or_default();
-        let checked = match method {
+        let method = header(":method").unwrap_or_default().to_vec();
+        let checked = match method.as_slice() {
             b"POST" => check_post(&self.catalog, &header, end_of_stream),
             b"DELETE" => return self.close_session(host),
             b"GET" if self.catalog.gateway.list_changed => {
@@ -117,6 +124,7 @@ impl Request {
         };
         match checked {
             Ok(()) => {
+                self.headers = headers;
                 self.stage = Stage::ReadingBody;
                 Action::Pause
             }
@@ -342,7 +350,7 @@ impl Request {
         text: &str,
         received_len: usize,
         params: Option<&serde_json::value::RawValue>,
-        session: Session,
+        session: Rc<Session>,
     ) -> Result<Action, GatewayError> {
         let parsed = jsonrpc::parse_params(params)?;
         let name_raw = parsed.name.ok_or_else(|| {
@@ -393,23 +401,37 @@ impl Request {
             return;
         };
         host.set_request_body(call.received_len, &call.body);
-        host.set_request_header("content-length", call.body.len().to_string().as_bytes());
-        host.remove_request_header("authorization");
-        host.set_request_header(":authority", server.authority.as_bytes());
-        host.set_request_header(":path", server.path.as_bytes());
-        host.set_request_header("accept", b"application/json, text/event-stream");
-        host.set_request_header("x-mcp-servername", server.name.as_bytes());
-        host.set_request_header("x-mcp-toolname", call.tool.as_bytes());
-        host.set_request_header("x-mcp-method", b"tools/call");
+        // Each header write is a host call: write only what differs from what the client sent.
+        let mut set = |name: &str, value: &[u8]| {
+            if self.header(name) != Some(value) {
+                host.set_request_header(name, value);
+            }
+        };
+        set("content-length", call.body.len().to_string().as_bytes());
+        set(":authority", server.authority.as_bytes());
+        set(":path", server.path.as_bytes());
+        set("accept", b"application/json, text/event-stream");
+        set("x-mcp-servername", server.name.as_bytes());
+        set("x-mcp-toolname", call.tool.as_bytes());
+        set("x-mcp-method", b"tools/call");
+        set("mcp-protocol-version", upstream.protocol_version.as_bytes());
+        if !upstream.session_id.is_empty() {
+            set("mcp-session-id", upstream.session_id.as_bytes());
+        }
         for header in &server.headers {
-            host.set_request_header(&header.name, header.value.as_bytes());
+            set(&header.name, header.value.as_bytes());
         }
-        if upstream.session_id.is_empty() {
+        // The client's credential is for the gateway, never for an upstream.
+        let credential_replaced = server
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("authorization"));
+        if !credential_replaced && self.header("authorization").is_some() {
+            host.remove_request_header("authorization");
+        }
+        if upstream.session_id.is_empty() && self.header("mcp-session-id").is_some() {
             host.remove_request_header("mcp-session-id");
-        } else {
-            host.set_request_header("mcp-session-id", upstream.session_id.as_bytes());
         }
-        host.set_request_header("mcp-protocol-version", upstream.protocol_version.as_bytes());
         host.clear_route_cache();
         self.stage = Stage::Forwarded {
             call,
@@ -623,7 +645,7 @@ impl Request {
     }
 
     /// The client's session, when it sent one: `Err` (404) when the token is not valid.
-    fn open_session(&mut self, host: &mut dyn Host) -> Result<Option<Session>, GatewayError> {
+    fn open_session(&mut self, host: &mut dyn Host) -> Result<Option<Rc<Session>>, GatewayError> {
         let Some(token) = &self.session_token else {
             return Ok(None);
         };
@@ -675,6 +697,13 @@ impl Request {
         host.send_response(error.http_status, &headers, &body);
         self.stage = Stage::Answered;
         Action::Pause
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
     }
 
     fn server_name(&self, index: usize) -> &str {

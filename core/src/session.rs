@@ -5,6 +5,9 @@
 //! Token: `<key id>.<base64url(nonce(24) || XChaCha20-Poly1305(claims JSON))>`. The key id picks
 //! the key in one step; the nonce doubles as the session's stable identifier.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit};
@@ -15,6 +18,9 @@ use serde_json::value::RawValue;
 use crate::config::SessionConfig;
 
 const NONCE_LEN: usize = 24;
+/// Recently opened tokens remembered per VM: a client sends the same token on every request, and
+/// a hit skips the AEAD and the claims parse. Fixed size, so memory does not grow with sessions.
+const MEMO_SLOTS: usize = 64;
 /// Tolerated clock difference between gateway replicas for tokens issued "in the future".
 const CLOCK_SKEW_SECS: u64 = 300;
 
@@ -46,10 +52,14 @@ struct Key {
     cipher: XChaCha20Poly1305,
 }
 
+/// A token opened before, and what it opened to.
+type Remembered = (Box<[u8]>, Rc<Session>);
+
 /// The configured keys, ready to seal and open.
 pub struct SessionKeys {
     keys: Vec<Key>,
     ttl_seconds: u64,
+    memo: RefCell<Vec<Option<Remembered>>>,
 }
 
 impl std::fmt::Debug for SessionKeys {
@@ -104,6 +114,7 @@ impl SessionKeys {
         Ok(Self {
             keys,
             ttl_seconds: config.ttl_seconds,
+            memo: RefCell::new(vec![None; MEMO_SLOTS]),
         })
     }
 
@@ -123,7 +134,29 @@ impl SessionKeys {
     }
 
     /// Opens a token; `None` for anything not sealed by a configured key, or expired.
-    pub fn open(&self, token: &[u8], now_secs: u64) -> Option<Session> {
+    pub fn open(&self, token: &[u8], now_secs: u64) -> Option<Rc<Session>> {
+        let slot = memo_slot(token);
+        let remembered = self.memo.borrow().get(slot).and_then(|entry| match entry {
+            Some((known, session)) if known.as_ref() == token => Some(Rc::clone(session)),
+            _ => None,
+        });
+        let session = match remembered {
+            Some(session) => session,
+            None => {
+                let session = Rc::new(self.unseal(token)?);
+                if let Some(entry) = self.memo.borrow_mut().get_mut(slot) {
+                    *entry = Some((token.into(), Rc::clone(&session)));
+                }
+                session
+            }
+        };
+        let iat = session.claims.iat;
+        let expired = now_secs.saturating_sub(iat) > self.ttl_seconds;
+        let from_future = iat > now_secs.saturating_add(CLOCK_SKEW_SECS);
+        (!expired && !from_future).then_some(session)
+    }
+
+    fn unseal(&self, token: &[u8]) -> Option<Session> {
         let token = std::str::from_utf8(token).ok()?;
         let (key_id, payload) = token.split_once('.')?;
         let key = self.keys.iter().find(|k| k.id == key_id)?;
@@ -132,16 +165,24 @@ impl SessionKeys {
         let nonce = XNonce::try_from(nonce).ok()?;
         let plaintext = key.cipher.decrypt(&nonce, sealed).ok()?;
         let claims: Claims = serde_json::from_slice(&plaintext).ok()?;
-        let expired = now_secs.saturating_sub(claims.iat) > self.ttl_seconds;
-        let from_future = claims.iat > now_secs.saturating_add(CLOCK_SKEW_SECS);
-        if expired || from_future {
-            return None;
-        }
         Some(Session {
             id: URL_SAFE_NO_PAD.encode(nonce.as_slice()),
             claims,
         })
     }
+}
+
+fn memo_slot(token: &[u8]) -> usize {
+    // The token ends in an authentication tag: its last bytes are already uniformly spread.
+    let tail = token.len().saturating_sub(8);
+    let hash = token
+        .get(tail..)
+        .unwrap_or_default()
+        .iter()
+        .fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(*b))
+        });
+    hash % MEMO_SLOTS
 }
 
 #[cfg(test)]
@@ -187,7 +228,7 @@ mod tests {
         let s = k.open(token.as_bytes(), 1050).unwrap();
         assert_eq!(s.id, id);
         assert_eq!(s.claims.pv, "2025-11-25");
-        assert_eq!(s.claims.caps.unwrap().get(), "{\"roots\":{}}");
+        assert_eq!(s.claims.caps.as_ref().unwrap().get(), "{\"roots\":{}}");
         assert!(k.open(token.as_bytes(), 1101).is_none(), "expired");
         assert!(
             k.open(token.as_bytes(), 600).is_none(),

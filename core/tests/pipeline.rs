@@ -261,6 +261,9 @@ fn tools_call_opens_an_upstream_session_then_routes() {
     let token = initialize(&catalog);
     let body = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"arguments":{"name":"alpha_echo","n":[1,2]},"name":"alpha_echo"}}"#;
     let mut host = FakeHost::post(body, Some(&token));
+    // A spoofed header with the very value the gateway will set is still replaced by its own.
+    host.set_request_header("x-mcp-servername", b"alpha");
+    host.set_request_header("x-mcp-toolname", b"echo");
     let (mut request, action) = run(&catalog, &mut host);
     assert_eq!(action, Action::Pause, "waits for the upstream initialize");
     let (cluster, headers, init_body) = host.calls[0].clone();
@@ -349,7 +352,12 @@ fn an_expired_upstream_session_is_reopened_and_the_call_replayed() {
     let token = initialize(&catalog);
     let body = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"beta_echo","arguments":{}}}"#;
     let mut host = FakeHost::post(body, Some(&token));
-    let session_id = catalog.keys.open(token.as_bytes(), host.now).unwrap().id;
+    let session_id = catalog
+        .keys
+        .open(token.as_bytes(), host.now)
+        .unwrap()
+        .id
+        .clone();
     let slots = catalog.limits.upstream_session_slots;
     let stale = upstream::UpstreamSession {
         session_id: "old".into(),
@@ -437,7 +445,12 @@ fn delete_closes_upstream_sessions_and_ends_the_session() {
     let catalog = catalog(10);
     let token = initialize(&catalog);
     let mut host = FakeHost::post("", Some(&token));
-    let session_id = catalog.keys.open(token.as_bytes(), host.now).unwrap().id;
+    let session_id = catalog
+        .keys
+        .open(token.as_bytes(), host.now)
+        .unwrap()
+        .id
+        .clone();
     let slots = catalog.limits.upstream_session_slots;
     let up = upstream::UpstreamSession {
         session_id: "up-a".into(),
