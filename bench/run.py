@@ -180,6 +180,25 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
     raise RuntimeError(f"port {port} not listening after {timeout}s ({proc.args})")
 
 
+def ports_in_use(contenders: list[str]) -> list[int]:
+    """The ports this run needs that something else already holds (a leftover run, say)."""
+    ports = []
+    for spec, _, _ in ECHO_FLEET:
+        a, _, b = spec.partition("-")
+        ports += range(int(a), int(b or a) + 1)
+    for c in contenders:
+        ports += [BASE_PORT[c] + off for off in LISTENER_OFFSET.values()] + [BASE_PORT[c] + 99]
+    busy = []
+    for port in ports:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
 def cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -585,6 +604,36 @@ def profile(c: Contender, workload: str, conns: int, duration: int, work: Path) 
             "split_us": {k: r["cpu_us_per_req"] * v / total for k, v in split.items()}}
 
 
+def session_latency(c: Contender, n: int) -> dict:
+    """One sequential client, n fresh sessions: p50 of initialize, the first and the second tools/call."""
+    port = c.port("call")
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    base = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    t_init, t_first, t_second = [], [], []
+    bad = 0
+    for i in range(n):
+        t = time.perf_counter()
+        conn.request("POST", "/mcp", body=json.dumps(init_body(1)).encode(), headers=base)
+        resp = conn.getresponse()
+        resp.read()
+        t_init.append(time.perf_counter() - t)
+        sid = resp.getheader("mcp-session-id")
+        h = dict(base, **{"MCP-Protocol-Version": PROTOCOL})
+        if sid:
+            h["Mcp-Session-Id"] = sid
+        for out in (t_first, t_second):
+            t = time.perf_counter()
+            conn.request("POST", "/mcp", body=json.dumps(call_body(2, c.tool())).encode(), headers=h)
+            resp = conn.getresponse()
+            data = resp.read()
+            out.append(time.perf_counter() - t)
+            bad += resp.status != 200 or b'"result"' not in data
+    conn.close()
+    p50 = lambda xs: statistics.median(xs) * 1e6  # noqa: E731
+    return {"contender": c.name, "sessions": n, "init_p50_us": p50(t_init), "first_call_p50_us": p50(t_first),
+            "second_call_p50_us": p50(t_second), "bad": bad}
+
+
 def machine_info(envoy: str) -> dict:
     def cmd(argv: list[str]) -> str:
         try:
@@ -615,7 +664,17 @@ def machine_info(envoy: str) -> dict:
         "python": platform.python_version(),
         "commit": cmd(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]) or "uncommitted",
         "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
+        "plugin": plugin_identity(),
     }
+
+
+def plugin_identity() -> str:
+    if not PLUGIN_WASM.exists():
+        return "absent"
+    import hashlib
+    data = PLUGIN_WASM.read_bytes()
+    mtime = dt.datetime.fromtimestamp(PLUGIN_WASM.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{len(data):,} B, sha256 {hashlib.sha256(data).hexdigest()[:12]}, built {mtime}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -658,6 +717,11 @@ def evaluate_targets(s: dict, wasm_bytes: int | None, growth: dict | None) -> li
     def ratio(a, b):
         return a / b if a is not None and b else None
 
+    def cpu_check(c, other, w, n):
+        # Envoy CPU per request, inverted: what the throughput ratio would be on an idle core.
+        r = ratio(get(other, w, n, "cpu_us_per_req"), get(c, w, n, "cpu_us_per_req"))
+        return f"; CPU-time ratio {r:.2f}x" if r else ""
+
     t = []
 
     def add(tid, text, value, ok, detail):
@@ -668,11 +732,11 @@ def evaluate_targets(s: dict, wasm_bytes: int | None, growth: dict | None) -> li
         r = ratio(get("mcpgw", w, 16, "rps"), get("mcp_router", w, 16, "rps"))
         add("T1" + ("" if w == "call" else "b"), f"tools/call{suffix} rps @16 >= 1.25x native mcp_router",
             f"{r:.2f}x" if r else "n/a", r is not None and r >= 1.25,
-            "mcpgw / mcp_router requests per second, 16 connections")
+            "mcpgw / mcp_router requests per second, 16 connections" + cpu_check("mcpgw", "mcp_router", w, 16))
         r = ratio(get("mcpgw", w, 16, "rps"), get("floor", w, 16, "rps"))
         add("T2" + ("" if w == "call" else "b"), f"tools/call{suffix} rps @16 >= 0.90x wasm floor",
             f"{r:.2f}x" if r else "n/a", r is not None and r >= 0.90,
-            "mcpgw / floor requests per second, 16 connections")
+            "mcpgw / floor requests per second, 16 connections" + cpu_check("mcpgw", "floor", w, 16))
     a, b = get("mcpgw", "call", 1, "p50_us"), get("buffer", "call", 1, "p50_us")
     d = a - b if a is not None and b is not None else None
     add("T3", "added p50 over buffer filter <= 25 us @1 (tools/call)",
@@ -680,12 +744,13 @@ def evaluate_targets(s: dict, wasm_bytes: int | None, growth: dict | None) -> li
         f"mcpgw p50 {fmt_us(a) if a else '-'} vs buffer {fmt_us(b) if b else '-'}")
     r = ratio(get("mcpgw", "list", 16, "rps"), get("mcp_router", "list", 16, "rps"))
     add("T4", "tools/list 2,000 tools rps @16 >= 10x native mcp_router",
-        f"{r:.1f}x" if r else "n/a", r is not None and r >= 10, "20 upstreams x 100 tools")
+        f"{r:.1f}x" if r else "n/a", r is not None and r >= 10,
+        "20 upstreams x 100 tools" + cpu_check("mcpgw", "mcp_router", "list", 16))
     r = ratio(get("mcpgw", "list", 16, "rps"), get("plain", "list", 16, "rps"))
     add("T5", "tools/list rps @16 >= 0.8x plain proxied answer of the same size",
         f"{r:.2f}x" if r else "n/a", r is not None and r >= 0.8,
         f"answer bytes: mcpgw {get('mcpgw', 'list', 16, 'bytes_per_resp') or 0:,.0f}, "
-        f"plain {get('plain', 'list', 16, 'bytes_per_resp') or 0:,.0f}")
+        f"plain {get('plain', 'list', 16, 'bytes_per_resp') or 0:,.0f}" + cpu_check("mcpgw", "plain", "list", 16))
     a, b = get("mcpgw", "init", 1, "p50_us"), get("plain", "init", 1, "p50_us")
     d = a - b if a is not None and b is not None else None
     add("T6", "initialize (10 upstreams) p50 @1 within 1 ms of the slowest upstream",
@@ -786,7 +851,7 @@ def anchor_table(s: dict) -> str:
 
 def write_report(out_md: Path, out_svg: Path, info: dict, s: dict, targets: list[dict], args,
                  contenders: list[str], workloads: list[str], conns_list: list[int], sizes: dict,
-                 growth: dict | None, failures: dict, profiles: list[dict]) -> None:
+                 growth: dict | None, failures: dict, profiles: list[dict], latencies: list[dict]) -> None:
     tt = "\n".join(f"| {t['id']} | {t['target']} | {t['value']} | {'met' if t['met'] else '**not met**'} | "
                    f"{t['detail']} |" for t in targets)
     fails = "\n".join(f"- `{c}`: {msg.splitlines()[0]}" for c, msg in failures.items()) or "none"
@@ -802,6 +867,17 @@ def write_report(out_md: Path, out_svg: Path, info: dict, s: dict, targets: list
                       f"`tools/call` of a session p50 "
                       f"{fmt_us(growth['first_call_p50_us']) if growth['first_call_p50_us'] else '-'} "
                       f"(sequential Python client, includes the upstream `initialize`).")
+    lat_txt = ""
+    if latencies:
+        lat_txt = ("\n\nFresh sessions, one sequential client (Python, so add ~100 us of client time to each figure), "
+                   f"{latencies[0]['sessions']} sessions, p50:\n\n"
+                   "| contender | initialize | first tools/call | second tools/call |\n|---|---:|---:|---:|\n"
+                   + "\n".join(f"| {CONTENDERS[x['contender']]} | {fmt_us(x['init_p50_us'])} | "
+                                f"{fmt_us(x['first_call_p50_us'])} | {fmt_us(x['second_call_p50_us'])} |"
+                                for x in latencies)
+                   + "\n\nThe native mcp_router initializes every backend during `initialize`; mcpgw answers "
+                   "`initialize` itself and opens an upstream session on the first `tools/call` that reaches "
+                   "that upstream (upstream `initialize` + `notifications/initialized`, then the call).")
     prof_txt = "not run"
     if profiles:
         cats = list(profiles[0]["split_us"])
@@ -825,6 +901,8 @@ def write_report(out_md: Path, out_svg: Path, info: dict, s: dict, targets: list
                     "split by mapping (the PyPI Envoy is stripped; V8 writes no perf map, so compiled Wasm shows up "
                     "as anonymous executable memory). Each share is scaled to the measured CPU time per request.\n\n"
                     + "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes))
+    cal = ROOT / "target" / "bench" / "calibrate.md"
+    cal_txt = cal.read_text() if cal.exists() else "not run (`.venv/bin/python bench/calibrate.py`)"
     md = f"""# Benchmarks
 
 Generated by `make bench` (`bench/run.py`) on {info['date']}; do not edit by hand.
@@ -847,6 +925,7 @@ Raw numbers: `target/bench/results.json` of the run.
 | Rust | {info['rustc']} |
 | wasm-opt | {info['wasm_opt']} |
 | commit | {info['commit']} |
+| plugin | `target/mcpgw.wasm` {info.get('plugin', '?')} |
 | load average | {info['loadavg_start']} at the start, {info.get('loadavg_end', '?')} at the end (other work on the machine shows here) |
 | wasm sizes | mcpgw {sizes.get('mcpgw') or 0:,} B; wasm floor {sizes.get('floor') or 0:,} B (both after `wasm-opt -Oz`) |
 
@@ -899,9 +978,16 @@ Figures measured before on this machine (same Envoy, same pinning), reproduced i
 
 {prof_txt}
 
+## What one host call costs
+
+The wasm floor with host calls added, one kind at a time, in one Envoy; the difference to the floor is
+their cost. A separate, slower run of `bench/calibrate.py`, included here when present:
+
+{cal_txt}
+
 ## Sessions and memory
 
-{growth_txt}
+{growth_txt}{lat_txt}
 
 ## Failures
 
@@ -954,6 +1040,9 @@ def main() -> int:
     if "mcpgw" in contenders and not PLUGIN_WASM.exists():
         raise SystemExit(f"{PLUGIN_WASM} missing: run ./build.sh (make wasm), or drop mcpgw with --contenders")
 
+    busy = ports_in_use(contenders)
+    if busy:
+        raise SystemExit(f"ports already in use (a leftover bench run?): {busy[:10]}")
     floor_wasm = build(args)
     envoy = envoy_binary()
     info = machine_info(envoy)
@@ -972,6 +1061,7 @@ def main() -> int:
     results: dict[tuple, list] = {}
     growth = None
     profiles: list[dict] = []
+    latencies: list[dict] = []
     try:
         # Upstreams.
         for spec, tools, latency in ECHO_FLEET:
@@ -1085,6 +1175,13 @@ def main() -> int:
             log(f"   {json.dumps(growth)}")
             if growth["failures"]:
                 failures["mcpgw/sessions"] = f"{growth['failures']} failed sessions: {growth['failure_sample']}"
+        for c in ("mcpgw", "mcp_router"):
+            if c in live.get("call", []):
+                lat = session_latency(contender_objs[c], 50 if args.smoke else 300)
+                latencies.append(lat)
+                log(f"   session latency {json.dumps(lat)}")
+                if lat["bad"]:
+                    failures[f"{c}/session-latency"] = f"{lat['bad']} failed calls on fresh sessions"
         for c, obj in contender_objs.items():
             if obj.proc and obj.proc.poll() is not None:
                 failures.setdefault(c, f"Envoy exited with {obj.proc.returncode} during the run")
@@ -1096,14 +1193,14 @@ def main() -> int:
     targets = evaluate_targets(s, sizes.get("mcpgw"), growth)
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = {"info": info, "args": vars(args), "sizes": sizes, "growth": growth, "failures": failures,
-           "profiles": profiles,
+           "profiles": profiles, "session_latency": latencies,
            "targets": targets,
            "summary": [{"contender": c, "workload": w, "conns": n, **v} for (c, w, n), v in s.items()],
            "rounds": [{"contender": c, "workload": w, "conns": n, "runs": rows}
                       for (c, w, n), rows in results.items()]}
     (work / ("smoke-results.json" if args.smoke else "results.json")).write_text(json.dumps(raw, indent=1))
     write_report(out_dir / "benchmarks.md", out_dir / "benchmarks.svg", info, s, targets, args,
-                 contenders, workloads, conns_list, sizes, growth, failures, profiles)
+                 contenders, workloads, conns_list, sizes, growth, failures, profiles, latencies)
 
     print(markdown_table(s, contenders, workloads, conns_list, args.smoke))
     print()

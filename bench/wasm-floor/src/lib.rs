@@ -4,38 +4,110 @@
 //! buffer the body, copies it into the VM once at end of stream (as any parser must), and continues.
 //! No parsing, no rewriting, no re-routing: what is left is the cost of the Wasm host boundary, the
 //! context objects and the body copy, which every proxy-wasm MCP gateway pays.
+//!
+//! For calibration only (`bench/calibrate.py`), the plugin configuration may add host calls, as
+//! `key=value` pairs separated by `;` (an empty configuration or `{}` is the floor itself):
+//! `get_headers=1` reads the whole request header map once, `set_headers=N` replaces N request
+//! headers at end of stream, `set_body=1` writes the body back, `clear_route_cache=1` calls the
+//! foreign function, `resp_headers=N` replaces N response headers.
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FloorRoot) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FloorRoot::default()) });
 }}
 
-struct FloorRoot;
+/// Extra host calls per request (all zero for the floor proper).
+#[derive(Clone, Copy, Default)]
+struct Extra {
+    get_headers: bool,
+    set_headers: usize,
+    set_body: bool,
+    clear_route_cache: bool,
+    resp_headers: usize,
+}
+
+impl Extra {
+    fn parse(text: &str) -> Extra {
+        let mut extra = Extra::default();
+        for pair in text.split(';') {
+            let Some((key, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let n: usize = value.trim().parse().unwrap_or(0);
+            match key.trim() {
+                "get_headers" => extra.get_headers = n > 0,
+                "set_headers" => extra.set_headers = n,
+                "set_body" => extra.set_body = n > 0,
+                "clear_route_cache" => extra.clear_route_cache = n > 0,
+                "resp_headers" => extra.resp_headers = n,
+                _ => {}
+            }
+        }
+        extra
+    }
+}
+
+#[derive(Default)]
+struct FloorRoot {
+    extra: Extra,
+}
 
 impl Context for FloorRoot {}
 
 impl RootContext for FloorRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        self.extra = Extra::parse(&String::from_utf8_lossy(&config));
+        true
+    }
+
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Floor { body_len: 0 }))
+        Some(Box::new(Floor {
+            body_len: 0,
+            extra: self.extra,
+        }))
     }
 }
 
 struct Floor {
     /// Bytes read at end of stream; kept so the read cannot be optimised away.
     body_len: usize,
+    extra: Extra,
+}
+
+const HEADER_NAMES: [&str; 8] = [
+    "x-floor-0",
+    "x-floor-1",
+    "x-floor-2",
+    "x-floor-3",
+    "x-floor-4",
+    "x-floor-5",
+    "x-floor-6",
+    "x-floor-7",
+];
+
+fn set_headers(map: MapType, n: usize) {
+    for name in HEADER_NAMES.iter().cycle().take(n) {
+        let _ = hostcalls::set_map_value_bytes(map, name, Some(b"value"));
+    }
 }
 
 impl Context for Floor {}
 
 impl HttpContext for Floor {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.extra.get_headers {
+            let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+            self.body_len = headers.len();
+        }
         if end_of_stream {
             Action::Continue
         } else {
@@ -49,7 +121,19 @@ impl HttpContext for Floor {
         }
         if let Some(body) = self.get_http_request_body(0, body_size) {
             self.body_len = body.len();
+            if self.extra.set_body {
+                self.set_http_request_body(0, body_size, &body);
+            }
         }
+        set_headers(MapType::HttpRequestHeaders, self.extra.set_headers);
+        if self.extra.clear_route_cache {
+            let _ = hostcalls::call_foreign_function("clear_route_cache", None);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        set_headers(MapType::HttpResponseHeaders, self.extra.resp_headers);
         Action::Continue
     }
 }
