@@ -50,8 +50,10 @@ fn report(what: &str, status: abi::Status) {
 }
 
 impl Host for ProxyHost {
-    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
-        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) {

@@ -19,6 +19,19 @@ pub enum Action {
     Pause,
 }
 
+/// Headers only the gateway may set (client copies are removed on every path).
+const ROUTING_HEADERS: [&str; 3] = ["x-mcp-servername", "x-mcp-toolname", "x-mcp-method"];
+
+/// Client headers the gateway reads on the MCP path (besides `:path`).
+const CLIENT_HEADERS: [&str; 6] = [
+    ":method",
+    "content-type",
+    "content-length",
+    "accept",
+    "mcp-protocol-version",
+    "mcp-session-id",
+];
+
 /// Largest `capabilities` + `clientInfo` a client may send: they travel in its session token.
 const MAX_CLIENT_CLAIMS_BYTES: usize = 4096;
 
@@ -68,8 +81,8 @@ pub struct Request {
     /// Raw JSON id of the client's request, for answers produced later.
     id: Option<String>,
     session_token: Option<Vec<u8>>,
-    /// The client's request headers, read once in the headers phase.
-    headers: Vec<(String, Vec<u8>)>,
+    /// The client's request headers the gateway reads, read once in the headers phase.
+    headers: Vec<(&'static str, Vec<u8>)>,
 }
 
 impl Request {
@@ -84,28 +97,24 @@ impl Request {
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
-        let mut headers = host.request_headers();
-        // Only the gateway speaks in x-mcp-* headers, on every path: routes to upstreams match
-        // on them, so a client must not be able to reach an upstream by sending them itself.
-        headers.retain(|(name, _)| {
-            let ours = name.starts_with("x-mcp-");
-            if ours {
-                host.remove_request_header(name);
-            }
-            !ours
-        });
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_slice())
-        };
-        let path = header(":path").unwrap_or_default();
-        let path = path.split(|b| *b == b'?').next().unwrap_or_default();
-        if path != self.catalog.gateway.mcp_path.as_bytes() {
+        // Only the gateway sets the routing headers, on every path: upstream routes match on
+        // them, so a client must not be able to reach an upstream by sending them itself.
+        for name in ROUTING_HEADERS {
+            host.remove_request_header(name);
+        }
+        let path = host.request_header(":path").unwrap_or_default();
+        let bare_path = path.split(|b| *b == b'?').next().unwrap_or_default();
+        if bare_path != self.catalog.gateway.mcp_path.as_bytes() {
             return Action::Continue;
         }
-        self.session_token = header("mcp-session-id").map(<[u8]>::to_vec);
+        // One host call per header the gateway reads: cheaper than fetching the whole map.
+        self.headers = CLIENT_HEADERS
+            .iter()
+            .filter_map(|name| host.request_header(name).map(|value| (*name, value)))
+            .collect();
+        self.headers.push((":path", path));
+        self.session_token = self.header("mcp-session-id").map(<[u8]>::to_vec);
+        let header = |name: &str| self.header(name);
         let method = header(":method").unwrap_or_default().to_vec();
         let checked = match method.as_slice() {
             b"POST" => check_post(&self.catalog, &header, end_of_stream),
@@ -124,7 +133,6 @@ impl Request {
         };
         match checked {
             Ok(()) => {
-                self.headers = headers;
                 self.stage = Stage::ReadingBody;
                 Action::Pause
             }
@@ -426,7 +434,7 @@ impl Request {
             .headers
             .iter()
             .any(|h| h.name.eq_ignore_ascii_case("authorization"));
-        if !credential_replaced && self.header("authorization").is_some() {
+        if !credential_replaced {
             host.remove_request_header("authorization");
         }
         if upstream.session_id.is_empty() && self.header("mcp-session-id").is_some() {
@@ -702,7 +710,7 @@ impl Request {
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
-            .find(|(n, _)| n == name)
+            .find(|(n, _)| *n == name)
             .map(|(_, v)| v.as_slice())
     }
 

@@ -82,8 +82,11 @@ impl FakeHost {
 }
 
 impl Host for FakeHost {
-    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
-        self.request_headers.clone()
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.request_headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
     }
     fn set_request_header(&mut self, name: &str, value: &[u8]) {
         self.remove_request_header(name);
