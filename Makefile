@@ -5,12 +5,13 @@ VENV := .venv
 WASM_RAW := target/wasm32-wasip1/release/mcpgw.wasm
 WASM := target/mcpgw.wasm
 
-.PHONY: help setup build wasm sidecar test test-unit test-wasm test-e2e lint fmt run clean
+.PHONY: help setup build wasm sidecar test test-unit test-wasm test-e2e bench bench-smoke lint fmt run clean
 
 help:
 	@echo "make run    build and start Envoy + plugin + sidecar + example MCP servers on 127.0.0.1"
 	@echo "           (make run CONFIG=servers.yaml: the same gateway over your own servers)"
-	@echo "make test   everything CI runs: lint, unit tests (native and wasm32-wasip1), end-to-end"
+	@echo "make test   everything CI runs: lint, unit tests (native and wasm32-wasip1), end-to-end, bench smoke"
+	@echo "make bench  side-by-side benchmarks (~17 min), rewrites docs/benchmarks.md"
 
 setup:
 	@scripts/setup.sh
@@ -38,7 +39,13 @@ test-wasm: setup
 test-e2e: wasm sidecar
 	$(VENV)/bin/python -m pytest -q tests/e2e
 
-test: lint test-unit test-wasm test-e2e
+bench: wasm
+	$(VENV)/bin/python bench/run.py
+
+bench-smoke: wasm
+	$(VENV)/bin/python bench/run.py --smoke
+
+test: lint test-unit test-wasm test-e2e bench-smoke
 
 run: wasm sidecar
 	$(VENV)/bin/python scripts/run.py $(if $(CONFIG),--config $(CONFIG))
