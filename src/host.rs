@@ -50,10 +50,8 @@ fn report(what: &str, status: abi::Status) {
 }
 
 impl Host for ProxyHost {
-    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) {

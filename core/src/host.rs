@@ -22,8 +22,8 @@ pub struct CallResponse {
 }
 
 pub trait Host {
-    /// One request header (names lower-case).
-    fn request_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// All request headers, in one host call (names lower-case).
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
     fn set_request_header(&mut self, name: &str, value: &[u8]);
     fn remove_request_header(&mut self, name: &str);
     /// The buffered request body (`size` bytes).

@@ -82,11 +82,8 @@ impl FakeHost {
 }
 
 impl Host for FakeHost {
-    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        self.request_headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.request_headers.clone()
     }
     fn set_request_header(&mut self, name: &str, value: &[u8]) {
         self.remove_request_header(name);
