@@ -278,12 +278,6 @@ fn initialize_tail(gateway: &GatewayInfo) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
 
     fn document(servers: serde_json::Value) -> GatewayConfig {

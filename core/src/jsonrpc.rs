@@ -232,12 +232,6 @@ pub fn error_body(id: Option<&str>, error: &GatewayError) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use crate::error::{INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR};
 

@@ -240,12 +240,6 @@ fn build(document: &[u8]) -> Result<Catalog, String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use std::cell::RefCell;
     use std::collections::HashMap;

@@ -1,4 +1,5 @@
 //! The request pipeline driven through a fake host: what it answers, what it sends upstream.
+// Test helpers outside #[test] functions are not covered by clippy.toml's in-tests allowances.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

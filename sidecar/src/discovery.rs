@@ -363,13 +363,6 @@ fn jitter(d: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )]
-
     use super::*;
 
     #[derive(Debug)]

@@ -681,13 +681,6 @@ pub fn load_or_create_key(path: &Path) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )]
-
     use super::*;
 
     fn env(name: &str) -> Option<String> {
