@@ -285,6 +285,20 @@ def start_all(procs: Iterable[Process], timeout: float = 30.0) -> None:
 # Tool discovery and the configuration document
 
 
+async def list_all_tools(client: Any, max_pages: int = 100) -> list[Any]:
+    """Every tool an `mcp.Client` session lists, following `nextCursor` (at most `max_pages` pages,
+    so a server that keeps returning cursors fails the caller instead of hanging it)."""
+    tools: list[Any] = []
+    cursor = None
+    for _ in range(max_pages):
+        page = await client.list_tools(cursor=cursor)
+        tools += page.tools
+        cursor = page.next_cursor
+        if cursor is None:
+            return tools
+    raise HarnessError(f"tools/list still had a nextCursor after {max_pages} pages")
+
+
 def discover_tools(url: str, headers: dict[str, str] | None = None, timeout: float = 15.0) -> list[dict[str, Any]]:
     """Every tool of the MCP server at `url` (following cursors), as JSON objects in wire form."""
     import anyio
@@ -296,14 +310,8 @@ def discover_tools(url: str, headers: dict[str, str] | None = None, timeout: flo
         with anyio.fail_after(timeout):
             async with httpx2.AsyncClient(headers=headers or {}, timeout=timeout) as http:
                 async with mcp.Client(streamable_http_client(url, http_client=http), mode="legacy") as c:
-                    tools: list[dict[str, Any]] = []
-                    cursor = None
-                    while True:
-                        page = await c.list_tools(cursor=cursor)
-                        tools += [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in page.tools]
-                        cursor = page.next_cursor
-                        if cursor is None:
-                            return tools
+                    return [t.model_dump(mode="json", by_alias=True, exclude_none=True)
+                            for t in await list_all_tools(c)]
 
     return anyio.run(run)
 

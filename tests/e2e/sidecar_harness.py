@@ -409,13 +409,7 @@ class ListeningClient:
 
     def tool_names(self) -> list[str]:
         async def run(c: Any) -> list[str]:
-            names, cursor = [], None
-            while True:
-                page = await c.list_tools(cursor=cursor)
-                names += [t.name for t in page.tools]
-                cursor = page.next_cursor
-                if cursor is None:
-                    return names
+            return [t.name for t in await harness.list_all_tools(c)]
         return self._call(run)
 
     def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> tuple[str, bool]:
@@ -444,12 +438,6 @@ def fresh_tool_names(url: str, timeout: float = 15.0) -> list[str]:
     async def run() -> list[str]:
         with anyio.fail_after(timeout):
             async with mcp.Client(url, mode="legacy") as c:
-                names, cursor = [], None
-                while True:
-                    page = await c.list_tools(cursor=cursor)
-                    names += [t.name for t in page.tools]
-                    cursor = page.next_cursor
-                    if cursor is None:
-                        return names
+                return [t.name for t in await harness.list_all_tools(c)]
 
     return anyio.run(run)

@@ -8,7 +8,7 @@ import mcp
 from mcp.client.streamable_http import streamable_http_client
 
 from conftest import GATEWAY_NAME
-from harness import LATEST_PROTOCOL_VERSION
+from harness import LATEST_PROTOCOL_VERSION, list_all_tools
 
 TIMEOUT = 30
 
@@ -27,14 +27,7 @@ def test_python_sdk_session_flow(gateway, expected_tools):
                 async with mcp.Client(streamable_http_client(gateway.url, http_client=http), mode="legacy") as c:
                     out["version"] = c.protocol_version
                     out["server_name"] = c.server_info.name if c.server_info else None
-                    names, cursor = [], None
-                    for _ in range(10):
-                        page = await c.list_tools(cursor=cursor)
-                        names += [t.name for t in page.tools]
-                        cursor = page.next_cursor
-                        if cursor is None:
-                            break
-                    out["names"] = names
+                    out["names"] = [t.name for t in await list_all_tools(c, max_pages=10)]
                     r = await c.call_tool("alpha_echo", {"text": "via sdk"})
                     out["alpha"] = (r.is_error, r.content[0].text)
                     r = await c.call_tool("beta_echo", {"text": "via sdk"})

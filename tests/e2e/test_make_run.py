@@ -139,14 +139,7 @@ def client_flow(url: str) -> dict:
         out: dict = {}
         with anyio.fail_after(60):
             async with mcp.Client(url, mode="legacy") as c:
-                names, cursor = [], None
-                while True:
-                    page = await c.list_tools(cursor=cursor)
-                    names += [t.name for t in page.tools]
-                    cursor = page.next_cursor
-                    if cursor is None:
-                        break
-                out["names"] = names
+                out["names"] = [t.name for t in await harness.list_all_tools(c)]
                 for tool, args in (("everything_echo", {"message": "via make run"}),
                                    ("alpha_echo", {"text": "via make run"}),
                                    ("beta_add", {"a": 20, "b": 22}),
