@@ -72,14 +72,19 @@ pub fn set_buffer(buffer: u32, start: usize, size: usize, data: &[u8]) -> Status
     unsafe { ffi::proxy_set_buffer_bytes(buffer, start, size, data.as_ptr(), data.len()) }
 }
 
-pub fn send_local_response(status: u16, headers: &[(&str, &[u8])], body: &[u8]) -> Status {
+pub fn send_local_response(
+    status: u16,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+    details: &str,
+) -> Status {
     let headers = serialize_map(headers);
     // SAFETY: as above.
     unsafe {
         ffi::proxy_send_local_response(
             u32::from(status),
-            std::ptr::null(),
-            0,
+            details.as_ptr(),
+            details.len(),
             body.as_ptr(),
             body.len(),
             headers.as_ptr(),

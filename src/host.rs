@@ -10,6 +10,7 @@ use proxy_wasm::types::{BufferType, MapType};
 use crate::abi;
 
 /// Stateless: every call goes to the stream the host is currently dispatching.
+#[derive(Default)]
 pub struct ProxyHost;
 
 impl ProxyHost {
@@ -92,10 +93,16 @@ impl Host for ProxyHost {
         report(name, abi::remove_header(abi::RESPONSE_HEADERS, name));
     }
 
-    fn send_response(&mut self, status: u16, headers: &[(&str, &[u8])], body: &[u8]) {
+    fn send_response(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        details: &str,
+    ) {
         report(
             "send_local_response",
-            abi::send_local_response(status, headers, body),
+            abi::send_local_response(status, headers, body, details),
         );
     }
 

@@ -4,12 +4,12 @@
 mod abi;
 mod host;
 
+use std::cell::RefCell;
 use std::rc::Rc;
-
 use std::time::Duration;
 
 use mcpgw_core::sync::ConfigSync;
-use mcpgw_core::{Catalog, PluginConfig};
+use mcpgw_core::{Catalog, LogBudget, PluginConfig};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
@@ -28,10 +28,13 @@ proxy_wasm::main! {{
 
 /// One per plugin per VM: holds the catalog built from the current configuration, and keeps it
 /// in step with the sidecar when one is configured.
+/// Interior mutability because streams are created through `&self`: a VM that has no catalog
+/// yet adopts the published one when its first stream arrives.
 #[derive(Default)]
 struct Gateway {
-    catalog: Option<Rc<Catalog>>,
-    sync: Option<ConfigSync>,
+    catalog: RefCell<Option<Rc<Catalog>>>,
+    sync: RefCell<Option<ConfigSync>>,
+    log_budget: Rc<LogBudget>,
 }
 
 impl Context for Gateway {
@@ -45,6 +48,7 @@ impl Context for Gateway {
         let response = ProxyHost::call_response(body_size);
         let catalog = self
             .sync
+            .get_mut()
             .as_mut()
             .and_then(|sync| sync.on_response(&mut ControlProxy, token, &response));
         if let Some(catalog) = catalog {
@@ -61,8 +65,10 @@ impl RootContext for Gateway {
                 if let Some(catalog) = catalog {
                     self.install(catalog);
                 }
-                self.sync = sidecar.map(|source| ConfigSync::new(source, host::owner_id()));
-                if self.sync.is_some() {
+                let sync = sidecar.map(|source| ConfigSync::new(source, host::owner_id()));
+                let polls = sync.is_some();
+                *self.sync.get_mut() = sync;
+                if polls {
                     // Polling starts on the first tick: during configuration the cluster
                     // manager may not be ready for calls yet.
                     self.set_tick_period(TICK);
@@ -72,24 +78,28 @@ impl RootContext for Gateway {
             Err(e) => {
                 log::error!("rejected plugin configuration: {e}");
                 // Keep serving the last good configuration when there is one.
-                self.catalog.is_some()
+                self.catalog.get_mut().is_some()
             }
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(match &self.catalog {
+        if self.catalog.borrow().is_none() {
+            self.adopt_published();
+        }
+        Some(match self.catalog.borrow().as_ref() {
             Some(catalog) => Box::new(McpStream {
-                request: mcpgw_core::Request::new(Rc::clone(catalog)),
+                request: mcpgw_core::Request::new(Rc::clone(catalog), Rc::clone(&self.log_budget)),
                 host: ProxyHost,
             }),
-            None => Box::new(Unconfigured),
+            None => Box::new(Unconfigured::default()),
         })
     }
 
     fn on_tick(&mut self) {
         let catalog = self
             .sync
+            .get_mut()
             .as_mut()
             .and_then(|sync| sync.on_tick(&mut ControlProxy));
         if let Some(catalog) = catalog {
@@ -103,7 +113,19 @@ impl RootContext for Gateway {
 }
 
 impl Gateway {
-    fn install(&mut self, catalog: Catalog) {
+    /// Takes the document another VM of this process published, if there is one.
+    fn adopt_published(&self) {
+        let catalog = self
+            .sync
+            .borrow_mut()
+            .as_mut()
+            .and_then(|sync| sync.adopt_published(&mut ControlProxy));
+        if let Some(catalog) = catalog {
+            self.install(catalog);
+        }
+    }
+
+    fn install(&self, catalog: Catalog) {
         for warning in &catalog.warnings {
             log::warn!("configuration {}: {warning}", catalog.version);
         }
@@ -113,7 +135,7 @@ impl Gateway {
             catalog.servers.len(),
             catalog.tool_count()
         );
-        self.catalog = Some(Rc::new(catalog));
+        *self.catalog.borrow_mut() = Some(Rc::new(catalog));
     }
 }
 
@@ -174,26 +196,28 @@ impl HttpContext for McpStream {
     }
 }
 
-/// Before any configuration arrived: MCP requests get a clear 503, other traffic passes.
-struct Unconfigured;
+/// A stream on a VM without a configuration yet (see [`mcpgw_core::Unconfigured`]).
+#[derive(Default)]
+struct Unconfigured {
+    stream: mcpgw_core::Unconfigured,
+    host: ProxyHost,
+}
 
 impl Context for Unconfigured {}
 
 impl HttpContext for Unconfigured {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let path = proxy_wasm::hostcalls::get_map_value_bytes(
-            proxy_wasm::types::MapType::HttpRequestHeaders,
-            ":path",
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        action(
+            self.stream
+                .on_request_headers(&mut self.host, end_of_stream),
         )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-        if !path.starts_with(b"/mcp") {
-            return Action::Continue;
-        }
-        let body = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"gateway has no configuration yet"}}"#;
-        abi::send_local_response(503, &[("content-type", b"application/json")], body);
-        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        action(
+            self.stream
+                .on_request_body(&mut self.host, size, end_of_stream),
+        )
     }
 }
 

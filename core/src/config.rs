@@ -45,7 +45,7 @@ impl Default for GatewayInfo {
         Self {
             name: "mcpgw".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            mcp_path: "/mcp".into(),
+            mcp_path: DEFAULT_MCP_PATH.into(),
             instructions: None,
             list_changed: false,
         }
@@ -129,8 +129,11 @@ pub struct ServerConfig {
     pub tools: Vec<Box<RawValue>>,
 }
 
+/// The MCP endpoint's path unless the document says otherwise.
+pub const DEFAULT_MCP_PATH: &str = "/mcp";
+
 fn default_mcp_path() -> String {
-    "/mcp".into()
+    DEFAULT_MCP_PATH.into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

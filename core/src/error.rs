@@ -14,32 +14,47 @@ pub struct GatewayError {
     pub code: i32,
     pub http_status: u16,
     pub message: Cow<'static, str>,
+    /// Which check refused the request, for logs and Envoy's `%RESPONSE_CODE_DETAILS%`
+    /// (`mcpgw_<check>`): one word, `[a-z_]`.
+    pub check: &'static str,
 }
 
 impl GatewayError {
-    fn new(code: i32, http_status: u16, message: impl Into<Cow<'static, str>>) -> Self {
+    fn new(
+        check: &'static str,
+        code: i32,
+        http_status: u16,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
         Self {
             code,
             http_status,
             message: message.into(),
+            check,
         }
     }
 
     pub fn parse(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(PARSE_ERROR, 400, message)
+        Self::new("parse_error", PARSE_ERROR, 400, message)
     }
     pub fn invalid_request(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(INVALID_REQUEST, 400, message)
+        Self::new("invalid_request", INVALID_REQUEST, 400, message)
     }
     /// Unknown method: a protocol error inside a successful HTTP exchange (session era).
     pub fn method_not_found(method: &str) -> Self {
-        Self::new(METHOD_NOT_FOUND, 200, format!("Method not found: {method}"))
+        Self::new(
+            "method_not_found",
+            METHOD_NOT_FOUND,
+            200,
+            format!("Method not found: {method}"),
+        )
     }
     pub fn invalid_params(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(INVALID_PARAMS, 200, message)
+        Self::new("invalid_params", INVALID_PARAMS, 200, message)
     }
     pub fn missing_session() -> Self {
         Self::new(
+            "missing_session",
             INVALID_REQUEST,
             400,
             "Bad Request: Mcp-Session-Id header is required",
@@ -47,10 +62,16 @@ impl GatewayError {
     }
     /// Unknown, tampered, expired or ended session: 404 tells the client to re-initialize.
     pub fn session_not_found() -> Self {
-        Self::new(INVALID_REQUEST, 404, "Session not found")
+        Self::new(
+            "session_not_found",
+            INVALID_REQUEST,
+            404,
+            "Session not found",
+        )
     }
     pub fn unsupported_protocol_version(version: &str) -> Self {
         Self::new(
+            "unsupported_protocol_version",
             INVALID_REQUEST,
             400,
             format!("Bad Request: unsupported MCP-Protocol-Version: {version}"),
@@ -58,6 +79,7 @@ impl GatewayError {
     }
     pub fn body_too_large(limit: usize) -> Self {
         Self::new(
+            "body_too_large",
             INVALID_REQUEST,
             413,
             format!("Request body exceeds the limit of {limit} bytes"),
@@ -65,6 +87,7 @@ impl GatewayError {
     }
     pub fn unsupported_media_type() -> Self {
         Self::new(
+            "unsupported_media_type",
             INVALID_REQUEST,
             415,
             "Unsupported Media Type: Content-Type must be application/json",
@@ -72,6 +95,7 @@ impl GatewayError {
     }
     pub fn not_acceptable() -> Self {
         Self::new(
+            "not_acceptable",
             INVALID_REQUEST,
             406,
             "Not Acceptable: Accept must allow application/json and text/event-stream",
@@ -79,15 +103,33 @@ impl GatewayError {
     }
     pub fn method_not_allowed(method: &str) -> Self {
         Self::new(
+            "method_not_allowed",
             INVALID_REQUEST,
             405,
             format!("Method Not Allowed: {method} on the MCP endpoint"),
         )
     }
+    /// This VM has no configuration yet (it has only just started).
+    pub fn not_configured() -> Self {
+        Self::new(
+            "not_configured",
+            INTERNAL_ERROR,
+            503,
+            "gateway has no configuration yet; retry shortly",
+        )
+    }
     /// An upstream failed this request: the client's session is fine, so the failure is a
     /// JSON-RPC error for that one request inside HTTP 200.
     pub fn upstream(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(INTERNAL_ERROR, 200, message)
+        Self::new("upstream_failed", INTERNAL_ERROR, 200, message)
+    }
+}
+
+impl GatewayError {
+    /// The same answer, attributed to a more specific check.
+    pub fn because(mut self, check: &'static str) -> Self {
+        self.check = check;
+        self
     }
 }
 

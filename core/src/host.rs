@@ -33,8 +33,9 @@ pub trait Host {
     fn response_header(&self, name: &str) -> Option<Vec<u8>>;
     fn set_response_header(&mut self, name: &str, value: &[u8]);
     fn remove_response_header(&mut self, name: &str);
-    /// A local reply; the stream ends here.
-    fn send_response(&mut self, status: u16, headers: &[(&str, &[u8])], body: &[u8]);
+    /// A local reply; the stream ends here. `details` shows in Envoy's
+    /// `%RESPONSE_CODE_DETAILS%` (one token, `[a-z_]`).
+    fn send_response(&mut self, status: u16, headers: &[(&str, &[u8])], body: &[u8], details: &str);
     /// An HTTP call to an Envoy cluster; the answer comes back as an event with the token.
     fn dispatch(
         &mut self,

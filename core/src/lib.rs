@@ -1,6 +1,7 @@
 //! Pure core of the MCP gateway: no proxy-wasm, no I/O. The plugin edge (`src/`) translates
 //! proxy callbacks into [`pipeline::Request`] events and implements [`host::Host`].
 
+pub mod budget;
 pub mod catalog;
 pub mod config;
 pub mod error;
@@ -12,7 +13,8 @@ pub mod sse;
 pub mod sync;
 pub mod upstream;
 
+pub use budget::LogBudget;
 pub use catalog::Catalog;
 pub use config::{GatewayConfig, PluginConfig};
 pub use host::{CallResponse, Host, Level};
-pub use pipeline::{Action, Request};
+pub use pipeline::{Action, Request, Unconfigured};

@@ -4,6 +4,7 @@
 
 use std::rc::Rc;
 
+use crate::budget::LogBudget;
 use crate::catalog::Catalog;
 use crate::config::{ServerConfig, SUPPORTED_PROTOCOL_VERSIONS};
 use crate::error::GatewayError;
@@ -67,6 +68,7 @@ enum Stage {
 /// The state of one HTTP stream.
 pub struct Request {
     catalog: Rc<Catalog>,
+    log_budget: Rc<LogBudget>,
     stage: Stage,
     /// Raw JSON id of the client's request, for answers produced later.
     id: Option<String>,
@@ -76,9 +78,10 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn new(catalog: Rc<Catalog>) -> Self {
+    pub fn new(catalog: Rc<Catalog>, log_budget: Rc<LogBudget>) -> Self {
         Self {
             catalog,
+            log_budget,
             stage: Stage::Bypass,
             id: None,
             session_token: None,
@@ -87,20 +90,8 @@ impl Request {
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
-        // One host call for the whole map: measured cheaper than one call per header read.
-        let mut headers = host.request_headers();
-        // Only the gateway sets the routing headers, on every path: upstream routes match on
-        // them, so a client must not be able to reach an upstream by sending them itself.
-        headers.retain(|(name, _)| {
-            let spoofed = ROUTING_HEADERS.contains(&name.as_str());
-            if spoofed {
-                host.remove_request_header(name);
-            }
-            !spoofed
-        });
-        let path = find_header(&headers, ":path").unwrap_or_default();
-        let bare_path = path.split(|b| *b == b'?').next().unwrap_or_default();
-        if bare_path != self.catalog.gateway.mcp_path.as_bytes() {
+        let headers = client_headers(host);
+        if !is_path(&headers, &self.catalog.gateway.mcp_path) {
             return Action::Continue;
         }
         self.headers = headers;
@@ -596,7 +587,7 @@ impl Request {
         if let Some(token) = &self.session_token {
             headers.push(("mcp-session-id", token));
         }
-        host.send_response(status, &headers, &response.body);
+        host.send_response(status, &headers, &response.body, "mcpgw_replayed");
         self.stage = Stage::Answered;
     }
 
@@ -656,7 +647,7 @@ impl Request {
         let ended_key =
             upstream::ended_key(&session.id, self.catalog.limits.upstream_session_slots);
         if host.shared_get(&ended_key).as_deref() == Some(session.id.as_bytes()) {
-            return Err(GatewayError::session_not_found());
+            return Err(GatewayError::session_not_found().because("session_ended"));
         }
         Ok(Some(session))
     }
@@ -674,15 +665,13 @@ impl Request {
         if let Some(token) = &self.session_token {
             headers.push(("mcp-session-id", token));
         }
-        host.send_response(status, &headers, body);
+        host.send_response(status, &headers, body, "mcpgw_answered");
         self.stage = Stage::Answered;
         Action::Pause
     }
 
     fn fail(&mut self, host: &mut dyn Host, error: GatewayError) -> Action {
-        if error.http_status >= 500 || error.code == crate::error::INTERNAL_ERROR {
-            host.log(Level::Warn, &error.message);
-        }
+        self.report(host, &error);
         let body = jsonrpc::error_body(self.id.as_deref(), &error);
         let mut headers: Vec<(&str, &[u8])> = vec![("content-type", CONTENT_TYPE_JSON)];
         if error.http_status == 405 {
@@ -693,9 +682,35 @@ impl Request {
             };
             headers.push(("allow", allow));
         }
-        host.send_response(error.http_status, &headers, &body);
+        let details = format!("mcpgw_{}", error.check);
+        host.send_response(error.http_status, &headers, &body, &details);
         self.stage = Stage::Answered;
         Action::Pause
+    }
+
+    /// Every refusal reaches the log with the check that made it (within the VM's log budget):
+    /// upstream failures at `warn`, the client's own mistakes at `info`.
+    fn report(&self, host: &mut dyn Host, error: &GatewayError) {
+        let Some(suppressed) = self.log_budget.admit(host.now_secs()) else {
+            return;
+        };
+        let level = if error.http_status >= 500 || error.code == crate::error::INTERNAL_ERROR {
+            Level::Warn
+        } else {
+            Level::Info
+        };
+        let also = if suppressed > 0 {
+            format!(" ({suppressed} more refusals not logged)")
+        } else {
+            String::new()
+        };
+        host.log(
+            level,
+            &format!(
+                "refused with HTTP {} / {} by check {}: {}{also}",
+                error.http_status, error.code, error.check, error.message
+            ),
+        );
     }
 
     fn header(&self, name: &str) -> Option<&[u8]> {
@@ -704,6 +719,83 @@ impl Request {
 
     fn server_name(&self, index: usize) -> &str {
         self.catalog.server(index).map_or("?", |s| s.name.as_str())
+    }
+}
+
+/// The request headers, read in one host call (measured cheaper than one call per header), with
+/// the routing headers removed: only the gateway sets those, on every path, because upstream
+/// routes match on them and a client must not reach an upstream by sending them itself.
+fn client_headers(host: &mut dyn Host) -> Vec<(String, Vec<u8>)> {
+    let mut headers = host.request_headers();
+    headers.retain(|(name, _)| {
+        let spoofed = ROUTING_HEADERS.contains(&name.as_str());
+        if spoofed {
+            host.remove_request_header(name);
+        }
+        !spoofed
+    });
+    headers
+}
+
+/// The request's path, without its query, is `path`.
+fn is_path(headers: &[(String, Vec<u8>)], path: &str) -> bool {
+    let full = find_header(headers, ":path").unwrap_or_default();
+    let bare = full.split(|b| *b == b'?').next().unwrap_or_default();
+    bare == path.as_bytes()
+}
+
+/// A stream on a VM that has no configuration yet (it has just started, and the published
+/// document has not reached it): the routing headers are still stripped on every path, and a
+/// request to the default MCP path gets a 503 JSON-RPC error that carries its id.
+#[derive(Debug, Default)]
+pub struct Unconfigured {
+    reading_body: bool,
+}
+
+impl Unconfigured {
+    pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
+        let headers = client_headers(host);
+        if !is_path(&headers, crate::config::DEFAULT_MCP_PATH) {
+            return Action::Continue;
+        }
+        if find_header(&headers, ":method") == Some(b"POST") && !end_of_stream {
+            self.reading_body = true;
+            return Action::Pause;
+        }
+        Self::answer(host, None)
+    }
+
+    pub fn on_request_body(
+        &mut self,
+        host: &mut dyn Host,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        if !self.reading_body {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.reading_body = false;
+        let body = host.request_body(size).unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        let id = jsonrpc::salvage_id(&text).map(|id| id.get().to_owned());
+        Self::answer(host, id.as_deref())
+    }
+
+    fn answer(host: &mut dyn Host, id: Option<&str>) -> Action {
+        let error = GatewayError::not_configured();
+        host.log(Level::Warn, &error.message);
+        let body = jsonrpc::error_body(id, &error);
+        let details = format!("mcpgw_{}", error.check);
+        host.send_response(
+            error.http_status,
+            &[("content-type", CONTENT_TYPE_JSON)],
+            &body,
+            &details,
+        );
+        Action::Pause
     }
 }
 

@@ -126,7 +126,9 @@ impl ConfigSync {
         self.applied_etag = Some(etag);
     }
 
-    fn adopt_published(&mut self, host: &mut dyn ControlHost) -> Option<Catalog> {
+    /// The published document, if it is newer than the one this VM serves: a VM that has just
+    /// started calls this on its first stream rather than waiting for its first tick.
+    pub fn adopt_published(&mut self, host: &mut dyn ControlHost) -> Option<Catalog> {
         let (etag, _) = host.shared_get(ETAG_KEY);
         let etag = String::from_utf8(etag?).ok()?;
         if Some(etag.as_str()) == self.applied_etag.as_deref() {

@@ -118,7 +118,13 @@ impl Host for FakeHost {
     fn remove_response_header(&mut self, name: &str) {
         self.response_headers.retain(|(n, _)| n != name);
     }
-    fn send_response(&mut self, status: u16, headers: &[(&str, &[u8])], body: &[u8]) {
+    fn send_response(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        _details: &str,
+    ) {
         assert!(self.reply.is_none(), "one local reply per stream");
         let headers = headers
             .iter()
@@ -184,7 +190,7 @@ fn catalog(page_size: usize) -> Rc<Catalog> {
 
 /// Runs a POST through headers and body; returns the last action.
 fn run(catalog: &Rc<Catalog>, host: &mut FakeHost) -> (Request, Action) {
-    let mut request = Request::new(Rc::clone(catalog));
+    let mut request = Request::new(Rc::clone(catalog), Rc::default());
     assert_eq!(request.on_request_headers(host, false), Action::Pause);
     let size = host.request_body.len();
     let action = request.on_request_body(host, size, true);
@@ -459,7 +465,7 @@ fn delete_closes_upstream_sessions_and_ends_the_session() {
     };
     upstream::store(&mut host, slots, &session_id, "alpha", &up);
     host.request_headers[0].1 = b"DELETE".to_vec();
-    let mut request = Request::new(Rc::clone(&catalog));
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default());
     assert_eq!(request.on_request_headers(&mut host, true), Action::Pause);
     let (cluster, headers, _) = host.calls[0].clone();
     assert_eq!(cluster, "alpha");
@@ -535,12 +541,12 @@ fn bad_input_gets_precise_errors() {
     }
     let mut host = FakeHost::post("{}", None);
     host.set_request_header("content-type", b"text/plain");
-    let mut request = Request::new(Rc::clone(&catalog));
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default());
     request.on_request_headers(&mut host, false);
     assert_eq!(host.reply_status(), 415);
 
     let mut host = FakeHost::post("{}", None);
-    let mut request = Request::new(Rc::clone(&catalog));
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default());
     request.on_request_headers(&mut host, false);
     assert_eq!(
         request.on_request_body(&mut host, 5000, false),
@@ -550,7 +556,7 @@ fn bad_input_gets_precise_errors() {
 
     let mut host = FakeHost::post("{}", None);
     host.request_headers[0].1 = b"GET".to_vec();
-    let mut request = Request::new(Rc::clone(&catalog));
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default());
     request.on_request_headers(&mut host, true);
     assert_eq!(host.reply_status(), 405);
     assert_eq!(host.reply_header("allow").unwrap(), "POST, DELETE");
@@ -561,7 +567,7 @@ fn other_paths_pass_through_without_routing_headers() {
     let catalog = catalog(10);
     let mut host = FakeHost::post("{oops", None);
     host.set_request_header(":path", b"/healthz");
-    let mut request = Request::new(Rc::clone(&catalog));
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default());
     assert_eq!(
         request.on_request_headers(&mut host, false),
         Action::Continue
@@ -611,7 +617,7 @@ fn mangled_bodies_always_get_an_answer() {
             for session in [None, Some(token.as_str())] {
                 let mut host = FakeHost::post("", session);
                 host.request_body = body.clone();
-                let mut request = Request::new(Rc::clone(&catalog));
+                let mut request = Request::new(Rc::clone(&catalog), Rc::default());
                 if request.on_request_headers(&mut host, false) != Action::Pause {
                     continue;
                 }

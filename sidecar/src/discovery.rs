@@ -79,14 +79,22 @@ type Client = RunningService<RoleClient, Handler>;
 /// Runs until aborted.
 pub async fn run(target: Target, generation: u64, events: mpsc::Sender<Event>) {
     let timing = target.timing;
+    let mut health = Gate::new(timing);
     let mut delay = timing.backoff_initial;
     loop {
         let (changed_tx, changed_rx) = mpsc::channel(4);
         let reason = match connect(&target, changed_tx).await {
             Err(reason) => reason,
             Ok(client) => {
-                let (reason, served) =
-                    serve(&target, generation, &events, &client, changed_rx).await;
+                let (reason, served) = serve(
+                    &target,
+                    generation,
+                    &events,
+                    &client,
+                    changed_rx,
+                    &mut health,
+                )
+                .await;
                 drop(client);
                 if served {
                     delay = timing.backoff_initial;
@@ -94,22 +102,90 @@ pub async fn run(target: Target, generation: u64, events: mpsc::Sender<Event>) {
                 reason
             }
         };
-        let down = Event::Down {
-            server: target.name.clone(),
-            generation,
-            reason: reason.clone(),
+        let wait = match health.failed(Instant::now()) {
+            Verdict::Down => {
+                let down = Event::Down {
+                    server: target.name.clone(),
+                    generation,
+                    reason: reason.clone(),
+                };
+                if events.send(down).await.is_err() {
+                    return;
+                }
+                let wait = jitter(delay);
+                delay = (delay * 2).min(timing.backoff_max);
+                wait
+            }
+            Verdict::Suspect { failures } => {
+                tracing::info!(
+                    "server {}: check failed ({failures} in a row), kept in the catalog until \
+                     {} failures over {} ms: {reason}",
+                    target.name,
+                    timing.failure_threshold,
+                    timing.failure_window.as_millis()
+                );
+                timing.failure_retry
+            }
         };
-        if events.send(down).await.is_err() {
-            return;
-        }
-        let wait = jitter(delay);
         tracing::debug!(
             "server {}: next connection attempt in {} ms",
             target.name,
             wait.as_millis()
         );
         sleep(wait).await;
-        delay = (delay * 2).min(timing.backoff_max);
+    }
+}
+
+/// A server's health as its checks see it: one failed check (a ping that timed out on a busy
+/// machine, a refused connection during a restart) does not take it out of the catalog; only
+/// `failure_threshold` consecutive failures spanning at least `failure_window` do.
+#[derive(Debug)]
+struct Gate {
+    threshold: u32,
+    window: Duration,
+    failures: u32,
+    first_failure: Option<Instant>,
+    down: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Failing, but not for long enough: keep serving it, check again soon.
+    Suspect { failures: u32 },
+    /// Failed for long enough (or is already out): report it down.
+    Down,
+}
+
+impl Gate {
+    fn new(timing: Timing) -> Self {
+        Self {
+            threshold: timing.failure_threshold,
+            window: timing.failure_window,
+            failures: 0,
+            first_failure: None,
+            down: false,
+        }
+    }
+
+    fn failed(&mut self, now: Instant) -> Verdict {
+        self.failures = self.failures.saturating_add(1);
+        let since = *self.first_failure.get_or_insert(now);
+        if self.down
+            || (self.failures >= self.threshold && now.duration_since(since) >= self.window)
+        {
+            self.down = true;
+            Verdict::Down
+        } else {
+            Verdict::Suspect {
+                failures: self.failures,
+            }
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.first_failure = None;
+        self.down = false;
     }
 }
 
@@ -149,6 +225,7 @@ async fn serve(
     events: &mpsc::Sender<Event>,
     client: &Client,
     mut changed: mpsc::Receiver<()>,
+    health: &mut Gate,
 ) -> (String, bool) {
     let timing = target.timing;
     let mut served = false;
@@ -182,6 +259,7 @@ async fn serve(
             if events.send(up).await.is_err() {
                 return ("sidecar shutting down".into(), served);
             }
+            health.succeeded();
             served = true;
             next_refresh = Instant::now() + timing.refresh_interval;
         }
@@ -204,10 +282,24 @@ async fn serve(
                 let answer = bounded(timing.request_timeout, "ping", async {
                     client.send_request(ping).await.map_err(|e| describe(&e))
                 }).await;
-                if let Err(reason) = answer {
-                    return (reason, served);
-                }
-                next_ping = Instant::now() + timing.health_interval;
+                next_ping = match answer {
+                    Ok(_) => {
+                        health.succeeded();
+                        Instant::now() + timing.health_interval
+                    }
+                    Err(reason) => match health.failed(Instant::now()) {
+                        // Out of the catalog: start over with a new session.
+                        Verdict::Down => return (reason, served),
+                        Verdict::Suspect { failures } => {
+                            tracing::info!(
+                                "server {}: ping failed ({failures} in a row), kept in the \
+                                 catalog: {reason}",
+                                target.name
+                            );
+                            Instant::now() + timing.failure_retry
+                        }
+                    },
+                };
             }
         }
         if client.is_closed() {
@@ -395,6 +487,53 @@ mod tests {
             Some(Box::new(E("connection refused", None))),
         );
         assert_eq!(describe(&e), "connect: connection refused");
+    }
+
+    fn timing(threshold: u32, window_ms: u64) -> Timing {
+        let ms = Duration::from_millis;
+        Timing {
+            refresh_interval: ms(1000),
+            health_interval: ms(1000),
+            request_timeout: ms(1000),
+            backoff_initial: ms(100),
+            backoff_max: ms(1000),
+            startup_grace: ms(0),
+            failure_threshold: threshold,
+            failure_window: ms(window_ms),
+            failure_retry: ms(100),
+        }
+    }
+
+    #[test]
+    fn a_server_goes_down_only_after_enough_failures_over_the_window() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut gate = Gate::new(timing(3, 1000));
+        assert_eq!(gate.failed(at(0)), Verdict::Suspect { failures: 1 });
+        assert_eq!(gate.failed(at(100)), Verdict::Suspect { failures: 2 });
+        // Enough failures, not for long enough.
+        assert_eq!(gate.failed(at(200)), Verdict::Suspect { failures: 3 });
+        assert_eq!(gate.failed(at(1000)), Verdict::Down);
+        assert_eq!(gate.failed(at(1100)), Verdict::Down, "stays down");
+        gate.succeeded();
+        assert_eq!(gate.failed(at(5000)), Verdict::Suspect { failures: 1 });
+    }
+
+    #[test]
+    fn a_success_between_failures_starts_the_count_again() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut gate = Gate::new(timing(2, 500));
+        assert_eq!(gate.failed(at(0)), Verdict::Suspect { failures: 1 });
+        gate.succeeded();
+        assert_eq!(gate.failed(at(600)), Verdict::Suspect { failures: 1 });
+        assert_eq!(gate.failed(at(1200)), Verdict::Down);
+    }
+
+    #[test]
+    fn a_threshold_of_one_and_no_window_is_the_old_behaviour() {
+        let mut gate = Gate::new(timing(1, 0));
+        assert_eq!(gate.failed(Instant::now()), Verdict::Down);
     }
 
     #[test]

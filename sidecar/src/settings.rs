@@ -100,6 +100,8 @@ struct DiscoverySection {
     backoff_max_ms: u64,
     startup_grace_ms: u64,
     config_poll_ms: u64,
+    failure_threshold: u32,
+    failure_window_ms: u64,
 }
 
 impl Default for DiscoverySection {
@@ -112,6 +114,8 @@ impl Default for DiscoverySection {
             backoff_max_ms: 30_000,
             startup_grace_ms: 5_000,
             config_poll_ms: 200,
+            failure_threshold: 3,
+            failure_window_ms: 15_000,
         }
     }
 }
@@ -149,6 +153,19 @@ struct EnvoySection {
     long_poll_ms: u64,
     retry_ms: u64,
     connect_timeout_ms: u64,
+    access_log: AccessLog,
+}
+
+/// Which requests Envoy's access log (stdout) records in the generated bootstrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLog {
+    /// Every request.
+    #[default]
+    All,
+    /// Answers with status >= 400 and local replies of any status.
+    Errors,
+    Off,
 }
 
 impl Default for EnvoySection {
@@ -163,6 +180,7 @@ impl Default for EnvoySection {
             long_poll_ms: 20_000,
             retry_ms: 1_000,
             connect_timeout_ms: 5_000,
+            access_log: AccessLog::All,
         }
     }
 }
@@ -239,6 +257,13 @@ impl<T: serde::Serialize> PartialEq for SerdeEq<T> {
     }
 }
 
+/// Checks after a failure come often enough to reach the threshold within the window, but never
+/// more often than every 50 ms nor less often than the health interval.
+fn failure_retry(health_interval_ms: u64, window_ms: u64, threshold: u32) -> Duration {
+    let spread = window_ms / u64::from(threshold.max(1));
+    Duration::from_millis(spread.clamp(50, health_interval_ms.max(50)))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
     pub refresh_interval: Duration,
@@ -247,6 +272,12 @@ pub struct Timing {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub startup_grace: Duration,
+    /// A server leaves the catalog after this many consecutive failed checks ...
+    pub failure_threshold: u32,
+    /// ... spanning at least this long.
+    pub failure_window: Duration,
+    /// Pause before the next check after a failed one.
+    pub failure_retry: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -259,6 +290,7 @@ pub struct EnvoySettings {
     pub long_poll_ms: u64,
     pub retry_ms: u64,
     pub connect_timeout: Duration,
+    pub access_log: AccessLog,
 }
 
 /// One configured upstream server, resolved.
@@ -370,7 +402,17 @@ pub fn parse(
         backoff_initial: positive("discovery.backoff_initial_ms", discovery.backoff_initial_ms)?,
         backoff_max: positive("discovery.backoff_max_ms", discovery.backoff_max_ms)?,
         startup_grace: Duration::from_millis(discovery.startup_grace_ms),
+        failure_threshold: discovery.failure_threshold,
+        failure_window: Duration::from_millis(discovery.failure_window_ms),
+        failure_retry: failure_retry(
+            discovery.health_interval_ms,
+            discovery.failure_window_ms,
+            discovery.failure_threshold,
+        ),
     };
+    if discovery.failure_threshold == 0 {
+        return Err("discovery.failure_threshold: must be positive".into());
+    }
     if discovery_timing.backoff_max < discovery_timing.backoff_initial {
         return Err("discovery.backoff_max_ms: must be >= backoff_initial_ms".into());
     }
@@ -435,6 +477,7 @@ pub fn parse(
             long_poll_ms: envoy.long_poll_ms,
             retry_ms: envoy.retry_ms,
             connect_timeout: positive("envoy.connect_timeout_ms", envoy.connect_timeout_ms)?,
+            access_log: envoy.access_log,
         },
         servers: specs,
     })

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::hex;
-use crate::settings::{ServerSpec, Settings, SIDECAR_CLUSTER};
+use crate::settings::{AccessLog, ServerSpec, Settings, SIDECAR_CLUSTER};
 
 /// Name of the route configuration (RDS resource) the listener asks for.
 pub const ROUTE_CONFIG_NAME: &str = "mcpgw";
@@ -307,6 +307,7 @@ pub fn bootstrap(settings: &Settings, xds_dir: &Path, options: &BootstrapOptions
                         "stat_prefix": "mcpgw",
                         "rds": {"route_config_name": ROUTE_CONFIG_NAME, "config_source": source(RDS_FILE)},
                         "http_filters": filters,
+                        "access_log": access_log(settings.envoy.access_log),
                     },
                 }]}],
             }],
@@ -321,6 +322,40 @@ pub fn bootstrap(settings: &Settings, xds_dir: &Path, options: &BootstrapOptions
             }],
         },
     })
+}
+
+/// Envoy's access log on stdout. `%RESPONSE_CODE_DETAILS%` tells who answered: the upstream
+/// (`via_upstream`), a route's `direct_response`, or the plugin (`mcpgw_<check>` on its local
+/// answers).
+fn access_log(which: AccessLog) -> Value {
+    const FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% \
+%PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% \
+%BYTES_SENT% %DURATION%ms %UPSTREAM_CLUSTER% %UPSTREAM_HOST% server=%REQ(X-MCP-SERVERNAME)% \
+tool=%REQ(X-MCP-TOOLNAME)% conn=%CONNECTION_ID%\n";
+    let mut log = json!({
+        "name": "envoy.access_loggers.stdout",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {"text_format_source": {"inline_string": FORMAT}},
+        },
+    });
+    match which {
+        AccessLog::Off => return json!([]),
+        AccessLog::All => {}
+        AccessLog::Errors => {
+            if let Some(map) = log.as_object_mut() {
+                map.insert(
+                    "filter".into(),
+                    json!({"or_filter": {"filters": [
+                        {"status_code_filter": {"comparison": {"op": "GE", "value": {
+                            "default_value": 400, "runtime_key": "mcpgw.access_log.min_status"}}}},
+                        {"response_flag_filter": {}},
+                    ]}}),
+                );
+            }
+        }
+    }
+    json!([log])
 }
 
 fn absolute(p: &Path) -> PathBuf {

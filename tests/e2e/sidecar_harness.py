@@ -58,6 +58,9 @@ def base_config(port: int, xds_dir: Path | None = None, **envoy: Any) -> dict[st
             "backoff_max_ms": 1000,
             "startup_grace_ms": 5000,
             "config_poll_ms": 50,
+            # Tests that kill a server want it out quickly: two failed checks over 300 ms.
+            "failure_threshold": 2,
+            "failure_window_ms": 300,
         },
         "notifications": {"keepalive_ms": 1000, "delay_ms": 500},
         "servers": [],
