@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use mcpgw_core::upstream;
-use mcpgw_core::{Action, CallResponse, Catalog, GatewayConfig, Host, Level, Request};
+use mcpgw_core::{
+    Action, CallResponse, Catalog, GatewayConfig, Host, Level, LogBudget, Request, Unconfigured,
+};
 
 type Headers = Vec<(String, Vec<u8>)>;
 /// A local reply: status, headers, body.
@@ -25,6 +27,8 @@ struct FakeHost {
     request_body: Vec<u8>,
     response_headers: Vec<(String, Vec<u8>)>,
     reply: Option<Reply>,
+    details: String,
+    logs: std::cell::RefCell<Vec<(Level, String)>>,
     calls: Vec<Call>,
     shared: HashMap<String, Vec<u8>>,
     resumed_request: bool,
@@ -123,9 +127,10 @@ impl Host for FakeHost {
         status: u16,
         headers: &[(&str, &[u8])],
         body: &[u8],
-        _details: &str,
+        details: &str,
     ) {
         assert!(self.reply.is_none(), "one local reply per stream");
+        self.details = details.into();
         let headers = headers
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_vec()))
@@ -168,7 +173,9 @@ impl Host for FakeHost {
         self.resumed_request = true;
     }
     fn resume_response(&mut self) {}
-    fn log(&self, _level: Level, _message: &str) {}
+    fn log(&self, level: Level, message: &str) {
+        self.logs.borrow_mut().push((level, message.into()));
+    }
 }
 
 fn catalog(page_size: usize) -> Rc<Catalog> {
@@ -685,4 +692,71 @@ fn the_session_cache_is_bounded_and_evicts_the_oldest_entry_of_a_set() {
         "c3"
     );
     assert!(upstream::lookup(&host, 4, "c3", "alpha").is_none());
+}
+
+#[test]
+fn a_refusal_names_its_check_in_the_log_and_the_response_details() {
+    let catalog = catalog(10);
+    let mut host = FakeHost::post(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call"}"#, None);
+    run(&catalog, &mut host);
+    assert_eq!(host.reply_status(), 400);
+    assert_eq!(host.details, "mcpgw_missing_session");
+    let logs = host.logs.borrow();
+    let (level, line) = logs.last().expect("a log line");
+    assert_eq!(*level, Level::Info);
+    assert!(line.contains("check missing_session"), "{line}");
+}
+
+#[test]
+fn refusals_are_logged_within_the_vm_budget() {
+    let catalog = catalog(10);
+    let budget = Rc::new(LogBudget::default());
+    let mut logged = 0;
+    for _ in 0..50 {
+        let mut host = FakeHost::post("not json", None);
+        let mut request = Request::new(Rc::clone(&catalog), Rc::clone(&budget));
+        request.on_request_headers(&mut host, false);
+        let size = host.request_body.len();
+        request.on_request_body(&mut host, size, true);
+        assert_eq!(host.reply_status(), 400, "every request is still answered");
+        logged += host.logs.borrow().len();
+    }
+    assert!(
+        logged < 50 && logged > 0,
+        "{logged} lines for 50 refusals in one second"
+    );
+}
+
+#[test]
+fn a_vm_without_configuration_answers_with_the_request_id_and_strips_routing_headers() {
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","id":"abc","method":"tools/list"}"#,
+        None,
+    );
+    let mut stream = Unconfigured::default();
+    assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+    assert!(
+        host.header("x-mcp-servername").is_none(),
+        "routing headers stripped"
+    );
+    let size = host.request_body.len();
+    assert_eq!(stream.on_request_body(&mut host, size, true), Action::Pause);
+    assert_eq!(host.reply_status(), 503);
+    assert_eq!(host.details, "mcpgw_not_configured");
+    let reply = host.reply_json();
+    assert_eq!(reply["id"], "abc");
+    assert_eq!(reply["error"]["code"], -32603);
+
+    // Other paths pass, without the routing headers.
+    let mut host = FakeHost::post("{}", None);
+    host.request_headers.retain(|(n, _)| n != ":path");
+    host.request_headers
+        .push((":path".into(), b"/other".to_vec()));
+    let mut stream = Unconfigured::default();
+    assert_eq!(
+        stream.on_request_headers(&mut host, false),
+        Action::Continue
+    );
+    assert!(host.header("x-mcp-servername").is_none());
+    assert!(host.reply.is_none());
 }

@@ -99,6 +99,8 @@ class Round:
     load_flaps: int = 0
     churn_actions: list[str] = field(default_factory=list)
     sample: str = ""
+    # Access-log lines of non-2xx answers, counted by (status, response code details).
+    errors: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -217,6 +219,16 @@ def flaps(sidecar: Sidecar, servers: tuple[str, ...]) -> int:
     return sum(len(re.findall(rf"server {name} is down", text)) for name in servers)
 
 
+def error_details(gw: SidecarGateway) -> dict[str, int]:
+    """`status details` -> count, from the access log (the bootstrap logs errors only here)."""
+    out: dict[str, int] = {}
+    for m in re.finditer(r'" (\d{3}) \S+ (\S+) ', gw.envoy.log_path.read_text(errors="replace")):
+        if not m.group(1).startswith("2"):
+            key = f"{m.group(1)} {m.group(2)}"
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
 def one_round(index: int, workdir: Path, sidecar: Sidecar, beta: DemoServer, target: str,
               concurrency: int, connections: int, seconds: float, rng: random.Random) -> Round:
     result = Round(index, target, concurrency, connections, seconds)
@@ -253,6 +265,7 @@ def one_round(index: int, workdir: Path, sidecar: Sidecar, beta: DemoServer, tar
         result.config_versions = (len(re.findall(r"configuration \S+ active", gw.envoy.log_path.read_text()))
                                   - versions_before)
         result.churn_actions = churn.actions
+        result.errors = error_details(gw)
     finally:
         gw.stop()
     return result
@@ -282,7 +295,8 @@ def run(*, rounds: int | None, minutes: float | None, seconds: float, concurrenc
         {"name": "gamma", "url": gamma.url, "prefix": "gamma_"},
         {"name": "everything", "url": everything.url, "prefix": "everything_"},
     ]
-    cfg["envoy"].update(wasm=str(harness.WASM_PATH))
+    # Only errors and local replies: a failed round then shows who answered and why.
+    cfg["envoy"].update(wasm=str(harness.WASM_PATH), access_log="errors")
     sidecar = Sidecar(workdir, cfg)
     results: list[Round] = []
     try:
@@ -300,7 +314,8 @@ def run(*, rounds: int | None, minutes: float | None, seconds: float, concurrenc
                 f"envoy_4xx={r.envoy_4xx} envoy_5xx={r.envoy_5xx} vm_reloads={r.vm_reloads} "
                 f"config_versions={r.config_versions} churn={len(r.churn_actions)} flaps={r.load_flaps} "
                 f"envoy_rss={r.envoy_rss_kib // 1024}MiB sidecar_rss={r.sidecar_rss_kib // 1024}MiB"
-                + (f" sample={r.sample!r}" if r.sample else ""))
+                + (f" sample={r.sample!r}" if r.sample else "")
+                + (f" errors={r.errors}" if r.errors else ""))
             i += 1
     finally:
         sidecar.stop()
