@@ -32,6 +32,8 @@ proxy_wasm::main! {{
 struct Gateway {
     catalog: Option<Rc<Catalog>>,
     sync: Option<ConfigSync>,
+    /// `Bearer <sidecar.token>`: what the streams it lets through to the sidecar carry.
+    sidecar_authorization: Option<Rc<str>>,
 }
 
 impl Context for Gateway {
@@ -61,6 +63,10 @@ impl RootContext for Gateway {
                 if let Some(catalog) = catalog {
                     self.install(catalog);
                 }
+                self.sidecar_authorization = sidecar
+                    .as_ref()
+                    .and_then(|source| source.authorization())
+                    .map(Rc::from);
                 self.sync = sidecar.map(|source| ConfigSync::new(source, host::owner_id()));
                 if self.sync.is_some() {
                     // Polling starts on the first tick: during configuration the cluster
@@ -80,7 +86,10 @@ impl RootContext for Gateway {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(match &self.catalog {
             Some(catalog) => Box::new(McpStream {
-                request: mcpgw_core::Request::new(Rc::clone(catalog)),
+                request: mcpgw_core::Request::new(
+                    Rc::clone(catalog),
+                    self.sidecar_authorization.clone(),
+                ),
                 host: ProxyHost,
             }),
             None => Box::new(Unconfigured),
@@ -125,6 +134,9 @@ fn parse_plugin_config(
         serde_json::from_slice(raw).map_err(|e| format!("plugin configuration: {e}"))?;
     if config.document.is_none() && config.sidecar.is_none() {
         return Err("plugin configuration: needs `document` or `sidecar`".into());
+    }
+    if let Some(sidecar) = &config.sidecar {
+        sidecar.validate()?;
     }
     let catalog = config.document.map(Catalog::build).transpose()?;
     Ok((catalog, config.sidecar))

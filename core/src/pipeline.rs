@@ -67,6 +67,9 @@ enum Stage {
 /// The state of one HTTP stream.
 pub struct Request {
     catalog: Rc<Catalog>,
+    /// `Bearer <sidecar token>` (the plugin configuration's `sidecar.token`): set as
+    /// `authorization` on the notification streams this plugin vouches for.
+    sidecar_authorization: Option<Rc<str>>,
     stage: Stage,
     /// Raw JSON id of the client's request, for answers produced later.
     id: Option<String>,
@@ -76,9 +79,12 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn new(catalog: Rc<Catalog>) -> Self {
+    /// `sidecar_authorization`: the `authorization` value that proves to the sidecar that this
+    /// plugin checked the client's session (see [`crate::config::SidecarSource::authorization`]).
+    pub fn new(catalog: Rc<Catalog>, sidecar_authorization: Option<Rc<str>>) -> Self {
         Self {
             catalog,
+            sidecar_authorization,
             stage: Stage::Bypass,
             id: None,
             session_token: None,
@@ -113,7 +119,10 @@ impl Request {
             b"GET" if self.catalog.gateway.list_changed => {
                 // The notification stream is served behind the plugin (the sidecar).
                 return match self.open_session(host) {
-                    Ok(Some(_)) => Action::Continue,
+                    Ok(Some(_)) => {
+                        self.vouch(host);
+                        Action::Continue
+                    }
                     Ok(None) => self.fail(host, GatewayError::missing_session()),
                     Err(e) => self.fail(host, e),
                 };
@@ -401,9 +410,17 @@ impl Request {
         };
         host.set_request_body(call.received_len, &call.body);
         // Each header write is a host call: write only what differs from what the client sent.
+        // A header the client sent twice is removed first: Envoy's replace only overwrites the
+        // first value, and the second copy (a client credential, say) must not go upstream.
         let mut set = |name: &str, value: &[u8]| {
-            if self.header(name) != Some(value) {
-                host.set_request_header(name, value);
+            let mut sent = self.headers.iter().filter(|(n, _)| n == name);
+            match (sent.next(), sent.next()) {
+                (Some((_, v)), None) if v.as_slice() == value => {}
+                (Some(_), Some(_)) => {
+                    host.remove_request_header(name);
+                    host.set_request_header(name, value);
+                }
+                _ => host.set_request_header(name, value),
             }
         };
         set("content-length", call.body.len().to_string().as_bytes());
@@ -640,6 +657,21 @@ impl Request {
         } else {
             self.stage = Stage::Closing { pending };
             Action::Pause
+        }
+    }
+
+    /// Marks a GET whose session checked out as vouched for: the sidecar serves its notification
+    /// stream only with the plugin's own `authorization`. Every client copy goes first (Envoy's
+    /// replace would only overwrite the first of several), so a client credential never reaches
+    /// the sidecar. On every other path of the MCP endpoint the request is answered here or
+    /// forwarded upstream with the client's `authorization` removed or replaced, so the sidecar's
+    /// token is only ever set on this one.
+    fn vouch(&mut self, host: &mut dyn Host) {
+        if self.header("authorization").is_some() {
+            host.remove_request_header("authorization");
+        }
+        if let Some(value) = &self.sidecar_authorization {
+            host.set_request_header("authorization", value.as_bytes());
         }
     }
 
