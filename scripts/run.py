@@ -11,7 +11,8 @@ Default: starts three example MCP servers, then the sidecar over examples/run.ya
 `--config FILE` (`make run CONFIG=FILE`): no example servers; the sidecar runs over FILE itself, so
 edits to FILE apply live (docs/standalone.md). FILE must set `envoy.xds_dir`.
 
-Steps: `mcpgw-sidecar bootstrap` (Envoy bootstrap + xDS files), every port checked free, servers,
+Steps: `mcpgw-sidecar bootstrap` (Envoy bootstrap + xDS files; it creates the plugin token file when
+missing and puts the token into the plugin configuration), every port checked free, servers,
 `mcpgw-sidecar run` (wait for /healthz), Envoy, then wait until tools/list through the gateway
 returns the sidecar's whole catalog, and print how to connect. Ctrl-C (or SIGTERM/SIGHUP) stops
 everything this script started; the children also get SIGTERM if this script dies.
@@ -155,10 +156,12 @@ class Everything(Orphanless, harness.Process):
 
 
 class Sidecar(Orphanless, harness.Process):
-    """`mcpgw-sidecar run --config FILE`; ready when /healthz answers."""
+    """`mcpgw-sidecar run --config FILE`; ready when /healthz answers. `token`: the plugin token
+    (from the generated bootstrap), which /v1/config wants."""
 
-    def __init__(self, config: Path, port: int, log_dir: Path, env: dict[str, str]):
+    def __init__(self, config: Path, port: int, log_dir: Path, env: dict[str, str], token: str | None):
         self.port = port
+        self.token = token
         super().__init__("sidecar", [SIDECAR_BIN, "run", "--config", config], log_dir, env=env, cwd=log_dir)
 
     @property
@@ -169,7 +172,8 @@ class Sidecar(Orphanless, harness.Process):
         harness.wait_http(f"{self.base}/healthz", timeout=timeout, proc=self)
 
     def get_json(self, path: str) -> Any:
-        status, body = harness.http_get(self.base + path, timeout=5.0)
+        headers = {"authorization": f"Bearer {self.token}"} if self.token else None
+        status, body = harness.http_get(self.base + path, timeout=5.0, headers=headers)
         if status != 200:
             raise RunError(f"sidecar GET {path} -> {status}: {body[:200]!r}")
         return json.loads(body)
@@ -215,9 +219,13 @@ def render_default_config(run_dir: Path, ports: dict[str, int]) -> Path:
     return out
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """Temporary file + rename; `mode` (e.g. 0o600 for a file holding a secret) applies to the result."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 
@@ -229,6 +237,20 @@ def bootstrap(config: Path, out: Path, env: dict[str, str]) -> None:
         if "xds_dir" in r.stderr:
             hint = "\n(run.py needs `envoy: {xds_dir: DIR}` in the file: the sidecar writes Envoy's routes there)"
         raise RunError(f"mcpgw-sidecar bootstrap --config {config} failed:\n{r.stderr.strip()}{hint}")
+
+
+def bootstrap_token(path: Path) -> str | None:
+    """The plugin token in the generated bootstrap's plugin configuration (`sidecar.token`)."""
+    doc = json.loads(path.read_text())
+    for listener in doc["static_resources"]["listeners"]:
+        for chain in listener.get("filter_chains", []):
+            for f in chain.get("filters", []):
+                for http_filter in f.get("typed_config", {}).get("http_filters", []):
+                    config = http_filter.get("typed_config", {}).get("config", {})
+                    if config.get("root_id") == "mcpgw":
+                        plugin = json.loads(config["configuration"]["value"])
+                        return plugin.get("sidecar", {}).get("token")
+    return None
 
 
 def _socket_address(obj: dict[str, Any]) -> dict[str, Any]:
@@ -251,7 +273,7 @@ def bootstrap_ports(path: Path, listen: int | None, admin: int | None) -> tuple[
         if addr["address"] not in ("127.0.0.1", "localhost"):
             print(f"run: note: the {what} address is {addr['address']}, not 127.0.0.1", file=sys.stderr)
     if listen is not None or admin is not None:
-        write_atomic(path, json.dumps(doc, indent=2) + "\n")
+        write_atomic(path, json.dumps(doc, indent=2) + "\n", mode=0o600)  # it holds the plugin token
     return listener["port_value"], admin_addr["port_value"], sidecar_addr["port_value"]
 
 
@@ -503,7 +525,7 @@ def run(config_arg: str | None) -> int:
                 print(f"  {s.name.removeprefix('server-')}: {s.url} (pid {s.pid})", flush=True)
             require_serving = [s.name.removeprefix("server-") for s in servers]
 
-        sidecar = Sidecar(config, sidecar_port, run_dir, sidecar_env)
+        sidecar = Sidecar(config, sidecar_port, run_dir, sidecar_env, bootstrap_token(envoy_json))
         print(f"starting mcpgw-sidecar --config {config} ...", flush=True)
         procs.append(sidecar)
         sidecar.start(START_TIMEOUT)
@@ -578,6 +600,8 @@ def example_yaml() -> str:
 # Static example: Envoy + the mcpgw plugin in front of two demo MCP servers, all on 127.0.0.1.
 # GENERATED by `scripts/run.py --write-example envoy.yaml`; edit the generator, not this file.
 # The session key below is public: for local experiments only. `make run` generates a real one.
+# The bearer tokens alpha-secret and beta-secret are the demo servers' credentials: demo-only.
+# Keep the admin interface on 127.0.0.1: its /config_dump shows all of it (docs/security.md).
 # Run from the repository root (the .wasm path is relative), after ./build.sh:
 {servers}
 #   .venv/bin/envoy -c envoy.yaml --concurrency 2 --disable-hot-restart --component-log-level wasm:info

@@ -35,6 +35,8 @@ struct Gateway {
     catalog: RefCell<Option<Rc<Catalog>>>,
     sync: RefCell<Option<ConfigSync>>,
     log_budget: Rc<LogBudget>,
+    /// `Bearer <sidecar.token>`: what the streams it lets through to the sidecar carry.
+    sidecar_authorization: Option<Rc<str>>,
 }
 
 impl Context for Gateway {
@@ -65,6 +67,10 @@ impl RootContext for Gateway {
                 if let Some(catalog) = catalog {
                     self.install(catalog);
                 }
+                self.sidecar_authorization = sidecar
+                    .as_ref()
+                    .and_then(|source| source.authorization())
+                    .map(Rc::from);
                 let sync = sidecar.map(|source| ConfigSync::new(source, host::owner_id()));
                 let polls = sync.is_some();
                 *self.sync.get_mut() = sync;
@@ -89,7 +95,11 @@ impl RootContext for Gateway {
         }
         Some(match self.catalog.borrow().as_ref() {
             Some(catalog) => Box::new(McpStream {
-                request: mcpgw_core::Request::new(Rc::clone(catalog), Rc::clone(&self.log_budget)),
+                request: mcpgw_core::Request::new(
+                    Rc::clone(catalog),
+                    Rc::clone(&self.log_budget),
+                    self.sidecar_authorization.clone(),
+                ),
                 host: ProxyHost,
             }),
             None => Box::new(Unconfigured::default()),
@@ -147,6 +157,9 @@ fn parse_plugin_config(
         serde_json::from_slice(raw).map_err(|e| format!("plugin configuration: {e}"))?;
     if config.document.is_none() && config.sidecar.is_none() {
         return Err("plugin configuration: needs `document` or `sidecar`".into());
+    }
+    if let Some(sidecar) = &config.sidecar {
+        sidecar.validate()?;
     }
     let catalog = config.document.map(Catalog::build).transpose()?;
     Ok((catalog, config.sidecar))

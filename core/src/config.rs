@@ -178,6 +178,28 @@ pub struct SidecarSource {
     /// Pause between polls after a failed one.
     #[serde(default = "default_retry_ms")]
     pub retry_ms: u64,
+    /// The sidecar's `plugin_token`: sent as `authorization: Bearer <token>` on every poll, and
+    /// set the same way on the `GET <mcp_path>` streams the plugin lets through to the sidecar
+    /// (after checking the client's session), replacing whatever `authorization` the client sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl SidecarSource {
+    /// Checks what serde cannot: the token must fit in a header value.
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.token {
+            Some(token) if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) => {
+                Err("sidecar.token: must be non-empty printable ASCII without spaces".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The `authorization` value the plugin presents to the sidecar, when it has a token.
+    pub fn authorization(&self) -> Option<String> {
+        self.token.as_ref().map(|token| format!("Bearer {token}"))
+    }
 }
 
 fn default_sidecar_authority() -> String {

@@ -69,6 +69,9 @@ enum Stage {
 pub struct Request {
     catalog: Rc<Catalog>,
     log_budget: Rc<LogBudget>,
+    /// `Bearer <sidecar token>` (the plugin configuration's `sidecar.token`): set as
+    /// `authorization` on the notification streams this plugin vouches for.
+    sidecar_authorization: Option<Rc<str>>,
     stage: Stage,
     /// Raw JSON id of the client's request, for answers produced later.
     id: Option<String>,
@@ -78,10 +81,18 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn new(catalog: Rc<Catalog>, log_budget: Rc<LogBudget>) -> Self {
+    /// `log_budget`: the VM's budget for logging refusals. `sidecar_authorization`: the
+    /// `authorization` value that proves to the sidecar that this plugin checked the client's
+    /// session (see [`crate::config::SidecarSource::authorization`]).
+    pub fn new(
+        catalog: Rc<Catalog>,
+        log_budget: Rc<LogBudget>,
+        sidecar_authorization: Option<Rc<str>>,
+    ) -> Self {
         Self {
             catalog,
             log_budget,
+            sidecar_authorization,
             stage: Stage::Bypass,
             id: None,
             session_token: None,
@@ -104,7 +115,10 @@ impl Request {
             b"GET" if self.catalog.gateway.list_changed => {
                 // The notification stream is served behind the plugin (the sidecar).
                 return match self.open_session(host) {
-                    Ok(Some(_)) => Action::Continue,
+                    Ok(Some(_)) => {
+                        self.vouch(host);
+                        Action::Continue
+                    }
                     Ok(None) => self.fail(host, GatewayError::missing_session()),
                     Err(e) => self.fail(host, e),
                 };
@@ -392,9 +406,17 @@ impl Request {
         };
         host.set_request_body(call.received_len, &call.body);
         // Each header write is a host call: write only what differs from what the client sent.
+        // A header the client sent twice is removed first: Envoy's replace only overwrites the
+        // first value, and the second copy (a client credential, say) must not go upstream.
         let mut set = |name: &str, value: &[u8]| {
-            if self.header(name) != Some(value) {
-                host.set_request_header(name, value);
+            let mut sent = self.headers.iter().filter(|(n, _)| n == name);
+            match (sent.next(), sent.next()) {
+                (Some((_, v)), None) if v.as_slice() == value => {}
+                (Some(_), Some(_)) => {
+                    host.remove_request_header(name);
+                    host.set_request_header(name, value);
+                }
+                _ => host.set_request_header(name, value),
             }
         };
         set("content-length", call.body.len().to_string().as_bytes());
@@ -631,6 +653,21 @@ impl Request {
         } else {
             self.stage = Stage::Closing { pending };
             Action::Pause
+        }
+    }
+
+    /// Marks a GET whose session checked out as vouched for: the sidecar serves its notification
+    /// stream only with the plugin's own `authorization`. Every client copy goes first (Envoy's
+    /// replace would only overwrite the first of several), so a client credential never reaches
+    /// the sidecar. On every other path of the MCP endpoint the request is answered here or
+    /// forwarded upstream with the client's `authorization` removed or replaced, so the sidecar's
+    /// token is only ever set on this one.
+    fn vouch(&mut self, host: &mut dyn Host) {
+        if self.header("authorization").is_some() {
+            host.remove_request_header("authorization");
+        }
+        if let Some(value) = &self.sidecar_authorization {
+            host.set_request_header("authorization", value.as_bytes());
         }
     }
 

@@ -42,6 +42,8 @@ enum SidecarState {
 
 pub struct ConfigSync {
     source: SidecarSource,
+    /// `Bearer <token>`, sent on every poll when the plugin configuration names a token.
+    authorization: Option<String>,
     /// Identifies this VM's root context in the lease.
     owner: String,
     /// ETag of the document this VM serves.
@@ -55,6 +57,7 @@ pub struct ConfigSync {
 impl ConfigSync {
     pub fn new(source: SidecarSource, owner: String) -> Self {
         Self {
+            authorization: source.authorization(),
             source,
             owner,
             applied_etag: None,
@@ -106,6 +109,11 @@ impl ConfigSync {
             }
             other => {
                 let why = match other {
+                    Some(401) => {
+                        "answered HTTP 401: it refused the plugin's token (`sidecar.token` \
+                                  of the plugin configuration must be the sidecar's `plugin_token`)"
+                            .into()
+                    }
                     Some(status) => format!("answered HTTP {status}"),
                     None => "is unreachable".into(),
                 };
@@ -173,6 +181,9 @@ impl ConfigSync {
         ];
         if !etag.is_empty() {
             headers.push(("if-none-match", etag.as_str()));
+        }
+        if let Some(authorization) = &self.authorization {
+            headers.push(("authorization", authorization.as_str()));
         }
         match host.dispatch(
             &self.source.cluster,
@@ -303,6 +314,12 @@ mod tests {
         serde_json::from_str(r#"{"cluster":"sidecar","long_poll_ms":100,"retry_ms":500}"#).unwrap()
     }
 
+    fn header<'c>(call: &'c [(String, String)], name: &str) -> Option<&'c str> {
+        call.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     fn vm(process: &Rc<RefCell<Process>>) -> Vm {
         Vm {
             process: Rc::clone(process),
@@ -410,5 +427,59 @@ mod tests {
         assert!(sync.on_response(&mut a, 1, &ok(bad, "\"bad\"")).is_none());
         assert!(a.logs.borrow()[0].contains("session.keys"));
         assert!(!process.borrow().data.contains_key(ETAG_KEY));
+    }
+
+    #[test]
+    fn polls_carry_the_token_as_a_bearer_credential() {
+        let process = Rc::new(RefCell::new(Process::default()));
+        let mut a = vm(&process);
+        let mut with_token = source();
+        with_token.token = Some("tok-123".into());
+        assert!(with_token.validate().is_ok());
+        let mut sync = ConfigSync::new(with_token, "a".into());
+        sync.on_tick(&mut a);
+        assert_eq!(header(&a.calls[0], "authorization"), Some("Bearer tok-123"));
+        // The next poll (with an ETag) carries it too.
+        sync.on_response(&mut a, 1, &ok(document("v1"), "\"e1\""));
+        sync.on_tick(&mut a);
+        assert_eq!(header(&a.calls[1], "if-none-match"), Some("\"e1\""));
+        assert_eq!(header(&a.calls[1], "authorization"), Some("Bearer tok-123"));
+
+        // Without a token, no authorization header at all.
+        let mut b = vm(&Rc::new(RefCell::new(Process::default())));
+        let mut plain = ConfigSync::new(source(), "b".into());
+        plain.on_tick(&mut b);
+        assert_eq!(header(&b.calls[0], "authorization"), None);
+    }
+
+    #[test]
+    fn a_refused_token_is_reported_as_such() {
+        let process = Rc::new(RefCell::new(Process::default()));
+        let mut a = vm(&process);
+        let mut sync = ConfigSync::new(source(), "a".into());
+        sync.on_tick(&mut a);
+        let refused = CallResponse {
+            status: Some(401),
+            ..Default::default()
+        };
+        assert!(sync.on_response(&mut a, 1, &refused).is_none());
+        let logs = a.logs.borrow();
+        assert!(
+            logs[0].contains("refused the plugin's token"),
+            "{}",
+            logs[0]
+        );
+    }
+
+    #[test]
+    fn tokens_that_do_not_fit_a_header_are_rejected() {
+        for bad in ["", "has space", "line\nbreak", "caf\u{e9}"] {
+            let mut s = source();
+            s.token = Some(bad.into());
+            assert!(
+                s.validate().unwrap_err().contains("sidecar.token"),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -90,9 +90,12 @@ impl Host for FakeHost {
     fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
         self.request_headers.clone()
     }
+    /// Like Envoy's `replace`: the first value is overwritten, later copies stay.
     fn set_request_header(&mut self, name: &str, value: &[u8]) {
-        self.remove_request_header(name);
-        self.request_headers.push((name.into(), value.to_vec()));
+        match self.request_headers.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v = value.to_vec(),
+            None => self.request_headers.push((name.into(), value.to_vec())),
+        }
     }
     fn remove_request_header(&mut self, name: &str) {
         self.request_headers.retain(|(n, _)| n != name);
@@ -179,8 +182,14 @@ impl Host for FakeHost {
 }
 
 fn catalog(page_size: usize) -> Rc<Catalog> {
+    catalog_with(page_size, false)
+}
+
+/// `list_changed`: the GET notification stream is served behind the plugin (by the sidecar).
+fn catalog_with(page_size: usize, list_changed: bool) -> Rc<Catalog> {
     let config: GatewayConfig = serde_json::from_value(serde_json::json!({
         "version": "t1",
+        "gateway": {"list_changed": list_changed},
         "session": {"keys": [{"id": "k1", "secret": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}], "ttl_seconds": 3600},
         "limits": {"page_size": page_size, "max_body_bytes": 4096},
         "servers": [
@@ -197,7 +206,7 @@ fn catalog(page_size: usize) -> Rc<Catalog> {
 
 /// Runs a POST through headers and body; returns the last action.
 fn run(catalog: &Rc<Catalog>, host: &mut FakeHost) -> (Request, Action) {
-    let mut request = Request::new(Rc::clone(catalog), Rc::default());
+    let mut request = Request::new(Rc::clone(catalog), Rc::default(), None);
     assert_eq!(request.on_request_headers(host, false), Action::Pause);
     let size = host.request_body.len();
     let action = request.on_request_body(host, size, true);
@@ -216,7 +225,7 @@ fn initialize(catalog: &Rc<Catalog>) -> String {
     assert_eq!(answer["result"]["protocolVersion"], "2025-06-18");
     assert_eq!(
         answer["result"]["capabilities"]["tools"]["listChanged"],
-        false
+        catalog.gateway.list_changed
     );
     host.reply_header("mcp-session-id")
         .expect("a session token")
@@ -472,7 +481,7 @@ fn delete_closes_upstream_sessions_and_ends_the_session() {
     };
     upstream::store(&mut host, slots, &session_id, "alpha", &up);
     host.request_headers[0].1 = b"DELETE".to_vec();
-    let mut request = Request::new(Rc::clone(&catalog), Rc::default());
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), None);
     assert_eq!(request.on_request_headers(&mut host, true), Action::Pause);
     let (cluster, headers, _) = host.calls[0].clone();
     assert_eq!(cluster, "alpha");
@@ -548,12 +557,12 @@ fn bad_input_gets_precise_errors() {
     }
     let mut host = FakeHost::post("{}", None);
     host.set_request_header("content-type", b"text/plain");
-    let mut request = Request::new(Rc::clone(&catalog), Rc::default());
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), None);
     request.on_request_headers(&mut host, false);
     assert_eq!(host.reply_status(), 415);
 
     let mut host = FakeHost::post("{}", None);
-    let mut request = Request::new(Rc::clone(&catalog), Rc::default());
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), None);
     request.on_request_headers(&mut host, false);
     assert_eq!(
         request.on_request_body(&mut host, 5000, false),
@@ -563,7 +572,7 @@ fn bad_input_gets_precise_errors() {
 
     let mut host = FakeHost::post("{}", None);
     host.request_headers[0].1 = b"GET".to_vec();
-    let mut request = Request::new(Rc::clone(&catalog), Rc::default());
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), None);
     request.on_request_headers(&mut host, true);
     assert_eq!(host.reply_status(), 405);
     assert_eq!(host.reply_header("allow").unwrap(), "POST, DELETE");
@@ -574,7 +583,7 @@ fn other_paths_pass_through_without_routing_headers() {
     let catalog = catalog(10);
     let mut host = FakeHost::post("{oops", None);
     host.set_request_header(":path", b"/healthz");
-    let mut request = Request::new(Rc::clone(&catalog), Rc::default());
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), None);
     assert_eq!(
         request.on_request_headers(&mut host, false),
         Action::Continue
@@ -624,7 +633,7 @@ fn mangled_bodies_always_get_an_answer() {
             for session in [None, Some(token.as_str())] {
                 let mut host = FakeHost::post("", session);
                 host.request_body = body.clone();
-                let mut request = Request::new(Rc::clone(&catalog), Rc::default());
+                let mut request = Request::new(Rc::clone(&catalog), Rc::default(), None);
                 if request.on_request_headers(&mut host, false) != Action::Pause {
                     continue;
                 }
@@ -714,7 +723,7 @@ fn refusals_are_logged_within_the_vm_budget() {
     let mut logged = 0;
     for _ in 0..50 {
         let mut host = FakeHost::post("not json", None);
-        let mut request = Request::new(Rc::clone(&catalog), Rc::clone(&budget));
+        let mut request = Request::new(Rc::clone(&catalog), Rc::clone(&budget), None);
         request.on_request_headers(&mut host, false);
         let size = host.request_body.len();
         request.on_request_body(&mut host, size, true);
@@ -759,4 +768,147 @@ fn a_vm_without_configuration_answers_with_the_request_id_and_strips_routing_hea
     );
     assert!(host.header("x-mcp-servername").is_none());
     assert!(host.reply.is_none());
+}
+
+const SIDECAR_AUTHORIZATION: &str = "Bearer plugin-token-for-the-sidecar";
+
+/// A client's `GET /mcp` (the notification stream) with two credentials of its own and a spoofed
+/// routing header.
+fn get_stream(session: Option<&str>) -> FakeHost {
+    let mut host = FakeHost {
+        now: 1_000_000,
+        ..Default::default()
+    };
+    host.request_headers = vec![
+        (":method".into(), b"GET".to_vec()),
+        (":path".into(), b"/mcp".to_vec()),
+        (":authority".into(), b"gw.local".to_vec()),
+        ("accept".into(), b"text/event-stream".to_vec()),
+        ("authorization".into(), b"Bearer client-token".to_vec()),
+        (
+            "authorization".into(),
+            b"Bearer second-client-token".to_vec(),
+        ),
+        ("x-mcp-servername".into(), b"spoofed".to_vec()),
+    ];
+    if let Some(session) = session {
+        host.request_headers
+            .push(("mcp-session-id".into(), session.as_bytes().to_vec()));
+    }
+    host
+}
+
+fn all_values(host: &FakeHost, name: &str) -> Vec<String> {
+    host.request_headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_vouched_get_carries_the_plugin_token_instead_of_the_client_credential() {
+    let catalog = catalog_with(10, true);
+    let session = initialize(&catalog);
+    let auth: Option<Rc<str>> = Some(Rc::from(SIDECAR_AUTHORIZATION));
+
+    let mut host = get_stream(Some(&session));
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), auth.clone());
+    assert_eq!(
+        request.on_request_headers(&mut host, true),
+        Action::Continue
+    );
+    assert!(host.reply.is_none(), "the stream goes on to the sidecar");
+    assert_eq!(all_values(&host, "authorization"), [SIDECAR_AUTHORIZATION]);
+    assert!(host.header("x-mcp-servername").is_none());
+
+    // Without a configured token the client's credentials are still dropped.
+    let mut host = get_stream(Some(&session));
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), None);
+    assert_eq!(
+        request.on_request_headers(&mut host, true),
+        Action::Continue
+    );
+    assert!(all_values(&host, "authorization").is_empty());
+}
+
+#[test]
+fn an_unvouched_get_is_answered_by_the_plugin_without_the_token() {
+    let catalog = catalog_with(10, true);
+    let auth: Option<Rc<str>> = Some(Rc::from(SIDECAR_AUTHORIZATION));
+    for (session, status) in [(None, 400), (Some("k1.forged"), 404)] {
+        let mut host = get_stream(session);
+        let mut request = Request::new(Rc::clone(&catalog), Rc::default(), auth.clone());
+        assert_eq!(request.on_request_headers(&mut host, true), Action::Pause);
+        assert_eq!(host.reply_status(), status, "{session:?}");
+        assert!(
+            !all_values(&host, "authorization").contains(&SIDECAR_AUTHORIZATION.to_string()),
+            "{session:?}"
+        );
+    }
+}
+
+/// Completes the upstream initialize handshake of a held `tools/call` (calls 101 and 102).
+fn finish_upstream_handshake(request: &mut Request, host: &mut FakeHost) {
+    let sse = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":0,\"result\":{\"protocolVersion\":\"2025-06-18\"}}\n\n";
+    request.on_call_response(
+        host,
+        101,
+        CallResponse {
+            status: Some(200),
+            content_type: Some(b"text/event-stream".to_vec()),
+            session_id: Some(b"up-1".to_vec()),
+            body: sse.to_vec(),
+            ..Default::default()
+        },
+    );
+    request.on_call_response(
+        host,
+        102,
+        CallResponse {
+            status: Some(202),
+            ..Default::default()
+        },
+    );
+    assert!(host.resumed_request);
+}
+
+#[test]
+fn the_sidecar_token_never_rides_on_other_requests() {
+    let catalog = catalog_with(10, true);
+    let session = initialize(&catalog);
+    let auth: Option<Rc<str>> = Some(Rc::from(SIDECAR_AUTHORIZATION));
+    // A routed call carries the upstream's credential (alpha) or none (beta): neither the
+    // client's two credentials nor the plugin's token.
+    for (tool, want) in [
+        ("alpha_echo", vec!["Bearer alpha-secret"]),
+        ("beta_echo", vec![]),
+    ] {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#
+        );
+        let mut host = FakeHost::post(&body, Some(&session));
+        host.request_headers.push((
+            "authorization".into(),
+            b"Bearer second-client-token".to_vec(),
+        ));
+        let mut request = Request::new(Rc::clone(&catalog), Rc::default(), auth.clone());
+        assert_eq!(request.on_request_headers(&mut host, false), Action::Pause);
+        let size = host.request_body.len();
+        request.on_request_body(&mut host, size, true);
+        finish_upstream_handshake(&mut request, &mut host);
+        assert_eq!(all_values(&host, "authorization"), want, "{tool}");
+        for (_, headers, _) in &host.calls {
+            assert!(headers.iter().all(|(_, v)| v != SIDECAR_AUTHORIZATION));
+        }
+    }
+    // Another path is not the gateway's: it passes untouched (and is never routed to the sidecar).
+    let mut host = get_stream(Some(&session));
+    host.set_request_header(":path", b"/elsewhere");
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), auth);
+    assert_eq!(
+        request.on_request_headers(&mut host, true),
+        Action::Continue
+    );
+    assert_eq!(all_values(&host, "authorization").len(), 2);
 }

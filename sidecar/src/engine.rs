@@ -210,6 +210,12 @@ impl Engine {
                 self.settings.listen
             );
         }
+        if settings.plugin_token != self.settings.plugin_token {
+            tracing::warn!(
+                "plugin_token changed; restart the sidecar, and Envoy with a new bootstrap, to \
+                 apply it (the sidecar still expects the token it started with)"
+            );
+        }
         if settings.envoy.xds_dir != self.settings.envoy.xds_dir {
             self.xds = settings.envoy.xds_dir.clone().map(xds::Writer::new);
         }

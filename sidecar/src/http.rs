@@ -3,12 +3,18 @@
 //! - `GET <mcp_path>`: the clients' notification stream (SSE), routed here by Envoy.
 //! - `GET /v1/status`: servers, collisions, config errors (JSON, for people and tests).
 //! - `GET /healthz`.
+//!
+//! The first two need `authorization: Bearer <plugin token>`: the document holds every upstream
+//! credential and the session keys, and the plugin sets the token on a client's GET stream only
+//! after checking the client's session. The status page and `/healthz` hold no secret and stay
+//! open.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -17,21 +23,92 @@ use axum::routing::get;
 use axum::Router;
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{timeout_at, Instant};
 
 use crate::engine::{ListKind, Outputs, Published};
+use crate::settings::PluginToken;
 
 /// Longest hold of a long poll, whatever the client asks.
 pub const MAX_WAIT: Duration = Duration::from_secs(120);
 
-pub fn router(outputs: Outputs) -> Router {
+/// Body of every 401.
+const UNAUTHORIZED_BODY: &str =
+    "{\"error\":\"unauthorized\",\"message\":\"a valid plugin bearer token is required\"}\n";
+
+#[derive(Clone)]
+struct AppState {
+    outputs: Outputs,
+    auth: Arc<Auth>,
+}
+
+/// Checks `authorization: Bearer <plugin token>`. Only the token's SHA-256 is kept; a presented
+/// token is hashed and the digests compared in constant time, so the comparison reveals neither
+/// the content nor the length of the token through its timing.
+pub struct Auth {
+    digest: [u8; 32],
+}
+
+impl Auth {
+    pub fn new(token: &PluginToken) -> Self {
+        Self {
+            digest: Sha256::digest(token.expose().as_bytes()).into(),
+        }
+    }
+
+    /// Exactly one `authorization` header, scheme `Bearer` (any case), the right token.
+    fn allows(&self, headers: &HeaderMap) -> bool {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return false;
+        };
+        let Some(presented) = bearer(value.as_bytes()) else {
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        bool::from(digest.ct_eq(&self.digest))
+    }
+}
+
+/// The credential of a `Bearer` authorization value.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    let credential = rest.trim_ascii();
+    (scheme.eq_ignore_ascii_case(b"bearer") && !credential.is_empty()).then_some(credential)
+}
+
+fn unauthorized(what: &str) -> Response {
+    tracing::debug!("refused {what}: no valid plugin token");
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        UNAUTHORIZED_BODY,
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"mcpgw-sidecar\""),
+    );
+    response
+}
+
+/// The sidecar's endpoints; `/v1/config` and the stream need `token` as a bearer credential.
+pub fn router(outputs: Outputs, token: &PluginToken) -> Router {
     Router::new()
         .route("/v1/config", get(config))
         .route("/v1/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(mcp_stream)
-        .with_state(outputs)
+        .with_state(AppState {
+            outputs,
+            auth: Arc::new(Auth::new(token)),
+        })
 }
 
 #[derive(Deserialize)]
@@ -71,10 +148,18 @@ fn document_response(p: &Published) -> Response {
 }
 
 async fn config(
-    State(outputs): State<Outputs>,
-    Query(query): Query<ConfigQuery>,
+    State(state): State<AppState>,
+    query: Result<Query<ConfigQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    if !state.auth.allows(&headers) {
+        return unauthorized("GET /v1/config");
+    }
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let outputs = state.outputs;
     let if_none_match = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -114,8 +199,8 @@ async fn config(
     }
 }
 
-async fn status(State(outputs): State<Outputs>) -> Response {
-    let status = outputs.status.borrow().clone();
+async fn status(State(state): State<AppState>) -> Response {
+    let status = state.outputs.status.borrow().clone();
     match serde_json::to_vec_pretty(&*status) {
         Ok(body) => (
             [(
@@ -129,8 +214,10 @@ async fn status(State(outputs): State<Outputs>) -> Response {
     }
 }
 
-/// `GET <mcp_path>`: the notification stream; anything else is 404/405.
-async fn mcp_stream(State(outputs): State<Outputs>, request: Request) -> Response {
+/// `GET <mcp_path>`: the notification stream, for requests the plugin vouched for (they carry
+/// its token); anything else is 404/405.
+async fn mcp_stream(State(state): State<AppState>, request: Request) -> Response {
+    let outputs = state.outputs;
     let settings = outputs.settings.borrow().clone();
     if request.uri().path() != settings.gateway.0.mcp_path {
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
@@ -140,6 +227,9 @@ async fn mcp_stream(State(outputs): State<Outputs>, request: Request) -> Respons
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET"));
         return r;
+    }
+    if !state.auth.allows(request.headers()) {
+        return unauthorized("the notification stream");
     }
     let mut response = Sse::new(notifications(outputs.notices.subscribe()))
         .keep_alive(
@@ -188,6 +278,217 @@ fn notifications(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+
+    use tokio::sync::{broadcast, watch};
+
+    use crate::engine::Status;
+    use crate::settings::{parse, Settings};
+
+    const TOKEN: &str = "test-plugin-token-0123456789-abcdefghij";
+    const UPSTREAM_CREDENTIAL: &str = "Bearer upstream-credential-xyz";
+    const SESSION_KEY: &str = "c2Vzc2lvbi1rZXktMzItYnl0ZXMtZm9yLXRlc3RzISE=";
+
+    /// The senders of the watched outputs: dropping them would end long polls early.
+    struct Running {
+        addr: SocketAddr,
+        _document: watch::Sender<Option<Arc<Published>>>,
+        _status: watch::Sender<Arc<Status>>,
+        _settings: watch::Sender<Arc<Settings>>,
+    }
+
+    /// The router on 127.0.0.1 (its own thread and runtime), serving a document that holds
+    /// secrets.
+    fn start() -> Running {
+        let body = format!(
+            r#"{{"version":"v1","session":{{"keys":[{{"id":"k1","secret":"{SESSION_KEY}"}}]}},"servers":[{{"headers":[{{"name":"authorization","value":"{UPSTREAM_CREDENTIAL}"}}]}}]}}"#
+        );
+        let (document_tx, document) = watch::channel(Some(Arc::new(Published {
+            version: "v1".into(),
+            hash: "abc".into(),
+            body: body.into(),
+        })));
+        let (status_tx, status) = watch::channel(Arc::new(Status::default()));
+        let settings = parse("servers: []\n", std::path::Path::new("/tmp"), &|_| None).unwrap();
+        let (settings_tx, settings) = watch::channel(Arc::new(settings));
+        let (notices, _) = broadcast::channel(4);
+        let outputs = Outputs {
+            document,
+            status,
+            settings,
+            notices,
+        };
+        let token = PluginToken::parse(TOKEN, &"test").unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, router(outputs, &token))
+                    .await
+                    .unwrap();
+            });
+        });
+        Running {
+            addr,
+            _document: document_tx,
+            _status: status_tx,
+            _settings: settings_tx,
+        }
+    }
+
+    struct Answer {
+        status: u16,
+        head: String,
+        body: String,
+    }
+
+    impl Answer {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.head.lines().skip(1).find_map(|line| {
+                let (n, v) = line.split_once(':')?;
+                n.eq_ignore_ascii_case(name).then(|| v.trim())
+            })
+        }
+    }
+
+    /// One HTTP/1.1 request; the body is read to the end except for an event stream (only its
+    /// head is read, the stream stays open).
+    fn request(addr: SocketAddr, method: &str, path: &str, headers: &[&str]) -> Answer {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut text =
+            format!("{method} {path} HTTP/1.1\r\nhost: sidecar\r\nconnection: close\r\n");
+        for h in headers {
+            text.push_str(h);
+            text.push_str("\r\n");
+        }
+        text.push_str("content-length: 0\r\n\r\n");
+        stream.write_all(text.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let split = loop {
+            if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "connection closed before the head");
+            raw.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+        let mut answer = Answer {
+            status: head[9..12].parse().unwrap(),
+            head,
+            body: String::new(),
+        };
+        let mut body = raw[split + 4..].to_vec();
+        if answer.header("content-type") != Some("text/event-stream") {
+            stream.read_to_end(&mut body).unwrap();
+        }
+        answer.body = String::from_utf8(body).unwrap();
+        answer
+    }
+
+    fn assert_refused(answer: &Answer) {
+        assert_eq!(answer.status, 401, "{}", answer.head);
+        assert_eq!(
+            answer.header("www-authenticate"),
+            Some("Bearer realm=\"mcpgw-sidecar\"")
+        );
+        assert_eq!(answer.header("content-type"), Some("application/json"));
+        let error: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(error["error"], "unauthorized");
+        for secret in [TOKEN, UPSTREAM_CREDENTIAL, SESSION_KEY] {
+            assert!(!answer.body.contains(secret) && !answer.head.contains(secret));
+        }
+    }
+
+    #[test]
+    fn the_document_needs_the_plugin_token() {
+        let sidecar = start();
+        let get = |headers: &[&str]| request(sidecar.addr, "GET", "/v1/config", headers);
+        let right = format!("authorization: Bearer {TOKEN}");
+        let refused = [
+            vec![],
+            vec!["authorization: Bearer wrong-token".to_string()],
+            vec![format!("authorization: Bearer {TOKEN}x")],
+            vec![format!(
+                "authorization: Bearer {}",
+                &TOKEN[..TOKEN.len() - 1]
+            )],
+            vec![format!("authorization: Basic {TOKEN}")],
+            vec![format!("authorization: {TOKEN}")],
+            vec!["authorization: Bearer ".to_string()],
+            vec![format!("x-mcpgw-token: {TOKEN}")],
+            // One right and one wrong: ambiguous, refused.
+            vec![
+                right.clone(),
+                "authorization: Bearer wrong-token".to_string(),
+            ],
+        ];
+        for headers in refused {
+            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+            let answer = get(&headers);
+            assert_refused(&answer);
+        }
+        // Refused before the query is even looked at.
+        assert_refused(&request(sidecar.addr, "GET", "/v1/config?wait_ms=x", &[]));
+
+        let answer = get(&[&right]);
+        assert_eq!(answer.status, 200, "{}", answer.head);
+        assert!(answer.body.contains(UPSTREAM_CREDENTIAL));
+        assert_eq!(answer.header("etag"), Some("\"abc\""));
+        let lower = format!("authorization: bearer   {TOKEN}");
+        assert_eq!(get(&[&lower]).status, 200, "the scheme is case-insensitive");
+        let unchanged = get(&[&right, "if-none-match: \"abc\""]);
+        assert_eq!(unchanged.status, 304);
+    }
+
+    #[test]
+    fn the_notification_stream_needs_the_plugin_token() {
+        let sidecar = start();
+        assert_refused(&request(sidecar.addr, "GET", "/mcp", &[]));
+        assert_refused(&request(
+            sidecar.addr,
+            "GET",
+            "/mcp",
+            &["authorization: Bearer a-client-credential"],
+        ));
+        let right = format!("authorization: Bearer {TOKEN}");
+        let answer = request(sidecar.addr, "GET", "/mcp", &[&right]);
+        assert_eq!(answer.status, 200, "{}", answer.head);
+        assert_eq!(answer.header("content-type"), Some("text/event-stream"));
+        assert_eq!(request(sidecar.addr, "POST", "/mcp", &[]).status, 405);
+        assert_eq!(request(sidecar.addr, "GET", "/elsewhere", &[]).status, 404);
+    }
+
+    #[test]
+    fn status_and_health_stay_open() {
+        let sidecar = start();
+        let status = request(sidecar.addr, "GET", "/v1/status", &[]);
+        assert_eq!(status.status, 200);
+        assert!(!status.body.contains(TOKEN));
+        let health = request(sidecar.addr, "GET", "/healthz", &[]);
+        assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    }
+
+    #[test]
+    fn bearer_credentials() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bEaReR  abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Bearer"), None);
+        assert_eq!(bearer(b"Bearer "), None);
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearerabc"), None);
+    }
 
     #[test]
     fn if_none_match_forms() {

@@ -28,9 +28,11 @@ const USAGE: &str = "\
 usage:
   mcpgw-sidecar run --config FILE
       serve /v1/config (plugin long poll), GET <mcp_path> (client notifications), /v1/status;
-      discover the configured servers; write Envoy xDS files when envoy.xds_dir is set
+      discover the configured servers; write Envoy xDS files when envoy.xds_dir is set;
+      /v1/config and the stream need the plugin token (plugin_token, generated when missing)
   mcpgw-sidecar bootstrap --config FILE [--out FILE] [--no-wasm]
-      write the Envoy bootstrap for standalone mode (stdout by default) and the initial xDS files
+      write the Envoy bootstrap for standalone mode (stdout by default; --out FILE is written
+      with mode 0600: it holds the plugin token) and the initial xDS files
   mcpgw-sidecar check --config FILE
       validate the configuration file and print what it resolves to
 environment: MCPGW_LOG=error|warn|info|debug|trace (default info)";
@@ -135,6 +137,12 @@ fn serve(config: &Path) -> Result<(), String> {
         .map_err(|e| format!("runtime: {e}"))?;
     runtime.block_on(async {
         let settings = Arc::new(settings::load(config, settings::KeyFile::Create)?);
+        // Fixed for the life of the process, like `listen`: the plugin's copy is in Envoy's
+        // bootstrap, so a new token needs a new bootstrap and restarts anyway.
+        let token = settings
+            .plugin_token
+            .clone()
+            .ok_or("plugin_token: not resolved")?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|e| format!("listen {}: {e}", settings.listen))?;
@@ -148,7 +156,7 @@ fn serve(config: &Path) -> Result<(), String> {
         let (config_tx, config_rx) = mpsc::channel(8);
         tokio::spawn(watch::watch(config.to_path_buf(), settings, config_tx));
         tokio::spawn(engine.run(config_rx));
-        let server = axum::serve(listener, http::router(outputs));
+        let server = axum::serve(listener, http::router(outputs, &token));
         tokio::select! {
             result = server => result.map_err(|e| format!("HTTP server: {e}")),
             _ = shutdown() => {
@@ -175,16 +183,29 @@ async fn shutdown() {
 }
 
 fn bootstrap(config: &Path, out: Option<&Path>, wasm: bool) -> Result<(), String> {
-    let settings = settings::load(config, settings::KeyFile::ReadOnly)?;
+    let mut settings = settings::load(config, settings::KeyFile::ReadOnly)?;
+    // The plugin configuration carries the token: create its file now if `run` has not yet.
+    let token = if wasm {
+        Some(settings::ensure_plugin_token(&mut settings)?)
+    } else {
+        None
+    };
     let dir = settings
         .envoy
         .xds_dir
         .clone()
         .ok_or("envoy.xds_dir must be set to generate a bootstrap")?;
+    warn_if_admin_exposed(&settings);
     // Initial xDS files, so Envoy can start before the sidecar.
     let mut writer = xds::Writer::new(dir.clone());
     writer.write(&settings, std::time::Instant::now())?;
-    let doc = xds::bootstrap(&settings, &dir, &xds::BootstrapOptions { wasm });
+    let doc = xds::bootstrap(
+        &settings,
+        &dir,
+        &xds::BootstrapOptions {
+            plugin_token: token,
+        },
+    );
     let mut text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
     text.push('\n');
     match out {
@@ -194,7 +215,7 @@ fn bootstrap(config: &Path, out: Option<&Path>, wasm: bool) -> Result<(), String
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .ok_or("--out must name a file")?;
-            xds::write_atomic(parent, &name, text.as_bytes())?;
+            xds::write_atomic_private(parent, &name, text.as_bytes())?;
             eprintln!(
                 "wrote {} and the xDS files in {}",
                 path.display(),
@@ -206,14 +227,34 @@ fn bootstrap(config: &Path, out: Option<&Path>, wasm: bool) -> Result<(), String
     Ok(())
 }
 
+/// Envoy's admin interface has no authentication, and its `/config_dump` shows the plugin
+/// configuration (the plugin token; in static setups the whole document with its credentials).
+fn warn_if_admin_exposed(settings: &settings::Settings) {
+    let admin = settings.envoy.admin;
+    if !admin.ip().is_loopback() {
+        tracing::warn!(
+            "envoy.admin {admin} is not a loopback address: Envoy's admin interface has no \
+             authentication and its /config_dump shows the plugin token; bind it to 127.0.0.1"
+        );
+    }
+}
+
 fn check(config: &Path) -> Result<(), String> {
     let settings = settings::load(config, settings::KeyFile::ReadOnly)?;
     println!("{}: ok", config.display());
+    warn_if_admin_exposed(&settings);
     if !settings.session_key_file.exists() {
         println!(
             "session key file {} does not exist yet: `run` creates it",
             settings.session_key_file.display()
         );
+    }
+    match (&settings.plugin_token_source, &settings.plugin_token) {
+        (settings::TokenSource::File(path), None) => println!(
+            "plugin token file {} does not exist yet: `run` and `bootstrap` create it",
+            path.display()
+        ),
+        (source, _) => println!("plugin token from {source}"),
     }
     println!("listen {}", settings.listen);
     for s in &settings.servers {

@@ -1,5 +1,6 @@
 //! The sidecar's own configuration file (YAML): parsing, validation, and resolution of
-//! everything that lives outside the file (credentials, CA files, the session key).
+//! everything that lives outside the file (credentials, CA files, the session key, the plugin
+//! token).
 //!
 //! `load` either returns a complete [`Settings`] or one error message naming the field; the caller
 //! keeps the last good settings when it fails. Relative paths are relative to the config file.
@@ -11,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use mcpgw_core::config::{GatewayInfo, HeaderValue, Limits, SessionKey};
 use serde::Deserialize;
@@ -30,6 +31,9 @@ struct FileConfig {
     /// Where the sidecar serves `/v1/config`, `/v1/status` and the MCP GET stream.
     #[serde(default = "default_listen")]
     listen: SocketAddr,
+    /// The bearer secret the plugin presents (`/v1/config`, the vouched GET stream).
+    #[serde(default)]
+    plugin_token: PluginTokenSection,
     #[serde(default)]
     gateway: GatewaySection,
     #[serde(default)]
@@ -67,6 +71,22 @@ impl Default for GatewaySection {
             version: info.version,
             mcp_path: info.mcp_path,
             instructions: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginTokenSection {
+    env: Option<String>,
+    file: Option<PathBuf>,
+}
+
+impl Default for PluginTokenSection {
+    fn default() -> Self {
+        Self {
+            env: None,
+            file: Some(PathBuf::from("plugin.token")),
         }
     }
 }
@@ -234,6 +254,10 @@ fn default_scheme() -> String {
 pub struct Settings {
     pub source: PathBuf,
     pub listen: SocketAddr,
+    pub plugin_token_source: TokenSource,
+    /// The plugin token: resolved from the environment by [`parse`], from the file by [`load`];
+    /// `None` while the file does not exist and loading was read-only.
+    pub plugin_token: Option<PluginToken>,
     pub gateway: SerdeEq<GatewayInfo>,
     pub session_key_file: PathBuf,
     pub session_keys: SerdeEq<Vec<SessionKey>>,
@@ -245,6 +269,56 @@ pub struct Settings {
     pub config_poll: Duration,
     pub envoy: EnvoySettings,
     pub servers: Vec<ServerSpec>,
+}
+
+/// Where the plugin token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A file holding the token; generated (32 random bytes, base64url, mode 0600) when missing.
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+}
+
+impl std::fmt::Display for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "file {}", path.display()),
+            Self::Env(var) => write!(f, "environment variable {var}"),
+        }
+    }
+}
+
+/// The secret shared by the sidecar and the plugin. `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PluginToken(String);
+
+/// Shortest token accepted from a file or a variable (a generated one has 43 characters).
+pub const MIN_TOKEN_LEN: usize = 32;
+
+impl PluginToken {
+    /// Trims `text` and checks it: at least [`MIN_TOKEN_LEN`] characters of printable ASCII
+    /// without spaces (it travels in an HTTP header and in JSON).
+    pub fn parse(text: &str, origin: &dyn std::fmt::Display) -> Result<Self, String> {
+        let token = text.trim();
+        if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "plugin_token: {origin} must hold at least {MIN_TOKEN_LEN} characters of \
+                 printable ASCII without spaces"
+            ));
+        }
+        Ok(Self(token.to_string()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PluginToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PluginToken(<redacted>)")
+    }
 }
 
 /// A core type (without `PartialEq`) compared through its JSON form.
@@ -322,12 +396,13 @@ impl ServerSpec {
     }
 }
 
-/// What loading does about a missing session key file.
+/// What loading does about a missing session key file or plugin token file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyFile {
-    /// Create it (the sidecar that serves documents needs the key).
+    /// Create them (the sidecar that serves documents needs both).
     Create,
-    /// Leave the disk alone: validating or writing a bootstrap needs no secret.
+    /// Leave the disk alone (validating; `bootstrap` then creates the token file alone, with
+    /// [`ensure_plugin_token`]).
     ReadOnly,
 }
 
@@ -348,7 +423,33 @@ pub fn load(path: &Path, key_file: KeyFile) -> Result<Settings, String> {
     if let (Some(key), Some(first)) = (key, settings.session_keys.0.first_mut()) {
         first.secret = key;
     }
+    if let TokenSource::File(token_file) = &settings.plugin_token_source {
+        settings.plugin_token = match key_file {
+            KeyFile::Create => Some(load_or_create_token(token_file)?),
+            KeyFile::ReadOnly if token_file.exists() => Some(load_or_create_token(token_file)?),
+            KeyFile::ReadOnly => None,
+        };
+    }
     Ok(settings)
+}
+
+/// The plugin token, creating its file when it is missing (what `bootstrap` needs to write the
+/// plugin configuration).
+pub fn ensure_plugin_token(settings: &mut Settings) -> Result<PluginToken, String> {
+    if let Some(token) = &settings.plugin_token {
+        return Ok(token.clone());
+    }
+    match &settings.plugin_token_source {
+        TokenSource::File(path) => {
+            let token = load_or_create_token(path)?;
+            settings.plugin_token = Some(token.clone());
+            Ok(token)
+        }
+        // `parse` resolved (or rejected) the variable already.
+        TokenSource::Env(var) => Err(format!(
+            "plugin_token: environment variable {var} is not set"
+        )),
+    }
 }
 
 /// Parses and validates the YAML text; paths resolve against `base`, variables through `env`.
@@ -361,6 +462,7 @@ pub fn parse(
     let file: FileConfig = yaml_serde::from_str(text).map_err(|e| e.to_string())?;
     let FileConfig {
         listen,
+        plugin_token,
         gateway,
         session,
         limits,
@@ -370,6 +472,18 @@ pub fn parse(
         servers,
     } = file;
 
+    let (plugin_token_source, plugin_token) = match (plugin_token.env, plugin_token.file) {
+        (Some(var), None) => {
+            let source = TokenSource::Env(var.clone());
+            let value = env(&var)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| format!("plugin_token: environment variable {var} is not set"))?;
+            let token = PluginToken::parse(&value, &source)?;
+            (source, Some(token))
+        }
+        (None, Some(file)) => (TokenSource::File(resolve(base, &file)), None),
+        _ => return Err("plugin_token: set exactly one of `env` and `file`".into()),
+    };
     if !gateway.mcp_path.starts_with('/') || gateway.mcp_path.starts_with("/v1/") {
         return Err(format!(
             "gateway.mcp_path: must start with '/' and not with '/v1/', got {:?}",
@@ -449,6 +563,8 @@ pub fn parse(
     Ok(Settings {
         source: PathBuf::new(),
         listen,
+        plugin_token_source,
+        plugin_token,
         gateway: SerdeEq(GatewayInfo {
             name: gateway.name,
             version: gateway.version,
@@ -674,6 +790,53 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Reads the plugin token file, creating it (mode 0600, 32 random bytes in base64url without
+/// padding) if missing.
+pub fn load_or_create_token(path: &Path) -> Result<PluginToken, String> {
+    let origin = TokenSource::File(path.to_path_buf());
+    match fs::read_to_string(path) {
+        Ok(text) => PluginToken::parse(&text, &origin),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            getrandom::getrandom(&mut bytes)
+                .map_err(|e| format!("plugin token: no randomness: {e}"))?;
+            let text = URL_SAFE_NO_PAD.encode(bytes);
+            match create_private(path, &text) {
+                Ok(()) => {
+                    tracing::info!("generated plugin token file {}", path.display());
+                    PluginToken::parse(&text, &origin)
+                }
+                // Someone else created it meanwhile: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_or_create_token(path)
+                }
+                Err(e) => Err(format!("plugin_token: {}: {e}", path.display())),
+            }
+        }
+        Err(e) => Err(format!("plugin_token: {}: {e}", path.display())),
+    }
+}
+
+/// Creates `path` (and its directory) holding `text` and a newline, readable by its owner only;
+/// fails with `AlreadyExists` when the file exists.
+fn create_private(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            fs::create_dir_all(dir)?;
+        }
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{text}\n").as_bytes()))
+}
+
 /// Reads the session key file (standard base64 of 32 bytes), creating it (mode 0600) if missing.
 pub fn load_or_create_key(path: &Path) -> Result<String, String> {
     match fs::read_to_string(path) {
@@ -726,9 +889,12 @@ pub fn load_or_create_key(path: &Path) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    const LONG_TOKEN: &str = "0123456789abcdef0123456789abcdef-_.~";
+
     fn env(name: &str) -> Option<String> {
         match name {
             "TOKEN" => Some("s3cret\n".into()),
+            "PLUGIN_TOKEN" => Some(format!("  {LONG_TOKEN}\n")),
             _ => None,
         }
     }
@@ -750,6 +916,11 @@ mod tests {
         assert_eq!(s.session_keys.0[0].id, "k1");
         assert_eq!(s.keepalive, Duration::from_secs(15));
         assert!(s.envoy.xds_dir.is_none());
+        assert_eq!(
+            s.plugin_token_source,
+            TokenSource::File(PathBuf::from("/etc/mcpgw/plugin.token"))
+        );
+        assert!(s.plugin_token.is_none(), "read by `load`, not `parse`");
         let empty = parse_ok("{}");
         assert!(empty.servers.is_empty());
     }
@@ -901,6 +1072,79 @@ servers:
         assert_eq!(load_or_create_key(&path).unwrap(), first);
         fs::write(&path, "short").unwrap();
         assert!(load_or_create_key(&path).unwrap_err().contains("32 bytes"));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn plugin_token_from_a_variable_or_a_file() {
+        let s = parse_ok("plugin_token: {env: PLUGIN_TOKEN}");
+        assert_eq!(
+            s.plugin_token_source,
+            TokenSource::Env("PLUGIN_TOKEN".into())
+        );
+        assert_eq!(s.plugin_token.as_ref().unwrap().expose(), LONG_TOKEN);
+        assert!(!format!("{s:?}").contains(LONG_TOKEN), "Debug redacts it");
+        let s = parse_ok("plugin_token: {file: secrets/token}");
+        assert_eq!(
+            s.plugin_token_source,
+            TokenSource::File(PathBuf::from("/etc/mcpgw/secrets/token"))
+        );
+        let cases = [
+            ("plugin_token: {env: NOPE}", "NOPE is not set"),
+            ("plugin_token: {env: TOKEN}", "at least 32 characters"),
+            ("plugin_token: {}", "exactly one of"),
+            ("plugin_token: {env: TOKEN, file: x}", "exactly one of"),
+            ("plugin_token: {value: x}", "unknown field `value`"),
+        ];
+        for (text, want) in cases {
+            let err = parse_err(text);
+            assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn token_file_is_created_0600_reused_and_checked() {
+        let dir = std::env::temp_dir().join(format!("mcpgw-token-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("sub/plugin.token");
+        let first = load_or_create_token(&path).unwrap();
+        assert_eq!(URL_SAFE_NO_PAD.decode(first.expose()).unwrap().len(), 32);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(load_or_create_token(&path).unwrap(), first);
+        fs::write(&path, "too short\n").unwrap();
+        assert!(load_or_create_token(&path)
+            .unwrap_err()
+            .contains("at least 32 characters"));
+        fs::write(&path, format!("{LONG_TOKEN}\n")).unwrap();
+        assert_eq!(load_or_create_token(&path).unwrap().expose(), LONG_TOKEN);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_run_and_bootstrap_create_the_token_file() {
+        let dir = std::env::temp_dir().join(format!("mcpgw-load-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("sidecar.yaml");
+        fs::write(&config, "servers: []\n").unwrap();
+        let mut read_only = load(&config, KeyFile::ReadOnly).unwrap();
+        assert!(read_only.plugin_token.is_none());
+        assert!(!dir.join("plugin.token").exists(), "check writes nothing");
+        assert!(!dir.join("session.key").exists());
+        let token = ensure_plugin_token(&mut read_only).unwrap();
+        assert!(
+            dir.join("plugin.token").exists(),
+            "bootstrap creates the token"
+        );
+        assert!(!dir.join("session.key").exists(), "but not the session key");
+        let created = load(&config, KeyFile::Create).unwrap();
+        assert_eq!(created.plugin_token, Some(token));
+        assert!(dir.join("session.key").exists());
         let _ = fs::remove_dir_all(&dir);
     }
 }

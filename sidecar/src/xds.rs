@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::hex;
-use crate::settings::{AccessLog, ServerSpec, Settings, SIDECAR_CLUSTER};
+use crate::settings::{AccessLog, PluginToken, ServerSpec, Settings, SIDECAR_CLUSTER};
 
 /// Name of the route configuration (RDS resource) the listener asks for.
 pub const ROUTE_CONFIG_NAME: &str = "mcpgw";
@@ -230,17 +230,42 @@ impl Writer {
 
 /// Temporary file in the same directory, then rename: Envoy sees one complete file appear.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+    write_with_mode(dir, name, bytes, None)
+}
+
+/// [`write_atomic`] for a file holding a secret: readable by its owner only (mode 0600).
+pub fn write_atomic_private(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+    write_with_mode(dir, name, bytes, Some(0o600))
+}
+
+fn write_with_mode(dir: &Path, name: &str, bytes: &[u8], mode: Option<u32>) -> Result<(), String> {
+    use std::io::Write;
     fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let target = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    // A leftover temporary file would keep its mode: start from a new one.
+    let _ = fs::remove_file(&tmp);
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if let Some(mode) = mode {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    options
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
     fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))
 }
 
 /// Options of the generated bootstrap.
 pub struct BootstrapOptions {
-    /// Include the MCP gateway Wasm filter (off: plain routing, for testing the xDS files alone).
-    pub wasm: bool,
+    /// Include the MCP gateway Wasm filter, configured with this plugin token (`None`: no
+    /// filter, plain routing, for testing the xDS files alone).
+    pub plugin_token: Option<PluginToken>,
 }
 
 /// The Envoy bootstrap for standalone mode: the listener (Wasm filter + router, routes from RDS),
@@ -253,17 +278,18 @@ pub fn bootstrap(settings: &Settings, xds_dir: &Path, options: &BootstrapOptions
             "resource_api_version": "V3",
         })
     };
-    let plugin_configuration = json!({
-        "sidecar": {
-            "cluster": SIDECAR_CLUSTER,
-            "authority": "mcpgw-sidecar",
-            "path": "/v1/config",
-            "long_poll_ms": settings.envoy.long_poll_ms,
-            "retry_ms": settings.envoy.retry_ms,
-        }
-    });
     let mut filters = Vec::new();
-    if options.wasm {
+    if let Some(token) = &options.plugin_token {
+        let plugin_configuration = json!({
+            "sidecar": {
+                "cluster": SIDECAR_CLUSTER,
+                "authority": "mcpgw-sidecar",
+                "path": "/v1/config",
+                "long_poll_ms": settings.envoy.long_poll_ms,
+                "retry_ms": settings.envoy.retry_ms,
+                "token": token.expose(),
+            }
+        });
         filters.push(json!({
             "name": "envoy.filters.http.wasm",
             "typed_config": {
@@ -491,7 +517,14 @@ servers:
     #[test]
     fn bootstrap_points_at_the_files_and_the_sidecar() {
         let s = settings();
-        let b = bootstrap(&s, Path::new("/run/xds"), &BootstrapOptions { wasm: true });
+        let token = PluginToken::parse(&"t".repeat(40), &"test").unwrap();
+        let b = bootstrap(
+            &s,
+            Path::new("/run/xds"),
+            &BootstrapOptions {
+                plugin_token: Some(token),
+            },
+        );
         assert_eq!(
             b["dynamic_resources"]["cds_config"]["path_config_source"]["path"],
             "/run/xds/cds.json"
@@ -509,15 +542,46 @@ servers:
             serde_json::from_str(wasm["configuration"]["value"].as_str().unwrap()).unwrap();
         assert_eq!(conf["sidecar"]["cluster"], SIDECAR_CLUSTER);
         assert_eq!(conf["sidecar"]["long_poll_ms"], 20000);
+        assert_eq!(conf["sidecar"]["token"], "t".repeat(40));
+        // What the plugin parses: the core type, with the token it will present.
+        let source: mcpgw_core::config::SidecarSource =
+            serde_json::from_value(conf["sidecar"].clone()).unwrap();
+        assert_eq!(
+            source.authorization().unwrap(),
+            format!("Bearer {}", "t".repeat(40))
+        );
         let sidecar = &b["static_resources"]["clusters"][0];
         assert_eq!(
             sidecar["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
                 ["socket_address"]["port_value"],
             18000
         );
-        let plain = bootstrap(&s, Path::new("/run/xds"), &BootstrapOptions { wasm: false });
+        let plain = bootstrap(
+            &s,
+            Path::new("/run/xds"),
+            &BootstrapOptions { plugin_token: None },
+        );
         let hcm = &plain["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             ["typed_config"];
         assert_eq!(hcm["http_filters"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn private_files_are_owner_only() {
+        let dir = std::env::temp_dir().join(format!("mcpgw-private-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        write_atomic_private(&dir, "envoy.json", b"{}\n").unwrap();
+        write_atomic_private(&dir, "envoy.json", b"{\"a\":1}\n").unwrap();
+        assert_eq!(fs::read(dir.join("envoy.json")).unwrap(), b"{\"a\":1}\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.join("envoy.json"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -2,6 +2,7 @@
 bootstrapped from it, a throwaway TLS CA, and MCP clients that record notifications.
 
     sc = Sidecar(workdir, config={...}).start()      # writes <workdir>/sidecar.yaml, waits for /healthz
+    sc.document()                                    # GET /v1/config with the plugin token
     sc.edit(lambda c: c["servers"].append({...}))    # rewrite the file (temp + rename)
     gw = SidecarGateway(workdir, sc).start()         # `mcpgw-sidecar bootstrap` -> envoy.json, Envoy
     ...
@@ -134,11 +135,36 @@ class Sidecar(Process):
             time.sleep(0.05)
         raise HarnessError(f"server {name} not {state} after {timeout}s (last: {last})\n{self.tail()}")
 
-    def document(self, etag: str | None = None, wait_ms: int = 0, timeout: float = 30.0):
-        """GET /v1/config: (status, etag, parsed body or None)."""
+    @property
+    def token_path(self) -> Path | None:
+        """The plugin token's file (`plugin_token.file`, default plugin.token next to the config)."""
+        spec = self.config.get("plugin_token") or {"file": "plugin.token"}
+        if "file" not in spec:
+            return None
+        path = Path(spec["file"])
+        return path if path.is_absolute() else self.config_path.parent / path
+
+    def token(self) -> str:
+        """The plugin token the sidecar expects (its file exists once the sidecar or bootstrap ran)."""
+        spec = self.config.get("plugin_token") or {}
+        if "env" in spec:
+            return {**os.environ, **(self.env or {})}[spec["env"]].strip()
+        assert self.token_path is not None
+        return self.token_path.read_text().strip()
+
+    def auth_headers(self) -> dict[str, str]:
+        """What the plugin sends: `authorization: Bearer <plugin token>`."""
+        return {"authorization": f"Bearer {self.token()}"}
+
+    def document(self, etag: str | None = None, wait_ms: int = 0, timeout: float = 30.0, *,
+                 authorized: bool = True):
+        """GET /v1/config as the plugin does (with its token unless `authorized` is false):
+        (status, etag, parsed body or None)."""
         import httpx
 
         headers = {"if-none-match": etag} if etag else {}
+        if authorized:
+            headers.update(self.auth_headers())
         r = httpx.get(f"{self.base}/v1/config", params={"wait_ms": wait_ms}, headers=headers, timeout=timeout)
         return r.status_code, r.headers.get("etag"), (r.json() if r.status_code == 200 else None)
 

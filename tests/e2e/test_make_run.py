@@ -182,6 +182,13 @@ def test_make_run_default_gateway(tmp_path):
         assert f"Logs: {tmp_path}/*.log" in banner
         assert re.search(r"everything\s+13 tools", banner), banner
         assert (tmp_path / "sidecar.yaml").exists() and (tmp_path / "envoy.json").exists()
+        # The plugin token: generated once, owner-only, in the plugin configuration of the bootstrap
+        # (owner-only too), and the gateway got its catalog with it (above).
+        token = (tmp_path / "plugin.token").read_text().strip()
+        for secret_file in ("plugin.token", "envoy.json", "session.key"):
+            assert (tmp_path / secret_file).stat().st_mode & 0o777 == 0o600, secret_file
+        assert f'\\"token\\":\\"{token}\\"' in (tmp_path / "envoy.json").read_text()
+        assert token not in banner
         assert re.search(r"Discovered \d+ tools for server everything", (tmp_path / "sidecar.log").read_text())
         for token_var in ("ALPHA_TOKEN", "BETA_TOKEN"):
             assert token_var not in banner
@@ -230,6 +237,9 @@ servers:
             names = sidecar_harness.fresh_tool_names(url)
             assert sorted(names) == ["solo_add", "solo_echo", "solo_whoami"]
             assert (tmp_path / "xds" / "cds.json").exists()  # relative to the user's file
+            assert (tmp_path / "plugin.token").exists()  # the default plugin_token, next to the file
+            # run.py rewrote the bootstrap's ports; it still holds the token, so still owner-only.
+            assert (tmp_path / "run" / "envoy.json").stat().st_mode & 0o777 == 0o600
             assert run.interrupt() == 0, run.output
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and any(alive(p) for p in children):

@@ -76,7 +76,7 @@ def test_document_and_long_poll(sidecar_dir, alpha, beta):
     sc = start_sidecar(sidecar_dir, [alpha_entry(alpha)], env=ALPHA_ENV)
     try:
         sc.wait_state("alpha", "serving")
-        r = httpx.get(f"{sc.base}/v1/config", timeout=5)
+        r = httpx.get(f"{sc.base}/v1/config", headers=sc.auth_headers(), timeout=5)
         assert r.status_code == 200
         assert r.headers["content-type"] == "application/json"
         doc = r.json()
@@ -200,7 +200,9 @@ def test_notification_stream(sidecar_dir, alpha, beta):
         sc.wait_state("alpha", "serving")
         assert httpx.post(f"{sc.base}/mcp", json={}, timeout=5).status_code == 405
         assert httpx.get(f"{sc.base}/elsewhere", timeout=5).status_code == 404
-        with httpx.stream("GET", f"{sc.base}/mcp", headers={"accept": "text/event-stream"},
+        # Only what the plugin vouched for (its token) gets the stream.
+        assert httpx.get(f"{sc.base}/mcp", headers={"accept": "text/event-stream"}, timeout=5).status_code == 401
+        with httpx.stream("GET", f"{sc.base}/mcp", headers={"accept": "text/event-stream", **sc.auth_headers()},
                           timeout=httpx.Timeout(10, read=10)) as r:
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/event-stream")

@@ -128,7 +128,12 @@ def test_routes_by_authority_with_host_rewrite(stack, upstreams):
     assert routed(gw, "alpha", name_header=False).status_code == 404
     assert routed(gw, "nosuch").status_code == 404
     # The default virtual host: GET /mcp goes to the sidecar's notification stream, the rest is 404.
-    with httpx.stream("GET", gw.url, headers={"accept": "text/event-stream"}, timeout=10) as s:
+    # Without the plugin nobody vouches for the client: the sidecar wants the plugin's token, which
+    # this test sends itself (the plugin sets it after checking the client's session).
+    r = httpx.get(gw.url, headers={"accept": "text/event-stream"}, timeout=10)
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer"), r.text
+    with httpx.stream("GET", gw.url, headers={"accept": "text/event-stream", **sc.auth_headers()},
+                      timeout=10) as s:
         assert s.status_code == 200 and s.headers["content-type"].startswith("text/event-stream")
         first = next(s.iter_lines())
         assert first.startswith(":"), first  # a keep-alive comment
