@@ -9,7 +9,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::{GatewayConfig, GatewayInfo, Limits, ServerConfig};
+use crate::config::{GatewayConfig, GatewayInfo, Limits, ServerConfig, MIN_MAX_JSON_DEPTH};
 use crate::error::GatewayError;
 use crate::jsonrpc::{json_string, span_in, splice};
 use crate::session::SessionKeys;
@@ -64,6 +64,12 @@ impl Catalog {
         }
         if limits.page_size == 0 {
             return Err("limits.page_size: must be positive".into());
+        }
+        if limits.max_json_depth < MIN_MAX_JSON_DEPTH {
+            return Err(format!(
+                "limits.max_json_depth: must be at least {MIN_MAX_JSON_DEPTH}, got {}",
+                limits.max_json_depth
+            ));
         }
         if limits.upstream_session_slots == 0 {
             return Err("limits.upstream_session_slots: must be positive".into());
@@ -369,6 +375,19 @@ mod tests {
             let err = Catalog::build(document(servers)).unwrap_err();
             assert!(err.starts_with(field), "{err} should name {field}");
         }
+    }
+
+    #[test]
+    fn the_json_depth_limit_defaults_to_64_and_must_allow_a_tool_call() {
+        let catalog = Catalog::build(document(serde_json::json!([]))).unwrap();
+        assert_eq!(catalog.limits.max_json_depth, 64);
+        let mut config = document(serde_json::json!([]));
+        config.limits.max_json_depth = 2;
+        let err = Catalog::build(config).unwrap_err();
+        assert!(err.starts_with("limits.max_json_depth"), "{err}");
+        let mut config = document(serde_json::json!([]));
+        config.limits.max_json_depth = 3;
+        assert!(Catalog::build(config).is_ok());
     }
 
     #[test]

@@ -77,11 +77,20 @@ pub struct SessionKey {
     pub secret: String,
 }
 
+/// Default of [`Limits::max_json_depth`].
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
+
+/// Smallest accepted [`Limits::max_json_depth`]: `tools/call` with `arguments` nests 3 deep.
+pub const MIN_MAX_JSON_DEPTH: usize = 3;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest request body the plugin buffers; larger ones get HTTP 413.
     pub max_body_bytes: usize,
+    /// Deepest nesting of objects and arrays a request body may have, anywhere in it (the message
+    /// object itself is level 1); deeper ones get -32600 (HTTP 400) and are never forwarded.
+    pub max_json_depth: usize,
     /// Tools per `tools/list` page.
     pub page_size: usize,
     /// Slots in the shared upstream-session cache (4-way set associative; a full set evicts its
@@ -95,6 +104,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
             page_size: 500,
             upstream_session_slots: 16384,
             upstream_timeout_ms: 10_000,

@@ -5,63 +5,36 @@
 
 use std::borrow::Cow;
 
-use serde::de::{Deserializer, IgnoredAny};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::GatewayError;
 
-/// A field that distinguishes "absent" from "present, possibly null".
-#[derive(Debug, Default, Clone, Copy)]
-enum Field<'a> {
-    #[default]
-    Absent,
-    Present(&'a RawValue),
-}
+/// Members of the message object the gateway reads or classifies by.
+const MESSAGE_MEMBERS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
 
-impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        <&RawValue>::deserialize(deserializer).map(Field::Present)
-    }
-}
+/// Members of `params` the gateway reads (`name`, `cursor`, `protocolVersion`, `capabilities`,
+/// `clientInfo`) or that MCP defines for the requests it forwards (`arguments`, `_meta`, `task`).
+const PARAMS_MEMBERS: &[&str] = &[
+    "name",
+    "arguments",
+    "_meta",
+    "task",
+    "cursor",
+    "protocolVersion",
+    "capabilities",
+    "clientInfo",
+];
 
-impl<'a> Field<'a> {
-    fn get(self) -> Option<&'a RawValue> {
-        match self {
-            Field::Absent => None,
-            Field::Present(raw) => Some(raw),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(default, borrow)]
-    jsonrpc: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    id: Field<'a>,
-    #[serde(default, borrow)]
-    method: Field<'a>,
-    #[serde(default, borrow)]
-    params: Field<'a>,
-    #[serde(default)]
-    result: Option<IgnoredAny>,
-    #[serde(default)]
-    error: Option<IgnoredAny>,
-}
-
-/// The parameters the gateway reads, all kept raw so no method's parameter shape fails the parse.
-#[derive(Deserialize, Default)]
+/// The parameters the gateway reads, all kept raw (borrowed from the body, so a value's span in
+/// the body can be found) so no method's parameter shape fails the parse.
+#[derive(Default)]
 pub struct Params<'a> {
-    #[serde(default, borrow)]
     pub name: Option<&'a RawValue>,
-    #[serde(default, borrow)]
     pub cursor: Option<&'a RawValue>,
-    #[serde(default, borrow, rename = "protocolVersion")]
     pub protocol_version: Option<&'a RawValue>,
-    #[serde(default, borrow)]
     pub capabilities: Option<&'a RawValue>,
-    #[serde(default, borrow, rename = "clientInfo")]
     pub client_info: Option<&'a RawValue>,
 }
 
@@ -70,7 +43,7 @@ pub enum Message<'a> {
     Request {
         id: &'a RawValue,
         method: Cow<'a, str>,
-        params: Option<&'a RawValue>,
+        params: Params<'a>,
     },
     Notification {
         method: Cow<'a, str>,
@@ -81,21 +54,101 @@ pub enum Message<'a> {
     },
 }
 
-/// The id of a message when one could be read, for error replies.
-pub fn salvage_id(body: &str) -> Option<&RawValue> {
-    #[derive(Deserialize)]
-    struct IdOnly<'a> {
-        #[serde(default, borrow)]
-        id: Option<&'a RawValue>,
+/// An object key, decoded (escapes resolved): borrowed when it had no escape.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
     }
-    serde_json::from_str::<IdOnly>(body)
-        .ok()
-        .and_then(|m| m.id)
-        .filter(|id| valid_id(id))
+}
+
+/// The members of one JSON object in document order: keys decoded, values raw (not parsed, so an
+/// object is read in one pass whatever its values hold).
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4).min(8));
+                while let Some(Key(key)) = map.next_key()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    members.push((key, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor)
+    }
+}
+
+impl<'a> Members<'a> {
+    /// The value of the member spelled exactly `name` (unique once [`check_members`] passed).
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+    }
+}
+
+/// The id of a message when it can be read unambiguously, for error replies: exactly one
+/// top-level key folds to `id` (see [`fold`]), it is spelled `id`, and its value is a valid id.
+pub fn salvage_id(body: &str) -> Option<&RawValue> {
+    let members: Members = serde_json::from_str(body).ok()?;
+    let mut found = None;
+    for (key, value) in &members.0 {
+        if folds_equal(key, "id") {
+            if found.is_some() || key != "id" {
+                return None;
+            }
+            found = Some(*value);
+        }
+    }
+    found.filter(|id| valid_id(id))
 }
 
 /// Parses one JSON-RPC message. Errors carry the code the client must see.
-pub fn parse_message(body: &str) -> Result<Message<'_>, GatewayError> {
+///
+/// # One meaning per request
+///
+/// The gateway routes on `method` and `params.name`; an upstream must read the very message the
+/// gateway read. Before anything else is interpreted this refuses (-32600, HTTP 400):
+///
+/// - a body nesting objects and arrays deeper than `max_depth` anywhere (strings excluded; the
+///   message object is level 1), counted by [`nesting_deeper_than`];
+/// - at the top level of the message object, and at the top level of `params` whenever it is
+///   present (any method: every method the gateway routes or answers reads its params), two keys
+///   that are equal after decoding escapes and folding as lenient parsers do (see [`fold`]): a
+///   parser that keeps the last duplicate, or matches field names case-insensitively like Go's
+///   `encoding/json`, would read another value than the gateway;
+/// - at those two levels, a key that folds to a member the gateway or MCP defines there
+///   (`jsonrpc`, `id`, `method`, `params`, `result`, `error`; in params `name`, `arguments`,
+///   `_meta`, `task`, `cursor`, `protocolVersion`, `capabilities`, `clientInfo`) without being
+///   spelled exactly so: alone, `"Method"` is no method to the gateway but the method to Go.
+///
+/// Deeper levels (inside `arguments`, `_meta`, `capabilities`, ...) are the upstream's to read
+/// and are forwarded byte for byte; they are checked for depth only.
+pub fn parse_message(body: &str, max_depth: usize) -> Result<Message<'_>, GatewayError> {
     match body.trim_start().as_bytes().first() {
         Some(b'{') => {}
         Some(b'[') => {
@@ -114,19 +167,26 @@ pub fn parse_message(body: &str) -> Result<Message<'_>, GatewayError> {
         }
         None => return Err(GatewayError::parse("Parse error: empty body")),
     }
-    let envelope: Envelope = serde_json::from_str(body).map_err(|e| {
+    if nesting_deeper_than(body.as_bytes(), max_depth) {
+        return Err(GatewayError::invalid_request(format!(
+            "Invalid Request: JSON nesting deeper than {max_depth}"
+        ))
+        .because("json_depth"));
+    }
+    let members: Members = serde_json::from_str(body).map_err(|e| {
         if e.is_data() {
             GatewayError::invalid_request(format!("Invalid Request: {e}"))
         } else {
             GatewayError::parse(format!("Parse error: {e}"))
         }
     })?;
-    if envelope.jsonrpc.as_deref() != Some("2.0") {
+    check_members(&members, MESSAGE_MEMBERS, "")?;
+    if members.get("jsonrpc").and_then(raw_str).as_deref() != Some("2.0") {
         return Err(GatewayError::invalid_request(
             "Invalid Request: jsonrpc must be \"2.0\"",
         ));
     }
-    let id = envelope.id.get();
+    let id = members.get("id");
     if let Some(id) = id {
         if !valid_id(id) {
             return Err(GatewayError::invalid_request(
@@ -134,17 +194,15 @@ pub fn parse_message(body: &str) -> Result<Message<'_>, GatewayError> {
             ));
         }
     }
-    let params = envelope.params.get();
-    if let Some(params) = params {
-        if !params.get().starts_with('{') {
-            return Err(GatewayError::invalid_request(
-                "Invalid Request: params must be an object",
-            ));
-        }
-    }
-    match (envelope.method.get(), id) {
+    let params = match members.get("params") {
+        None => Params::default(),
+        Some(raw) => read_params(raw)?,
+    };
+    // `null` counts as absent, as it always has for these two.
+    let present = |name: &str| members.get(name).is_some_and(|v| v.get() != "null");
+    match (members.get("method"), id) {
         (Some(method), id) => {
-            let method: Cow<str> = serde_json::from_str(method.get()).map_err(|_| {
+            let method = raw_str(method).ok_or_else(|| {
                 GatewayError::invalid_request("Invalid Request: method must be a string")
             })?;
             Ok(match id {
@@ -152,22 +210,147 @@ pub fn parse_message(body: &str) -> Result<Message<'_>, GatewayError> {
                 None => Message::Notification { method },
             })
         }
-        (None, Some(id)) if envelope.result.is_some() != envelope.error.is_some() => {
-            Ok(Message::Response { id })
-        }
+        (None, Some(id)) if present("result") != present("error") => Ok(Message::Response { id }),
         _ => Err(GatewayError::invalid_request(
             "Invalid Request: not a JSON-RPC request, notification or response",
         )),
     }
 }
 
-/// Reads the gateway-relevant parameters of a request.
-pub fn parse_params(params: Option<&RawValue>) -> Result<Params<'_>, GatewayError> {
-    match params {
-        None => Ok(Params::default()),
-        Some(raw) => serde_json::from_str(raw.get())
-            .map_err(|e| GatewayError::invalid_params(format!("Invalid params: {e}"))),
+/// Checks the top level of `params` (see [`parse_message`]) and picks the members the gateway reads.
+fn read_params(raw: &RawValue) -> Result<Params<'_>, GatewayError> {
+    if !raw.get().starts_with('{') {
+        return Err(GatewayError::invalid_request(
+            "Invalid Request: params must be an object",
+        ));
     }
+    let members: Members = serde_json::from_str(raw.get())
+        .map_err(|e| GatewayError::invalid_request(format!("Invalid Request: params: {e}")))?;
+    check_members(&members, PARAMS_MEMBERS, " in params")?;
+    Ok(Params {
+        name: members.get("name"),
+        cursor: members.get("cursor"),
+        protocol_version: members.get("protocolVersion"),
+        capabilities: members.get("capabilities"),
+        client_info: members.get("clientInfo"),
+    })
+}
+
+/// Refuses the keys of one object level that another parser could read differently: a key that
+/// folds to a `known` member without being spelled so, and two keys that fold equal. `place`
+/// (`""` or `" in params"`) goes into the message.
+fn check_members(members: &Members<'_>, known: &[&str], place: &str) -> Result<(), GatewayError> {
+    for (key, _) in &members.0 {
+        if let Some(member) = known
+            .iter()
+            .find(|m| **m != key.as_ref() && folds_equal(key, m))
+        {
+            return Err(ambiguous(key, member, place));
+        }
+    }
+    if members.0.len() < 2 {
+        return Ok(());
+    }
+    // Sorting by folded key puts equal ones next to each other: n log n, even for objects with
+    // thousands of keys. The sort is stable, so the earlier of two keys comes first.
+    let mut keys: Vec<&str> = members.0.iter().map(|(k, _)| k.as_ref()).collect();
+    keys.sort_by(|a, b| fold(a).cmp(fold(b)));
+    for pair in keys.windows(2) {
+        if let [first, second] = pair {
+            if first == second {
+                return Err(GatewayError::invalid_request(format!(
+                    "Invalid Request: duplicate key {}{place}",
+                    quote_key(first)
+                ))
+                .because("duplicate_key"));
+            }
+            if folds_equal(first, second) {
+                return Err(ambiguous(second, first, place));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ambiguous(key: &str, read_as: &str, place: &str) -> GatewayError {
+    GatewayError::invalid_request(format!(
+        "Invalid Request: key {}{place} is ambiguous (an upstream may read it as {})",
+        quote_key(key),
+        quote_key(read_as)
+    ))
+    .because("ambiguous_key")
+}
+
+/// A key as JSON text for a message, cut to 64 characters.
+fn quote_key(key: &str) -> String {
+    match key.char_indices().nth(64) {
+        Some((end, _)) => json_string(&format!("{}...", key.get(..end).unwrap_or_default())),
+        None => json_string(key),
+    }
+}
+
+/// A key as the most lenient parsers compare it, as a sequence of characters:
+///
+/// - ASCII letters in one case (Go's `encoding/json` v1 matches field names case-insensitively,
+///   as do Jackson's and System.Text.Json's case-insensitive options and cJSON's default lookup);
+/// - the only four non-ASCII characters whose simple case mappings reach an ASCII letter: U+017F
+///   `ſ` (upper case `S`), U+212A Kelvin sign (lower case `k`), U+0130 `İ` (lower case `i`) and
+///   U+0131 `ı` (upper case `I`). Go folds the first two, Java's `equalsIgnoreCase` all four;
+/// - `_` and `-` dropped (Go's `encoding/json/v2` ignores them with `MatchCaseInsensitiveNames`
+///   or `case:ignore`);
+/// - nothing from the first U+0000 on (C parsers such as cJSON see a NUL-terminated key).
+///
+/// Other non-ASCII letters are left alone: the members compared against are ASCII, and two
+/// non-ASCII keys differing only in case are no member the gateway or MCP defines.
+fn fold(key: &str) -> impl Iterator<Item = char> + '_ {
+    key.chars()
+        .take_while(|c| *c != '\0')
+        .filter(|c| !matches!(c, '_' | '-'))
+        .map(|c| match c {
+            '\u{17F}' => 's',
+            '\u{212A}' => 'k',
+            '\u{130}' | '\u{131}' => 'i',
+            c => c.to_ascii_lowercase(),
+        })
+}
+
+fn folds_equal(a: &str, b: &str) -> bool {
+    fold(a).eq(fold(b))
+}
+
+/// The body nests objects and arrays more than `limit` deep (the outermost value is level 1).
+///
+/// One pass over the bytes, no allocation: brackets inside strings do not count, and a
+/// backslash inside a string escapes the next byte (so `"\""` and `"\\"` end where JSON says).
+/// For valid JSON the depth is exact; invalid JSON is refused by the parser anyway.
+pub fn nesting_deeper_than(body: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Reads a raw JSON value that must be a string.
@@ -233,31 +416,57 @@ pub fn error_body(id: Option<&str>, error: &GatewayError) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR};
+    use crate::error::{INVALID_REQUEST, PARSE_ERROR};
+
+    const DEPTH: usize = 64;
+
+    fn parse(body: &str) -> Result<Message<'_>, GatewayError> {
+        parse_message(body, DEPTH)
+    }
 
     fn code(body: &str) -> i32 {
-        match parse_message(body) {
+        match parse(body) {
             Ok(_) => 0,
             Err(e) => e.code,
         }
     }
 
+    /// The error message for `body`, which must be refused with -32600 (HTTP 400).
+    fn refused(body: &str) -> String {
+        match parse(body) {
+            Ok(_) => panic!("accepted: {body}"),
+            Err(e) => {
+                assert_eq!(
+                    (e.code, e.http_status),
+                    (INVALID_REQUEST, 400),
+                    "{body}: {e}"
+                );
+                e.message.into_owned()
+            }
+        }
+    }
+
+    /// A tools/call whose params are `params` (JSON text).
+    fn call(params: &str) -> String {
+        format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#)
+    }
+
     #[test]
     fn classifies_messages() {
-        match parse_message(r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#).unwrap() {
+        match parse(r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#).unwrap() {
             Message::Request { id, method, params } => {
                 assert_eq!(id.get(), "7");
                 assert_eq!(method, "tools/list");
-                assert!(params.is_none());
+                assert!(params.name.is_none() && params.cursor.is_none());
             }
             _ => panic!("expected a request"),
         }
         assert!(matches!(
-            parse_message(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap(),
+            parse(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap(),
             Message::Notification { .. }
         ));
         assert!(matches!(
-            parse_message(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#).unwrap(),
+            parse(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#).unwrap(),
             Message::Response { .. }
         ));
     }
@@ -310,13 +519,340 @@ mod tests {
     }
 
     #[test]
-    fn params_keep_arguments_raw_and_reject_duplicate_names() {
-        let body = r#"{"name":"a_echo","arguments":{"x":[1,2,{"y":"z"}]}}"#;
-        let raw: &RawValue = serde_json::from_str(body).unwrap();
-        let params = parse_params(Some(raw)).unwrap();
-        assert_eq!(params.name.unwrap().get(), "\"a_echo\"");
-        let dup: &RawValue = serde_json::from_str(r#"{"name":"a","name":"b"}"#).unwrap();
-        assert_eq!(parse_params(Some(dup)).err().unwrap().code, INVALID_PARAMS);
+    fn params_keep_arguments_raw() {
+        let body = call(r#"{"name":"a_echo","arguments":{"x":[1,2,{"y":"z"}]}}"#);
+        let Message::Request { params, .. } = parse(&body).unwrap() else {
+            panic!("expected a request");
+        };
+        let name = params.name.unwrap();
+        assert_eq!(name.get(), "\"a_echo\"");
+        // Borrowed from the body, so the gateway can splice the name in place.
+        assert_eq!(&body[span_in(&body, name.get()).unwrap()], "\"a_echo\"");
+        assert!(params.cursor.is_none());
+    }
+
+    #[test]
+    fn keys_are_compared_after_decoding_escapes() {
+        assert_eq!(
+            refused(&call(r#"{"name":"alpha_echo","n\u0061me":"beta_secret"}"#)),
+            r#"Invalid Request: duplicate key "name" in params"#
+        );
+        assert_eq!(
+            refused(r#"{"jsonrpc":"2.0","id":1,"method":"ping","m\u0065thod":"tools/call"}"#),
+            r#"Invalid Request: duplicate key "method""#
+        );
+        // Members the gateway does not read are forwarded, so they must not repeat either.
+        assert_eq!(
+            refused(&call(
+                r#"{"name":"a_echo","arguments":{},"\u0061rguments":{"x":1}}"#
+            )),
+            r#"Invalid Request: duplicate key "arguments" in params"#
+        );
+        assert_eq!(
+            refused(r#"{"jsonrpc":"2.0","id":1,"method":"ping","x":1,"x":2}"#),
+            r#"Invalid Request: duplicate key "x""#
+        );
+        // An escaped spelling that stands alone is the member itself.
+        assert!(parse(&call(r#"{"n\u0061me":"a_echo"}"#)).is_ok());
+        let ok = r#"{"j\u0073onrpc":"2.0","\u0069d":1,"method":"ping"}"#;
+        assert!(matches!(parse(ok), Ok(Message::Request { .. })));
+    }
+
+    #[test]
+    fn case_variants_are_refused_in_params() {
+        assert_eq!(
+            refused(&call(r#"{"name":"alpha_echo","Name":"beta_secret"}"#)),
+            r#"Invalid Request: key "Name" in params is ambiguous (an upstream may read it as "name")"#
+        );
+        // Whichever comes first.
+        assert_eq!(
+            refused(&call(r#"{"NAME":"beta_secret","name":"alpha_echo"}"#)),
+            r#"Invalid Request: key "NAME" in params is ambiguous (an upstream may read it as "name")"#
+        );
+        // Alone, too: the gateway sees no name where Go sees one.
+        assert!(refused(&call(r#"{"nAmE":"beta_secret"}"#)).contains(r#"key "nAmE" in params"#));
+        for params in [
+            r#"{"name":"a_echo","Arguments":{}}"#,
+            r#"{"name":"a_echo","_META":{}}"#,
+            r#"{"name":"a_echo","meta":{}}"#,
+            r#"{"cursor":"x","CURSOR":"y"}"#,
+            r#"{"protocolversion":"2025-06-18"}"#,
+            r#"{"protocol_version":"2025-06-18"}"#,
+            r#"{"clientinfo":{}}"#,
+            r#"{"Capabilities":{}}"#,
+            r#"{"TASK":{}}"#,
+        ] {
+            let message = refused(&call(params));
+            assert!(
+                message.contains("in params is ambiguous"),
+                "{params}: {message}"
+            );
+        }
+        // Unknown members that fold together are refused as well.
+        assert_eq!(
+            refused(&call(r#"{"name":"a_echo","foo":1,"FOO":2}"#)),
+            r#"Invalid Request: key "FOO" in params is ambiguous (an upstream may read it as "foo")"#
+        );
+        // Every method's params are checked, and notifications' too.
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"a","Cursor":"b"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"x","ProtocolVersion":"y"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"whatever","params":{"x":1,"X":2}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1,"requestid":2}}"#,
+        ] {
+            refused(body);
+        }
+    }
+
+    #[test]
+    fn case_variants_are_refused_at_the_top_level() {
+        let cases = [
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","METHOD":"tools/call"}"#,
+                "METHOD",
+                "method",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"Method":"tools/call"}"#,
+                "Method",
+                "method",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","Params":{}}"#,
+                "Params",
+                "params",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"ID":2,"method":"ping"}"#,
+                "ID",
+                "id",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","JsonRpc":"1.0","id":1,"method":"ping"}"#,
+                "JsonRpc",
+                "jsonrpc",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"Result":{}}"#,
+                "Result",
+                "result",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"error":{},"ERROR":{}}"#,
+                "ERROR",
+                "error",
+            ),
+        ];
+        for (body, key, member) in cases {
+            assert_eq!(
+                refused(body),
+                format!(
+                    r#"Invalid Request: key "{key}" is ambiguous (an upstream may read it as "{member}")"#
+                ),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn unicode_folds_and_other_lenient_spellings_are_refused() {
+        // U+017F folds to s and U+212A (Kelvin) to k in Go; U+0130/U+0131 upper-case to I.
+        for (body, key) in [
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","param\u017f":{}}"#,
+                "param\u{17F}",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","paramſ":{}}"#,
+                "param\u{17F}",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","\u0131d":1,"method":"ping"}"#,
+                "\u{131}d",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","\u0130D":1,"method":"ping"}"#,
+                "\u{130}D",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","method\u0000x":"tools/call"}"#,
+                "method\\u0000x",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","me_thod":"tools/call"}"#,
+                "me_thod",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","-method":"tools/call"}"#,
+                "-method",
+            ),
+        ] {
+            let message = refused(body);
+            assert!(
+                message.contains(&format!("key \"{key}\" is ambiguous")),
+                "{body}: {message}"
+            );
+        }
+        assert!(
+            refused(&call(r#"{"name":"a_echo","\u017fecret":1,"secret":2}"#)).contains(
+                r#"key "secret" in params is ambiguous (an upstream may read it as "ſecret")"#
+            )
+        );
+        assert!(refused(&call(r#"{"name":"a_echo","\u212aey":1,"key":2}"#)).contains("ambiguous"));
+        assert!(refused(&call(r#"{"name":"a_echo","Key":1,"\u212aEY":2}"#)).contains("ambiguous"));
+        // Other non-ASCII keys are distinct keys.
+        assert!(parse(&call(r#"{"name":"a_echo","é":1,"É":2,"ß":3,"ss":4}"#)).is_ok());
+    }
+
+    #[test]
+    fn deeper_levels_are_the_upstream_s_to_read() {
+        let body =
+            call(r#"{"name":"a_echo","arguments":{"x":1,"X":2,"Name":"b","a":{"b":1,"B":2}}}"#);
+        assert!(parse(&body).is_ok());
+        // Distinct keys that merely look alike pass.
+        assert!(parse(&call(r#"{"name":"a_echo","nam":1,"names":2,"name2":3}"#)).is_ok());
+    }
+
+    #[test]
+    fn long_keys_are_cut_in_messages_and_many_keys_stay_cheap() {
+        let long = "k".repeat(1000);
+        let message = refused(&call(&format!(
+            r#"{{"{long}":1,"{}":2}}"#,
+            long.to_uppercase()
+        )));
+        assert!(message.len() < 250, "{message}");
+        // Ten thousand distinct keys: sorted once, not compared pairwise.
+        let keys: Vec<String> = (0..10_000).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        let body = call(&format!(r#"{{"name":"a_echo",{}}}"#, keys.join(",")));
+        assert!(parse(&body).is_ok());
+        let body = call(&format!(
+            r#"{{"name":"a_echo",{},"K9999":0}}"#,
+            keys.join(",")
+        ));
+        assert!(refused(&body).contains(
+            r#"key "K9999" in params is ambiguous (an upstream may read it as "k9999")"#
+        ));
+    }
+
+    #[test]
+    fn the_id_is_salvaged_only_when_unambiguous() {
+        let id = |body: &str| salvage_id(body).map(|id| id.get().to_owned());
+        let body = call(r#"{"name":"a","Name":"b"}"#);
+        assert_eq!(id(&body).as_deref(), Some("1"));
+        assert_eq!(
+            id(r#"{"jsonrpc":"2.0","id":"x","Method":"ping"}"#).as_deref(),
+            Some("\"x\"")
+        );
+        assert_eq!(
+            id(r#"{"jsonrpc":"2.0","id":1,"ID":2,"method":"ping"}"#),
+            None
+        );
+        assert_eq!(id(r#"{"jsonrpc":"2.0","ID":2,"method":"ping"}"#), None);
+        assert_eq!(
+            id(r#"{"jsonrpc":"2.0","id":1,"\u0069d":2,"method":"ping"}"#),
+            None
+        );
+        assert_eq!(
+            id(r#"{"jsonrpc":"2.0","\u0131d":2,"id":1,"method":"ping"}"#),
+            None
+        );
+    }
+
+    /// What a body nesting `depth` levels deep looks like: the message (1), params (2),
+    /// arguments (3), then arrays.
+    fn nested(depth: usize) -> String {
+        let arrays = depth - 3;
+        call(&format!(
+            r#"{{"name":"a_echo","arguments":{{"x":{}1{}}}}}"#,
+            "[".repeat(arrays),
+            "]".repeat(arrays)
+        ))
+    }
+
+    #[test]
+    fn raw_values_alone_do_not_bound_nesting() {
+        // serde_json stops at 128 levels when building values, but skips raw values without a
+        // limit (iteratively): without the gateway's own check this would be forwarded.
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(serde_json::from_str::<&RawValue>(&deep).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&deep).is_err());
+        let body = call(&format!(
+            r#"{{"name":"a_echo","arguments":{{"x":{deep}}}}}"#
+        ));
+        assert!(parse_message(&body, usize::MAX).is_ok());
+        assert_eq!(
+            refused(&body),
+            "Invalid Request: JSON nesting deeper than 64"
+        );
+        let meta = call(&format!(r#"{{"name":"a_echo","_meta":{{"x":{deep}}}}}"#));
+        assert_eq!(
+            refused(&meta),
+            "Invalid Request: JSON nesting deeper than 64"
+        );
+    }
+
+    #[test]
+    fn nesting_is_bounded_at_the_limit() {
+        assert!(parse(&nested(63)).is_ok());
+        assert!(parse(&nested(64)).is_ok());
+        assert_eq!(
+            refused(&nested(65)),
+            "Invalid Request: JSON nesting deeper than 64"
+        );
+        assert!(parse_message(&nested(65), 65).is_ok());
+        assert!(parse_message(&nested(10), 9).is_err());
+        // Objects count like arrays (arguments is the outermost of these, at level 3).
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(62), "}".repeat(62));
+        assert!(parse(&call(&format!(
+            r#"{{"name":"a_echo","arguments":{objects}}}"#
+        )))
+        .is_ok());
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(63), "}".repeat(63));
+        assert!(parse(&call(&format!(
+            r#"{{"name":"a_echo","arguments":{objects}}}"#
+        )))
+        .is_err());
+    }
+
+    #[test]
+    fn brackets_in_strings_do_not_count() {
+        let text = format!("{}{}", "[{".repeat(5000), "]}".repeat(5000));
+        let body = call(&format!(
+            r#"{{"name":"a_echo","arguments":{{"t":"{text}"}}}}"#
+        ));
+        assert!(parse(&body).is_ok());
+        // Escaped quotes and backslashes do not end or start a string early.
+        for arguments in [
+            format!(r#"{{"t":"\"{text}\""}}"#),
+            format!(r#"{{"t":"\\","u":"{text}"}}"#),
+            format!(r#"{{"t":"\\\"{text}\\\\"}}"#),
+            format!(r#"{{"\"[[[":"{text}"}}"#),
+        ] {
+            let body = call(&format!(r#"{{"name":"a_echo","arguments":{arguments}}}"#));
+            assert!(parse(&body).is_ok(), "{body}");
+        }
+        // And brackets after an escaped backslash that ends a string do count.
+        let deep = format!(r#"{{"t":"\\","u":{}1{}}}"#, "[".repeat(70), "]".repeat(70));
+        let body = call(&format!(r#"{{"name":"a_echo","arguments":{deep}}}"#));
+        assert_eq!(
+            refused(&body),
+            "Invalid Request: JSON nesting deeper than 64"
+        );
+    }
+
+    #[test]
+    fn the_depth_scanner_counts_exactly() {
+        assert!(!nesting_deeper_than(b"", 0));
+        assert!(!nesting_deeper_than(b"1", 0));
+        assert!(nesting_deeper_than(b"{}", 0));
+        assert!(!nesting_deeper_than(b"{}", 1));
+        assert!(!nesting_deeper_than(b"[[],[],{}]", 2));
+        assert!(nesting_deeper_than(b"[[],[[]],{}]", 2));
+        assert!(!nesting_deeper_than(br#"["[[[", "\"[[", "\\", {}]"#, 2));
+        assert!(!nesting_deeper_than(br#"["\\\"[[["]"#, 1));
+        assert!(nesting_deeper_than(br#"["\\", ["\\\\", [[]]]]"#, 3));
+        // Stray closers never make the depth negative.
+        assert!(nesting_deeper_than(b"]]]]{{", 1));
     }
 
     #[test]

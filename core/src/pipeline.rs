@@ -9,7 +9,7 @@ use crate::catalog::Catalog;
 use crate::config::{ServerConfig, SUPPORTED_PROTOCOL_VERSIONS};
 use crate::error::GatewayError;
 use crate::host::{CallResponse, Host, Level};
-use crate::jsonrpc::{self, Message};
+use crate::jsonrpc::{self, Message, Params};
 use crate::session::{Claims, Session};
 use crate::upstream::{self, UpstreamSession};
 
@@ -258,7 +258,8 @@ impl Request {
     fn handle_message(&mut self, host: &mut dyn Host, body: &[u8]) -> Result<Action, GatewayError> {
         let text = std::str::from_utf8(body)
             .map_err(|_| GatewayError::parse("Parse error: body is not UTF-8"))?;
-        let message = jsonrpc::parse_message(text).inspect_err(|_| {
+        let max_depth = self.catalog.limits.max_json_depth;
+        let message = jsonrpc::parse_message(text, max_depth).inspect_err(|_| {
             self.id = jsonrpc::salvage_id(text).map(|id| id.get().to_owned());
         })?;
         match message {
@@ -282,7 +283,6 @@ impl Request {
                     }
                     "tools/list" => {
                         self.open_session(host)?;
-                        let params = jsonrpc::parse_params(params)?;
                         let cursor = match params.cursor {
                             None => None,
                             Some(raw) if raw.get() == "null" => None,
@@ -314,9 +314,8 @@ impl Request {
     fn initialize(
         &mut self,
         host: &mut dyn Host,
-        params: Option<&serde_json::value::RawValue>,
+        params: Params<'_>,
     ) -> Result<Action, GatewayError> {
-        let params = jsonrpc::parse_params(params)?;
         let requested = params.protocol_version.and_then(jsonrpc::raw_str);
         let version = requested
             .as_deref()
@@ -353,11 +352,10 @@ impl Request {
         host: &mut dyn Host,
         text: &str,
         received_len: usize,
-        params: Option<&serde_json::value::RawValue>,
+        params: Params<'_>,
         session: Rc<Session>,
     ) -> Result<Action, GatewayError> {
-        let parsed = jsonrpc::parse_params(params)?;
-        let name_raw = parsed.name.ok_or_else(|| {
+        let name_raw = params.name.ok_or_else(|| {
             GatewayError::invalid_params("Invalid params: params.name is required")
         })?;
         let name = jsonrpc::raw_str(name_raw).ok_or_else(|| {

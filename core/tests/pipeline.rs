@@ -187,11 +187,18 @@ fn catalog(page_size: usize) -> Rc<Catalog> {
 
 /// `list_changed`: the GET notification stream is served behind the plugin (by the sidecar).
 fn catalog_with(page_size: usize, list_changed: bool) -> Rc<Catalog> {
+    catalog_with_limits(
+        serde_json::json!({"page_size": page_size, "max_body_bytes": 4096}),
+        list_changed,
+    )
+}
+
+fn catalog_with_limits(limits: serde_json::Value, list_changed: bool) -> Rc<Catalog> {
     let config: GatewayConfig = serde_json::from_value(serde_json::json!({
         "version": "t1",
         "gateway": {"list_changed": list_changed},
         "session": {"keys": [{"id": "k1", "secret": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}], "ttl_seconds": 3600},
-        "limits": {"page_size": page_size, "max_body_bytes": 4096},
+        "limits": limits,
         "servers": [
             {"name": "alpha", "prefix": "alpha_", "authority": "alpha.mcp.local", "cluster": "alpha",
              "host": "127.0.0.1:1", "headers": [{"name": "authorization", "value": "Bearer alpha-secret"}],
@@ -596,6 +603,330 @@ fn other_paths_pass_through_without_routing_headers() {
     assert!(
         host.header("x-mcp-servername").is_none(),
         "routing headers are the gateway's on every path"
+    );
+}
+
+/// A message some upstream parser could read differently than the gateway (a case variant, an
+/// escaped duplicate, a Unicode fold, nesting past the limit) is refused before anything else:
+/// 400 -32600, the id kept when it is unambiguous, nothing dispatched, nothing rewritten.
+#[test]
+fn ambiguous_requests_are_refused_and_nothing_is_forwarded() {
+    let catalog = catalog(10);
+    let token = initialize(&catalog);
+    let deep = format!("{}1{}", "[".repeat(1000), "]".repeat(1000));
+    let cases: &[(String, serde_json::Value, &str)] = &[
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"alpha_echo","Name":"beta_echo"}}"#.into(),
+            1.into(),
+            r#"Invalid Request: key "Name" in params is ambiguous (an upstream may read it as "name")"#,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"alpha_echo","n\u0061me":"beta_echo"}}"#.into(),
+            2.into(),
+            r#"Invalid Request: duplicate key "name" in params"#,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":"m","method":"tools/call","METHOD":"ping","params":{"name":"alpha_echo"}}"#.into(),
+            "m".into(),
+            r#"Invalid Request: key "METHOD" is ambiguous (an upstream may read it as "method")"#,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"alpha_echo"},"param\u017f":{"name":"beta_echo"}}"#.into(),
+            3.into(),
+            "Invalid Request: key \"param\u{17F}\" is ambiguous (an upstream may read it as \"params\")",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":4,"ID":5,"method":"tools/call","params":{"name":"alpha_echo"}}"#.into(),
+            serde_json::Value::Null,
+            r#"Invalid Request: key "ID" is ambiguous (an upstream may read it as "id")"#,
+        ),
+        (
+            format!(r#"{{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{{"name":"alpha_echo","_meta":{{"x":{deep}}}}}}}"#),
+            6.into(),
+            "Invalid Request: JSON nesting deeper than 64",
+        ),
+        (
+            format!(r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"alpha_echo","arguments":{{"x":{deep}}}}}}}"#),
+            7.into(),
+            "Invalid Request: JSON nesting deeper than 64",
+        ),
+    ];
+    for (body, id, message) in cases {
+        let mut host = FakeHost::post(body, Some(&token));
+        let (_, action) = run(&catalog, &mut host);
+        assert_eq!(action, Action::Pause, "{body}");
+        assert_eq!(host.reply_status(), 400, "{body}");
+        let reply = host.reply_json();
+        assert_eq!(reply["error"]["code"], -32600, "{body}");
+        assert_eq!(reply["error"]["message"], *message, "{body}");
+        assert_eq!(reply["id"], *id, "{body}");
+        assert!(host.calls.is_empty(), "nothing dispatched for {body}");
+        assert_eq!(host.request_body, body.as_bytes(), "body untouched");
+        assert_eq!(host.header(":authority").unwrap(), "gw.local");
+        assert!(host.header("x-mcp-servername").is_none());
+        assert!(!host.route_cache_cleared && !host.resumed_request);
+    }
+    // The same call spelled once is routed.
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"alpha_echo","arguments":{"Name":"x","name":"y"}}}"#;
+    let mut host = FakeHost::post(body, Some(&token));
+    run(&catalog, &mut host);
+    assert!(host.reply.is_none());
+    assert_eq!(host.calls.len(), 1, "opens the upstream session");
+}
+
+#[test]
+fn the_nesting_limit_comes_from_the_document() {
+    let catalog = catalog_with_limits(serde_json::json!({"max_json_depth": 5}), false);
+    let token = initialize(&catalog);
+    let body = |depth: usize| {
+        let arrays = depth - 3;
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"alpha_echo","arguments":{{"x":{}1{}}}}}}}"#,
+            "[".repeat(arrays),
+            "]".repeat(arrays)
+        )
+    };
+    let mut host = FakeHost::post(&body(5), Some(&token));
+    run(&catalog, &mut host);
+    assert!(
+        host.reply.is_none() && host.calls.len() == 1,
+        "5 levels go through"
+    );
+    let mut host = FakeHost::post(&body(6), Some(&token));
+    run(&catalog, &mut host);
+    assert_eq!(host.reply_status(), 400);
+    assert_eq!(
+        host.reply_json()["error"]["message"],
+        "Invalid Request: JSON nesting deeper than 5"
+    );
+    assert!(host.calls.is_empty());
+}
+
+/// The members of one object in document order, duplicates kept: what a parser sees before it
+/// picks one value per name.
+struct Ordered(Vec<(String, Box<serde_json::value::RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(Ordered(out))
+            }
+        }
+        deserializer.deserialize_map(V)
+    }
+}
+
+/// How upstream parsers match a member name: exactly; ASCII case-insensitively (Jackson's and
+/// .NET's options); Go v1 (plus U+017F and U+212A); Go v2 `case:ignore` (also ignoring `_`/`-`);
+/// C strings (cut at NUL, cJSON's case-insensitive lookup); Java's `equalsIgnoreCase` (U+0130 and
+/// U+0131 too).
+const READERS: [fn(&str) -> String; 6] = [
+    |k| k.to_owned(),
+    |k| k.to_ascii_lowercase(),
+    |k| {
+        k.to_ascii_lowercase()
+            .replace('\u{17F}', "s")
+            .replace('\u{212A}', "k")
+    },
+    |k| {
+        k.to_ascii_lowercase()
+            .replace('\u{17F}', "s")
+            .replace('\u{212A}', "k")
+            .replace(['_', '-'], "")
+    },
+    |k| k.split('\0').next().unwrap().to_ascii_lowercase(),
+    |k| {
+        k.to_ascii_lowercase()
+            .replace('\u{17F}', "s")
+            .replace('\u{212A}', "k")
+            .replace(['\u{130}', '\u{131}'], "i")
+    },
+];
+
+/// The value a reader picks for `name` in `members`, keeping the first or the last match.
+fn pick<'m>(
+    members: &'m Ordered,
+    name: &str,
+    fold: fn(&str) -> String,
+    last: bool,
+) -> Option<&'m str> {
+    let mut matches = members.0.iter().filter(|(k, _)| fold(k) == fold(name));
+    let hit = if last {
+        matches.next_back()
+    } else {
+        matches.next()
+    };
+    hit.map(|(_, v)| v.get())
+}
+
+fn depth(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// A spelling of `key` as JSON source (quotes included) that some parser may equate with it.
+fn spelling(key: &str, roll: u64) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    let at = (roll >> 8) as usize % chars.len();
+    let with = |c: &str| -> String {
+        let mut out: String = chars[..at].iter().collect();
+        out.push_str(c);
+        out.extend(&chars[at + 1..]);
+        out
+    };
+    let text = match roll % 9 {
+        0 => key.to_owned(),
+        1 => with(&format!("\\u{:04x}", chars[at] as u32)),
+        2 => with(&chars[at].to_ascii_uppercase().to_string()),
+        3 => key.to_ascii_uppercase(),
+        4 => key.replacen('s', "\u{17F}", 1).replacen('k', "\\u212a", 1),
+        5 => with(&format!("_{}", chars[at])),
+        6 => format!("{key}\\u0000x"),
+        7 => key.replacen('i', "\u{131}", 1),
+        _ => with(&format!("{}-", chars[at])),
+    };
+    format!("\"{text}\"")
+}
+
+/// Everything the gateway forwards means one thing: hostile spellings of the members it routes
+/// by (case variants, escapes, Unicode folds, `_`, NUL, duplicates in any order) are either
+/// refused or, when forwarded, read identically by every kind of upstream parser, first or last
+/// duplicate wins, and nest no deeper than the limit.
+#[test]
+fn everything_forwarded_means_one_thing_to_every_parser() {
+    let catalog = catalog(10);
+    let token = initialize(&catalog);
+    let slots = catalog.limits.upstream_session_slots;
+    let session_id = catalog
+        .keys
+        .open(token.as_bytes(), 1_000_000)
+        .unwrap()
+        .id
+        .clone();
+    let cached = upstream::UpstreamSession {
+        session_id: "up".into(),
+        protocol_version: "2025-06-18".into(),
+    };
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let top_other = |key: &str| match key {
+        "jsonrpc" => "\"1.0\"",
+        "id" => "2",
+        "method" => "\"ping\"",
+        _ => r#"{"name":"alpha_add","arguments":{}}"#,
+    };
+    let params_other = |key: &str| {
+        match key {
+        "name" => "\"alpha_add\"",
+        "arguments" => r#"{"a":1,"b":2}"#,
+        _ => "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+    }
+    };
+    let (mut forwarded, mut refused) = (0, 0);
+    for _ in 0..3000 {
+        let mut params: Vec<(String, String)> = vec![
+            ("\"name\"".into(), "\"alpha_echo\"".into()),
+            ("\"arguments\"".into(), r#"{"text":"x"}"#.into()),
+            ("\"_meta\"".into(), "{}".into()),
+        ];
+        let mut top: Vec<(String, String)> = vec![
+            ("\"jsonrpc\"".into(), "\"2.0\"".into()),
+            ("\"id\"".into(), "1".into()),
+            ("\"method\"".into(), "\"tools/call\"".into()),
+        ];
+        for _ in 0..1 + next() % 3 {
+            let roll = next();
+            let in_params = roll % 2 == 0;
+            let (names, list): (&[&str], _) = if in_params {
+                (&["name", "arguments", "_meta"], &mut params)
+            } else {
+                (&["jsonrpc", "id", "method", "params"], &mut top)
+            };
+            let key = names[(roll >> 1) as usize % names.len()];
+            let spelled = spelling(key, next());
+            let value = if in_params {
+                params_other(key)
+            } else {
+                top_other(key)
+            };
+            let at = (next() as usize) % (list.len() + 1);
+            if (roll >> 5) % 3 == 0 {
+                // Respell an existing member in place (params itself is added last).
+                if let Some(entry) = list.iter_mut().find(|(k, _)| k == &format!("\"{key}\"")) {
+                    entry.0 = spelled;
+                    continue;
+                }
+            }
+            list.insert(at, (spelled, value.to_owned()));
+        }
+        let render = |members: &[(String, String)]| {
+            let items: Vec<String> = members.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+            format!("{{{}}}", items.join(","))
+        };
+        let params_json = render(&params);
+        let at = (next() as usize) % (top.len() + 1);
+        top.insert(at, ("\"params\"".into(), params_json));
+        let body = render(&top);
+
+        let mut host = FakeHost::post(&body, Some(&token));
+        upstream::store(&mut host, slots, &session_id, "alpha", &cached);
+        let (_, action) = run(&catalog, &mut host);
+        if host.reply.is_some() {
+            refused += 1;
+            continue;
+        }
+        assert_eq!(action, Action::Continue, "{body}");
+        forwarded += 1;
+        let tool = host.header("x-mcp-toolname").unwrap();
+        let sent = String::from_utf8(host.request_body.clone()).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&sent).unwrap();
+        assert!(depth(&value) <= 64, "{sent}");
+        let members: Ordered = serde_json::from_str(&sent).unwrap();
+        let first_id = pick(&members, "id", READERS[0], false).unwrap().to_owned();
+        for fold in READERS {
+            for last in [false, true] {
+                let read = |name| pick(&members, name, fold, last);
+                assert_eq!(read("jsonrpc"), Some("\"2.0\""), "{sent}");
+                assert_eq!(read("method"), Some("\"tools/call\""), "{sent}");
+                assert_eq!(read("id"), Some(first_id.as_str()), "{sent}");
+                let params: Ordered = serde_json::from_str(read("params").unwrap()).unwrap();
+                let name = pick(&params, "name", fold, last).unwrap();
+                assert_eq!(
+                    serde_json::from_str::<String>(name).unwrap(),
+                    tool,
+                    "{sent}"
+                );
+                for member in ["arguments", "_meta"] {
+                    let seen = pick(&params, member, fold, last);
+                    assert_eq!(seen, pick(&params, member, READERS[0], false), "{sent}");
+                }
+            }
+        }
+    }
+    assert!(
+        forwarded > 100 && refused > 2000,
+        "{forwarded} forwarded, {refused} refused"
     );
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use mcpgw_core::config::{GatewayInfo, HeaderValue, Limits, SessionKey};
+use mcpgw_core::config::{GatewayInfo, HeaderValue, Limits, SessionKey, MIN_MAX_JSON_DEPTH};
 use serde::Deserialize;
 
 /// Name of the Envoy cluster that points at the sidecar (static, in the bootstrap).
@@ -499,6 +499,11 @@ pub fn parse(
     if limits.page_size == 0 {
         return Err("limits.page_size: must be positive".into());
     }
+    if limits.max_json_depth < MIN_MAX_JSON_DEPTH {
+        return Err(format!(
+            "limits.max_json_depth: must be at least {MIN_MAX_JSON_DEPTH}"
+        ));
+    }
     let positive = |name: &str, v: u64| {
         if v == 0 {
             Err(format!("{name}: must be positive"))
@@ -923,6 +928,10 @@ mod tests {
         assert!(s.plugin_token.is_none(), "read by `load`, not `parse`");
         let empty = parse_ok("{}");
         assert!(empty.servers.is_empty());
+        assert_eq!(s.limits.0.max_json_depth, 64);
+        let limited = parse_ok("limits: {max_json_depth: 16, max_body_bytes: 4096}\n");
+        assert_eq!(limited.limits.0.max_json_depth, 16);
+        assert_eq!(limited.limits.0.max_body_bytes, 4096);
     }
 
     #[test]
@@ -1043,6 +1052,7 @@ servers:
             ),
             ("listen: nowhere", "listen"),
             ("limits: {page_size: 0}", "page_size"),
+            ("limits: {max_json_depth: 2}", "limits.max_json_depth"),
         ];
         for (text, want) in cases {
             let err = parse_err(text);

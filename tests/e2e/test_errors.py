@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import MAX_BODY
-from rpc import Rpc, describe, rpc_error, tool_text
+from rpc import Rpc, describe, message_of, rpc_error, tool_text
 
 ANY_ID = object()  # the error may carry the request's id or null
 
@@ -173,3 +173,84 @@ def test_client_cannot_reach_an_upstream_by_spoofing_routing_headers(gateway, up
                                 "x-mcp-servername": "alpha", "x-mcp-toolname": "echo"}, timeout=5)
         assert r.status_code == 404, describe(r)
     assert alpha.requests_log() == []
+
+
+# One meaning per request (docs/architecture.md): bodies an upstream parser could read differently
+# from the gateway are refused before routing. Sent as raw text: duplicates and escapes must survive.
+def _call(params: str, id_: str = "1", extra: str = "") -> str:
+    return f'{{"jsonrpc":"2.0","id":{id_},"method":"tools/call"{extra},"params":{params}}}'
+
+
+def _nested(levels: int) -> str:
+    return "[" * levels + "1" + "]" * levels
+
+
+def _ambiguous(key: str, member: str, where: str = " in params") -> str:
+    return f'Invalid Request: key "{key}"{where} is ambiguous (an upstream may read it as "{member}")'
+
+
+DEPTH_ERROR = "Invalid Request: JSON nesting deeper than 64"
+
+# (case id, raw body, JSON-RPC id expected in the error, exact error message)
+AMBIGUOUS = [
+    ("params-case-duplicate", _call('{"name":"alpha_echo","Name":"beta_echo","arguments":{"text":"x"}}'),
+     1, _ambiguous("Name", "name")),
+    ("params-upper-alone", _call('{"NAME":"beta_echo","arguments":{"text":"x"}}'), 1, _ambiguous("NAME", "name")),
+    ("params-escaped-duplicate", _call('{"name":"alpha_echo","n\\u0061me":"beta_echo","arguments":{"text":"x"}}'),
+     1, 'Invalid Request: duplicate key "name" in params'),
+    ("params-arguments-case", _call('{"name":"alpha_echo","arguments":{"text":"x"},"Arguments":{"text":"y"}}'),
+     1, _ambiguous("Arguments", "arguments")),
+    ("params-kelvin", _call('{"name":"alpha_echo","arguments":{"text":"x"},"tas\\u212a":{}}'),
+     1, _ambiguous("tas\u212a", "task")),
+    ("top-method-case", _call('{"name":"alpha_echo","arguments":{"text":"x"}}', extra=',"METHOD":"ping"'),
+     1, _ambiguous("METHOD", "method", "")),
+    ("top-method-alone", '{"jsonrpc":"2.0","id":"m","Method":"tools/call","params":{"name":"alpha_echo"}}',
+     "m", _ambiguous("Method", "method", "")),
+    ("top-params-long-s", _call('{"name":"alpha_echo","arguments":{"text":"x"}}',
+                                extra=',"param\\u017f":{"name":"beta_echo","arguments":{"text":"y"}}'),
+     1, _ambiguous("param\u017f", "params", "")),
+    ("top-id-case", _call('{"name":"alpha_echo","arguments":{"text":"x"}}', extra=',"ID":2'),
+     None, _ambiguous("ID", "id", "")),
+    ("top-jsonrpc-case", _call('{"name":"alpha_echo","arguments":{"text":"x"}}', extra=',"JsonRpc":"1.0"'),
+     1, _ambiguous("JsonRpc", "jsonrpc", "")),
+    ("deep-arguments", _call(f'{{"name":"alpha_echo","arguments":{{"text":"x","deep":{_nested(20000)}}}}}'),
+     1, DEPTH_ERROR),
+    ("deep-meta", _call(f'{{"name":"beta_echo","arguments":{{"text":"x"}},"_meta":{{"x":{_nested(20000)}}}}}'),
+     1, DEPTH_ERROR),
+    # 65 levels: message, params, _meta, then 62 arrays.
+    ("depth-65", _call(f'{{"name":"beta_echo","arguments":{{"text":"x"}},"_meta":{{"x":{_nested(62)}}}}}'),
+     1, DEPTH_ERROR),
+]
+
+
+@pytest.mark.parametrize("body,expected_id,message", [a[1:] for a in AMBIGUOUS], ids=[a[0] for a in AMBIGUOUS])
+def test_ambiguous_requests_are_refused_and_never_forwarded(session: Rpc, upstreams, body: str, expected_id,
+                                                             message: str):
+    for upstream in upstreams.values():
+        upstream.clear_log()
+    resp = session.post(body.encode())
+    assert resp.status_code == 400, describe(resp)
+    msg = rpc_error(resp)
+    assert msg["error"]["code"] == -32600, describe(resp)
+    assert msg["error"]["message"] == message, describe(resp)
+    assert "id" in msg and msg["id"] == expected_id, describe(resp)
+    for name, upstream in upstreams.items():
+        assert upstream.requests_log() == [], f"{name} received {upstream.requests_log()}"
+
+
+def test_unambiguous_requests_still_go_through(session: Rpc, upstreams):
+    """The controls: exactly 64 levels, escaped spellings of a single key, and look-alike keys inside
+    arguments (the upstream's to read) all reach the upstream, which the request log shows."""
+    alpha = upstreams["alpha"]
+    alpha.clear_log()
+    bodies = [
+        _call(f'{{"name":"alpha_echo","arguments":{{"text":"deep"}},"_meta":{{"x":{_nested(61)}}}}}', "11"),
+        '{"j\\u0073onrpc":"2.0","\\u0069d":12,"method":"tools/c\\u0061ll",'
+        '"params":{"n\\u0061me":"alpha_echo","arguments":{"text":"escaped"}}}',
+    ]
+    for body in bodies:
+        resp = session.post(body.encode())
+        assert resp.status_code == 200, describe(resp)
+        assert tool_text(message_of(resp)).startswith("alpha: "), describe(resp)
+    calls = [r for r in alpha.requests_log() if r.get("rpc_method") == "tools/call"]
+    assert len(calls) == len(bodies), alpha.requests_log()
