@@ -56,12 +56,7 @@ impl Catalog {
             limits,
             servers,
         } = config;
-        if !gateway.mcp_path.starts_with('/') {
-            return Err(format!(
-                "gateway.mcp_path: must start with '/', got {:?}",
-                gateway.mcp_path
-            ));
-        }
+        gateway.validate()?;
         if limits.page_size == 0 {
             return Err("limits.page_size: must be positive".into());
         }

@@ -38,6 +38,11 @@ pub struct GatewayInfo {
     pub instructions: Option<String>,
     /// Advertise `tools.listChanged` (true when a sidecar serves the GET notification stream).
     pub list_changed: bool,
+    /// Origins (`scheme://host[:port]`) whose browser pages may call the gateway, besides the
+    /// loopback ones (`localhost`, `127.0.0.1`, `[::1]`, any port) which are always allowed;
+    /// `"*"` allows any. A request with any other `Origin` is refused with 403 (DNS rebinding).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for GatewayInfo {
@@ -48,7 +53,29 @@ impl Default for GatewayInfo {
             mcp_path: DEFAULT_MCP_PATH.into(),
             instructions: None,
             list_changed: false,
+            allowed_origins: Vec::new(),
         }
+    }
+}
+
+impl GatewayInfo {
+    /// The rules every consumer of the document applies (the plugin and the sidecar alike); the
+    /// error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.mcp_path.starts_with('/') {
+            return Err(format!(
+                "gateway.mcp_path: must start with '/', got {:?}",
+                self.mcp_path
+            ));
+        }
+        for (i, origin) in self.allowed_origins.iter().enumerate() {
+            if origin != "*" && !crate::origin::is_origin(origin) {
+                return Err(format!(
+                    "gateway.allowed_origins[{i}]: must be \"*\" or scheme://host[:port], got {origin:?}"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

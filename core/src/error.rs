@@ -109,6 +109,15 @@ impl GatewayError {
             format!("Method Not Allowed: {method} on the MCP endpoint"),
         )
     }
+    /// A browser page of a foreign origin (DNS rebinding, cross-site requests).
+    pub fn origin_not_allowed(origin: &str) -> Self {
+        Self::new(
+            "origin",
+            INVALID_REQUEST,
+            403,
+            format!("Forbidden: Origin {origin} is not allowed"),
+        )
+    }
     /// This VM has no configuration yet (it has only just started).
     pub fn not_configured() -> Self {
         Self::new(

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod host;
 pub mod jsonrpc;
+pub mod origin;
 pub mod pipeline;
 pub mod session;
 pub mod sse;

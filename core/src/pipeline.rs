@@ -106,6 +106,12 @@ impl Request {
             return Action::Continue;
         }
         self.headers = headers;
+        if let Some(origin) = self.header("origin") {
+            if !crate::origin::allowed(origin, &self.catalog.gateway.allowed_origins) {
+                let origin = String::from_utf8_lossy(origin).into_owned();
+                return self.fail(host, GatewayError::origin_not_allowed(&origin));
+            }
+        }
         self.session_token = self.header("mcp-session-id").map(<[u8]>::to_vec);
         let header = |name: &str| self.header(name);
         let method = header(":method").unwrap_or_default().to_vec();

@@ -61,6 +61,7 @@ struct GatewaySection {
     version: String,
     mcp_path: String,
     instructions: Option<String>,
+    allowed_origins: Vec<String>,
 }
 
 impl Default for GatewaySection {
@@ -71,6 +72,7 @@ impl Default for GatewaySection {
             version: info.version,
             mcp_path: info.mcp_path,
             instructions: None,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -565,19 +567,22 @@ pub fn parse(
         specs.push(spec);
     }
 
+    let gateway = GatewayInfo {
+        name: gateway.name,
+        version: gateway.version,
+        mcp_path: gateway.mcp_path,
+        instructions: gateway.instructions,
+        // The sidecar serves the GET notification stream.
+        list_changed: true,
+        allowed_origins: gateway.allowed_origins,
+    };
+    gateway.validate()?;
     Ok(Settings {
         source: PathBuf::new(),
         listen,
         plugin_token_source,
         plugin_token,
-        gateway: SerdeEq(GatewayInfo {
-            name: gateway.name,
-            version: gateway.version,
-            mcp_path: gateway.mcp_path,
-            instructions: gateway.instructions,
-            // The sidecar serves the GET notification stream.
-            list_changed: true,
-        }),
+        gateway: SerdeEq(gateway),
         session_key_file: resolve(base, &session.key_file),
         session_keys: SerdeEq(vec![SessionKey {
             id: session.key_id,
@@ -1045,6 +1050,10 @@ servers:
                 "unknown field `colour`",
             ),
             ("gateway: {mcp_path: mcp}", "gateway.mcp_path"),
+            (
+                "gateway: {allowed_origins: [example.com]}",
+                "gateway.allowed_origins[0]",
+            ),
             ("discovery: {health_interval_ms: 0}", "health_interval_ms"),
             (
                 "discovery: {backoff_initial_ms: 10, backoff_max_ms: 5}",

@@ -254,3 +254,26 @@ def test_unambiguous_requests_still_go_through(session: Rpc, upstreams):
         assert tool_text(message_of(resp)).startswith("alpha: "), describe(resp)
     calls = [r for r in alpha.requests_log() if r.get("rpc_method") == "tools/call"]
     assert len(calls) == len(bodies), alpha.requests_log()
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "http://localhost.evil.example", "null",
+                                    "http://127.0.0.1.nip.io:8080"])
+def test_foreign_origin_is_refused_on_every_method(session: Rpc, upstreams, origin: str):
+    """DNS rebinding: a browser page of another origin gets 403, and nothing reaches an upstream."""
+    for server in upstreams.values():
+        server.clear_log()
+    resp, msg = session.call_tool("alpha_echo", {"text": "hi"}, headers={"origin": origin})
+    assert resp.status_code == 403, describe(resp)
+    assert msg["error"]["code"] == -32600 and "Origin" in msg["error"]["message"], describe(resp)
+    # Refused in the headers phase, like 406/415: the body (and its id) is never read.
+    resp = session.http.delete(session.url, headers=session.headers({"origin": origin}))
+    assert resp.status_code == 403, describe(resp)
+    assert all(not s.requests_log() for s in upstreams.values())
+    resp, msg = session.request("ping")
+    assert resp.status_code == 200 and "result" in msg, "the session still works from its own origin"
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:6274", "http://127.0.0.1:8080", "http://[::1]:3000"])
+def test_loopback_origin_is_served(session: Rpc, origin: str):
+    resp, msg = session.call_tool("alpha_echo", {"text": "from a local page"}, headers={"origin": origin})
+    assert resp.status_code == 200 and tool_text(msg) == "alpha: from a local page", describe(resp)
