@@ -1,7 +1,12 @@
 //! Everything derived from one configuration version, built once and shared by every request:
-//! the routing index (prefixed tool name -> server and upstream name), the pre-serialized
-//! `tools/list` pages, the `initialize` answer, and the session keys.
+//! the routing indexes (prefixed tool and prompt names, resource URIs -> server and upstream
+//! name), the pre-serialized list pages, the `initialize` answer, and the session keys.
+//!
+//! Resource URIs of two servers can be identical, so a server with a prefix has its URIs mapped:
+//! `mcpgw://<server>/<upstream uri>` (reversible by cutting the known head; the upstream URI is
+//! kept verbatim, so templates stay templates). A server without a prefix keeps its URIs.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,13 +19,50 @@ use crate::error::GatewayError;
 use crate::jsonrpc::{json_string, span_in, splice};
 use crate::session::SessionKeys;
 
-/// Where a prefixed tool name goes.
+/// Scheme of mapped resource URIs.
+pub const MAPPED_URI_SCHEME: &str = "mcpgw://";
+
+/// Where a prefixed tool or prompt name goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ToolRoute {
+pub struct Route {
     pub server: usize,
-    /// The tool's name upstream, already JSON-encoded (ready to splice into a body).
+    /// The name upstream, already JSON-encoded (ready to splice into a body).
     pub upstream_name_json: String,
     pub upstream_name: String,
+}
+
+/// A tool's route (the historical name).
+pub type ToolRoute = Route;
+
+/// The kinds of list the gateway serves from its catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    Tools,
+    Prompts,
+    Resources,
+    ResourceTemplates,
+}
+
+impl ListKind {
+    /// The result member holding the items.
+    fn member(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools",
+            ListKind::Prompts => "prompts",
+            ListKind::Resources => "resources",
+            ListKind::ResourceTemplates => "resourceTemplates",
+        }
+    }
+}
+
+/// What the aggregate can do, derived from the upstreams' own capabilities.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    pub prompts: bool,
+    pub resources: bool,
+    pub subscribe: bool,
+    pub completions: bool,
+    pub logging: bool,
 }
 
 #[derive(Debug)]
@@ -30,19 +72,55 @@ pub struct Catalog {
     pub limits: Limits,
     pub servers: Vec<ServerConfig>,
     pub keys: SessionKeys,
-    tools: HashMap<String, ToolRoute>,
-    /// `tools/list` results, one JSON text per page.
-    pages: Vec<String>,
+    pub capabilities: Capabilities,
+    /// Per server (same index): what it can do.
+    pub server_capabilities: Vec<Capabilities>,
+    tools: HashMap<String, Route>,
+    prompts: HashMap<String, Route>,
+    /// Unmapped resource URIs (servers without a prefix) -> server.
+    plain_uris: HashMap<String, usize>,
+    /// Servers without a prefix that serve resources, in order: where an unmapped URI that no
+    /// list names (a template's expansion) goes.
+    plain_servers: Vec<usize>,
+    /// List results, one JSON text per page, per kind.
+    pages: [Vec<String>; 4],
     /// The `initialize` result after `"protocolVersion":"…",`.
     initialize_tail: String,
-    /// Problems that did not reject the document (shadowed tool names), for the log.
+    /// Problems that did not reject the document (shadowed names), for the log.
     pub warnings: Vec<String>,
 }
 
 #[derive(Deserialize)]
-struct ToolName<'a> {
+struct Named<'a> {
     #[serde(borrow)]
     name: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct Located<'a> {
+    #[serde(default, borrow)]
+    uri: Option<&'a RawValue>,
+    #[serde(default, borrow, rename = "uriTemplate")]
+    uri_template: Option<&'a RawValue>,
+}
+
+/// The few capability members the gateway reads.
+#[derive(Deserialize, Default)]
+struct UpstreamCapabilities {
+    #[serde(default)]
+    prompts: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    resources: Option<ResourceCapability>,
+    #[serde(default)]
+    completions: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    logging: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize, Default)]
+struct ResourceCapability {
+    #[serde(default)]
+    subscribe: Option<bool>,
 }
 
 impl Catalog {
@@ -71,69 +149,144 @@ impl Catalog {
         }
         let keys = SessionKeys::new(&session)?;
         let mut warnings = Vec::new();
-        let mut tools: HashMap<String, ToolRoute> = HashMap::new();
-        let mut listed: Vec<String> = Vec::new();
+        let mut tools = Named::index(&servers, "tools", |s| &s.tools, &mut warnings)?;
+        let mut prompts = Named::index(&servers, "prompts", |s| &s.prompts, &mut warnings)?;
+        let mut resources = Vec::new();
+        let mut templates = Vec::new();
+        let mut plain_uris = HashMap::new();
+        let mut plain_servers = Vec::new();
+        let mut server_capabilities = Vec::with_capacity(servers.len());
+        let mut capabilities = Capabilities::default();
         for (index, server) in servers.iter().enumerate() {
             validate_server(index, server)?;
-            if servers.iter().take(index).any(|s| s.name == server.name) {
+            if servers
+                .iter()
+                .take(index)
+                .any(|s| s.name.eq_ignore_ascii_case(&server.name))
+            {
                 return Err(format!(
-                    "servers[{index}].name: duplicate server name {:?}",
+                    "servers[{index}].name: duplicate server name {:?} (names are compared case-insensitively)",
                     server.name
                 ));
             }
-            let mut definitions = Vec::with_capacity(server.tools.len());
-            for (t, definition) in server.tools.iter().enumerate() {
-                let text = definition.get();
-                let parsed: ToolName = serde_json::from_str(text)
-                    .map_err(|e| format!("servers[{index}].tools[{t}]: {e}"))?;
-                let upstream_name: String = serde_json::from_str(parsed.name.get())
-                    .map_err(|_| format!("servers[{index}].tools[{t}].name: must be a string"))?;
-                let prefixed = format!("{}{}", server.prefix, upstream_name);
-                if let Some(existing) = tools.get(&prefixed) {
-                    let owner = servers
-                        .get(existing.server)
-                        .map_or("?", |s| s.name.as_str());
-                    warnings.push(format!(
-                        "tool {prefixed:?} of server {:?} collides with server {owner:?}; dropped",
-                        server.name
-                    ));
-                    continue;
-                }
-                let span = span_in(text, parsed.name.get())
-                    .ok_or_else(|| format!("servers[{index}].tools[{t}]: bad name span"))?;
-                let renamed = splice(text, span, &json_string(&prefixed))
-                    .ok_or_else(|| format!("servers[{index}].tools[{t}]: bad name span"))?;
-                definitions.push(renamed);
-                tools.insert(
-                    prefixed,
-                    ToolRoute {
-                        server: index,
-                        upstream_name_json: parsed.name.get().to_owned(),
-                        upstream_name,
-                    },
-                );
+            let caps = server_caps(index, server)?;
+            capabilities.prompts |= caps.prompts;
+            capabilities.resources |= caps.resources;
+            capabilities.subscribe |= caps.subscribe;
+            capabilities.completions |= caps.completions;
+            capabilities.logging |= caps.logging;
+            server_capabilities.push(caps);
+            let mapped = !server.prefix.is_empty();
+            if !mapped && caps.resources {
+                plain_servers.push(index);
             }
-            listed.extend(definitions);
+            for (list, field, out) in [
+                (&server.resources, "resources", &mut resources),
+                (
+                    &server.resource_templates,
+                    "resource_templates",
+                    &mut templates,
+                ),
+            ] {
+                for (r, definition) in list.iter().enumerate() {
+                    let at = || format!("servers[{index}].{field}[{r}]");
+                    let text = definition.get();
+                    let located: Located =
+                        serde_json::from_str(text).map_err(|e| format!("{}: {e}", at()))?;
+                    let raw = located
+                        .uri
+                        .or(located.uri_template)
+                        .ok_or_else(|| format!("{}: needs uri or uriTemplate", at()))?;
+                    let uri: String = serde_json::from_str(raw.get())
+                        .map_err(|_| format!("{}: the URI must be a string", at()))?;
+                    if !mapped {
+                        if located.uri.is_some() {
+                            if let Some(owner) = plain_uris.insert(uri.clone(), index) {
+                                if owner != index {
+                                    warnings.push(format!(
+                                        "resource {uri:?} of server {:?} is also listed by server {:?}; the first serves it",
+                                        server.name,
+                                        servers.get(owner).map_or("?", |s| s.name.as_str())
+                                    ));
+                                    plain_uris.insert(uri, owner);
+                                }
+                            }
+                        }
+                        out.push(text.to_owned());
+                        continue;
+                    }
+                    let span =
+                        span_in(text, raw.get()).ok_or_else(|| format!("{}: bad span", at()))?;
+                    let mapped_uri = map_uri(&server.name, &uri);
+                    out.push(
+                        splice(text, span, &json_string(&mapped_uri))
+                            .ok_or_else(|| format!("{}: bad span", at()))?,
+                    );
+                }
+            }
         }
-        let pages = paginate(&listed, limits.page_size);
-        let initialize_tail = initialize_tail(&gateway);
+        let pages = [
+            paginate(ListKind::Tools, &tools.listed, limits.page_size),
+            paginate(ListKind::Prompts, &prompts.listed, limits.page_size),
+            paginate(ListKind::Resources, &resources, limits.page_size),
+            paginate(ListKind::ResourceTemplates, &templates, limits.page_size),
+        ];
+        let initialize_tail = initialize_tail(&gateway, capabilities);
         Ok(Self {
             version,
             gateway,
             limits,
             servers,
             keys,
-            tools,
+            capabilities,
+            server_capabilities,
+            tools: std::mem::take(&mut tools.routes),
+            prompts: std::mem::take(&mut prompts.routes),
+            plain_uris,
+            plain_servers,
             pages,
             initialize_tail,
             warnings,
         })
     }
 
-    pub fn route(&self, prefixed_name: &str) -> Option<(&ToolRoute, &ServerConfig)> {
+    /// The route of a prefixed tool name.
+    pub fn route(&self, prefixed_name: &str) -> Option<(&Route, &ServerConfig)> {
         let route = self.tools.get(prefixed_name)?;
         let server = self.servers.get(route.server)?;
         Some((route, server))
+    }
+
+    /// The route of a prefixed prompt name.
+    pub fn prompt_route(&self, prefixed_name: &str) -> Option<(&Route, &ServerConfig)> {
+        let route = self.prompts.get(prefixed_name)?;
+        let server = self.servers.get(route.server)?;
+        Some((route, server))
+    }
+
+    /// The server of a resource URI as clients see it, and the URI upstream (`None`: unchanged).
+    pub fn resource_route(&self, uri: &str) -> Option<(usize, Option<String>)> {
+        if let Some(rest) = uri.strip_prefix(MAPPED_URI_SCHEME) {
+            let (name, upstream) = rest.split_once('/')?;
+            let index = self
+                .servers
+                .iter()
+                .position(|s| s.name == name && !s.prefix.is_empty())?;
+            return Some((index, Some(upstream.to_owned())));
+        }
+        let index = match self.plain_uris.get(uri) {
+            Some(index) => *index,
+            None => *self.plain_servers.first()?,
+        };
+        Some((index, None))
+    }
+
+    /// The URI clients see for a resource URI of `server` (for notifications).
+    pub fn client_uri<'u>(&self, server: usize, upstream_uri: &'u str) -> Cow<'u, str> {
+        match self.servers.get(server) {
+            Some(s) if !s.prefix.is_empty() => Cow::Owned(map_uri(&s.name, upstream_uri)),
+            _ => Cow::Borrowed(upstream_uri),
+        }
     }
 
     pub fn server(&self, index: usize) -> Option<&ServerConfig> {
@@ -146,16 +299,25 @@ impl Catalog {
 
     /// The `tools/list` result for a cursor (`None`: the first page).
     pub fn tools_page(&self, cursor: Option<&str>) -> Result<&str, GatewayError> {
+        self.page(ListKind::Tools, cursor)
+    }
+
+    /// A list result for a cursor (`None`: the first page).
+    pub fn page(&self, kind: ListKind, cursor: Option<&str>) -> Result<&str, GatewayError> {
+        let pages = match kind {
+            ListKind::Tools => &self.pages[0],
+            ListKind::Prompts => &self.pages[1],
+            ListKind::Resources => &self.pages[2],
+            ListKind::ResourceTemplates => &self.pages[3],
+        };
+        let unknown = || GatewayError::invalid_params("Invalid params: unknown cursor");
         let index = match cursor {
             None => 0,
-            Some(cursor) => decode_cursor(cursor)
-                .filter(|i| *i > 0 && *i < self.pages.len())
-                .ok_or_else(|| GatewayError::invalid_params("Invalid params: unknown cursor"))?,
+            Some(cursor) => decode_cursor(kind, cursor)
+                .filter(|i| *i > 0 && *i < pages.len())
+                .ok_or_else(unknown)?,
         };
-        self.pages
-            .get(index)
-            .map(String::as_str)
-            .ok_or_else(|| GatewayError::invalid_params("Invalid params: unknown cursor"))
+        pages.get(index).map(String::as_str).ok_or_else(unknown)
     }
 
     /// The `initialize` result for a negotiated protocol version.
@@ -166,6 +328,86 @@ impl Catalog {
             self.initialize_tail
         )
     }
+}
+
+/// A prefixed-name index (tools or prompts) and its listed definitions, renamed.
+struct NameIndex {
+    routes: HashMap<String, Route>,
+    listed: Vec<String>,
+}
+
+impl<'a> Named<'a> {
+    fn index(
+        servers: &[ServerConfig],
+        field: &str,
+        list: impl Fn(&ServerConfig) -> &Vec<Box<RawValue>>,
+        warnings: &mut Vec<String>,
+    ) -> Result<NameIndex, String> {
+        let mut routes: HashMap<String, Route> = HashMap::new();
+        let mut listed = Vec::new();
+        for (index, server) in servers.iter().enumerate() {
+            for (t, definition) in list(server).iter().enumerate() {
+                let text = definition.get();
+                let parsed: Named = serde_json::from_str(text)
+                    .map_err(|e| format!("servers[{index}].{field}[{t}]: {e}"))?;
+                let upstream_name: String = serde_json::from_str(parsed.name.get())
+                    .map_err(|_| format!("servers[{index}].{field}[{t}].name: must be a string"))?;
+                let prefixed = format!("{}{}", server.prefix, upstream_name);
+                if let Some(existing) = routes.get(&prefixed) {
+                    let owner = servers
+                        .get(existing.server)
+                        .map_or("?", |s| s.name.as_str());
+                    warnings.push(format!(
+                        "{} {prefixed:?} of server {:?} collides with server {owner:?}; dropped",
+                        field.trim_end_matches('s'),
+                        server.name
+                    ));
+                    continue;
+                }
+                let span = span_in(text, parsed.name.get())
+                    .ok_or_else(|| format!("servers[{index}].{field}[{t}]: bad name span"))?;
+                let renamed = splice(text, span, &json_string(&prefixed))
+                    .ok_or_else(|| format!("servers[{index}].{field}[{t}]: bad name span"))?;
+                listed.push(renamed);
+                routes.insert(
+                    prefixed,
+                    Route {
+                        server: index,
+                        upstream_name_json: parsed.name.get().to_owned(),
+                        upstream_name,
+                    },
+                );
+            }
+        }
+        Ok(NameIndex { routes, listed })
+    }
+}
+
+fn map_uri(server: &str, upstream_uri: &str) -> String {
+    format!("{MAPPED_URI_SCHEME}{server}/{upstream_uri}")
+}
+
+/// What a server can do: its declared capabilities, or (for documents without them) what it lists.
+fn server_caps(index: usize, server: &ServerConfig) -> Result<Capabilities, String> {
+    let declared: UpstreamCapabilities = match &server.capabilities {
+        Some(raw) => serde_json::from_str(raw.get())
+            .map_err(|e| format!("servers[{index}].capabilities: {e}"))?,
+        None => UpstreamCapabilities::default(),
+    };
+    let resources = declared.resources.is_some()
+        || !server.resources.is_empty()
+        || !server.resource_templates.is_empty();
+    Ok(Capabilities {
+        prompts: declared.prompts.is_some() || !server.prompts.is_empty(),
+        resources,
+        subscribe: declared
+            .resources
+            .as_ref()
+            .and_then(|r| r.subscribe)
+            .unwrap_or(false),
+        completions: declared.completions.is_some(),
+        logging: declared.logging.is_some(),
+    })
 }
 
 fn validate_server(index: usize, server: &ServerConfig) -> Result<(), String> {
@@ -224,10 +466,11 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
 }
 
-fn paginate(definitions: &[String], page_size: usize) -> Vec<String> {
+fn paginate(kind: ListKind, definitions: &[String], page_size: usize) -> Vec<String> {
+    let member = kind.member();
     let chunks: Vec<&[String]> = definitions.chunks(page_size).collect();
     if chunks.is_empty() {
-        return vec![String::from("{\"tools\":[]}")];
+        return vec![format!("{{\"{member}\":[]}}")];
     }
     let last = chunks.len() - 1;
     chunks
@@ -236,12 +479,14 @@ fn paginate(definitions: &[String], page_size: usize) -> Vec<String> {
         .map(|(i, chunk)| {
             let mut page =
                 String::with_capacity(chunk.iter().map(|d| d.len() + 1).sum::<usize>() + 48);
-            page.push_str("{\"tools\":[");
+            page.push_str("{\"");
+            page.push_str(member);
+            page.push_str("\":[");
             page.push_str(&chunk.join(","));
             page.push(']');
             if i < last {
                 page.push_str(",\"nextCursor\":");
-                page.push_str(&json_string(&encode_cursor(i + 1)));
+                page.push_str(&json_string(&encode_cursor(kind, i + 1)));
             }
             page.push('}');
             page
@@ -249,21 +494,40 @@ fn paginate(definitions: &[String], page_size: usize) -> Vec<String> {
         .collect()
 }
 
-fn encode_cursor(page: usize) -> String {
-    URL_SAFE_NO_PAD.encode(format!("page:{page}"))
+/// Opaque to clients; names its list so a cursor of one list is refused by another.
+fn encode_cursor(kind: ListKind, page: usize) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{page}", kind.member()))
 }
 
-fn decode_cursor(cursor: &str) -> Option<usize> {
+fn decode_cursor(kind: ListKind, cursor: &str) -> Option<usize> {
     let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
     std::str::from_utf8(&bytes)
         .ok()?
-        .strip_prefix("page:")?
+        .strip_prefix(kind.member())?
+        .strip_prefix(':')?
         .parse()
         .ok()
 }
 
-fn initialize_tail(gateway: &GatewayInfo) -> String {
-    let capabilities = format!("{{\"tools\":{{\"listChanged\":{}}}}}", gateway.list_changed);
+fn initialize_tail(gateway: &GatewayInfo, caps: Capabilities) -> String {
+    let list_changed = gateway.list_changed;
+    let mut capabilities = format!("{{\"tools\":{{\"listChanged\":{list_changed}}}");
+    if caps.prompts {
+        capabilities.push_str(&format!(",\"prompts\":{{\"listChanged\":{list_changed}}}"));
+    }
+    if caps.resources {
+        capabilities.push_str(&format!(
+            ",\"resources\":{{\"listChanged\":{list_changed},\"subscribe\":{}}}",
+            caps.subscribe
+        ));
+    }
+    if caps.completions {
+        capabilities.push_str(",\"completions\":{}");
+    }
+    if caps.logging {
+        capabilities.push_str(",\"logging\":{}");
+    }
+    capabilities.push('}');
     let mut tail = format!(
         "\"capabilities\":{capabilities},\"serverInfo\":{{\"name\":{},\"version\":{}}}",
         json_string(&gateway.name),
@@ -390,9 +654,81 @@ mod tests {
         let catalog = Catalog::build(document(serde_json::json!([]))).unwrap();
         assert_eq!(catalog.tools_page(None).unwrap(), "{\"tools\":[]}");
         assert!(catalog.tools_page(Some("")).is_err());
-        assert!(catalog.tools_page(Some(&encode_cursor(0))).is_err());
+        assert!(catalog
+            .tools_page(Some(&encode_cursor(ListKind::Tools, 0)))
+            .is_err());
         let init: serde_json::Value =
             serde_json::from_str(&catalog.initialize_result("2025-06-18")).unwrap();
         assert_eq!(init["serverInfo"]["name"], "mcpgw");
+    }
+
+    #[test]
+    fn prompts_and_resources_are_federated_with_mapped_uris() {
+        let a = serde_json::json!({"name": "a", "prefix": "a_", "authority": "a.local", "cluster": "a",
+            "prompts": [{"name": "greet", "arguments": [{"name": "who"}]}],
+            "resources": [{"uri": "test://static-text", "name": "t"}],
+            "resource_templates": [{"uriTemplate": "test://template/{id}/data", "name": "tpl"}],
+            "capabilities": {"resources": {"subscribe": true}, "prompts": {}, "completions": {}}});
+        let b = serde_json::json!({"name": "b", "prefix": "", "authority": "b.local", "cluster": "b",
+            "prompts": [{"name": "greet"}],
+            "resources": [{"uri": "test://static-text", "name": "t"}],
+            "capabilities": {"resources": {}, "logging": {}}});
+        let catalog = Catalog::build(document(serde_json::json!([a, b]))).unwrap();
+        let (route, server) = catalog.prompt_route("a_greet").unwrap();
+        assert_eq!(
+            (server.name.as_str(), route.upstream_name.as_str()),
+            ("a", "greet")
+        );
+        assert_eq!(catalog.prompt_route("greet").unwrap().1.name, "b");
+        let page: serde_json::Value =
+            serde_json::from_str(catalog.page(ListKind::Resources, None).unwrap()).unwrap();
+        let uris: Vec<&str> = page["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["uri"].as_str().unwrap())
+            .collect();
+        assert_eq!(uris, ["mcpgw://a/test://static-text", "test://static-text"]);
+        let page: serde_json::Value =
+            serde_json::from_str(catalog.page(ListKind::ResourceTemplates, None).unwrap()).unwrap();
+        assert_eq!(
+            page["resourceTemplates"][0]["uriTemplate"],
+            "mcpgw://a/test://template/{id}/data"
+        );
+        // Reversible: the mapped URI goes to its server with the upstream URI restored.
+        assert_eq!(
+            catalog.resource_route("mcpgw://a/test://template/7/data"),
+            Some((0, Some("test://template/7/data".into())))
+        );
+        assert_eq!(
+            catalog.resource_route("test://static-text"),
+            Some((1, None))
+        );
+        assert_eq!(catalog.resource_route("mcpgw://b/test://static-text"), None);
+        assert_eq!(catalog.client_uri(0, "test://x"), "mcpgw://a/test://x");
+        assert_eq!(catalog.client_uri(1, "test://x"), "test://x");
+        let init: serde_json::Value =
+            serde_json::from_str(&catalog.initialize_result("2025-11-25")).unwrap();
+        let caps = &init["capabilities"];
+        assert_eq!(caps["resources"]["subscribe"], true);
+        assert!(caps["prompts"].is_object() && caps["completions"].is_object());
+        assert!(caps["logging"].is_object());
+    }
+
+    #[test]
+    fn a_cursor_belongs_to_its_list() {
+        let tools: Vec<String> = (0..5).map(|i| format!("t{i}")).collect();
+        let tools: Vec<&str> = tools.iter().map(String::as_str).collect();
+        let mut config = document(serde_json::json!([server("a", "a_", &tools)]));
+        config.limits.page_size = 2;
+        let catalog = Catalog::build(config).unwrap();
+        let first: serde_json::Value =
+            serde_json::from_str(catalog.tools_page(None).unwrap()).unwrap();
+        let cursor = first["nextCursor"].as_str().unwrap();
+        assert!(catalog.tools_page(Some(cursor)).is_ok());
+        assert!(catalog.page(ListKind::Prompts, Some(cursor)).is_err());
+        let prompts: serde_json::Value =
+            serde_json::from_str(catalog.page(ListKind::Prompts, None).unwrap()).unwrap();
+        assert_eq!(prompts, serde_json::json!({"prompts": []}));
     }
 }

@@ -164,6 +164,17 @@ pub struct ServerConfig {
     /// The server's discovered tools, full MCP definitions with their upstream names.
     #[serde(default)]
     pub tools: Vec<Box<RawValue>>,
+    /// Its prompts, resources and resource templates, as the server lists them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_templates: Vec<Box<RawValue>>,
+    /// The `capabilities` of the server's `initialize` answer (what the aggregate advertises is
+    /// derived from them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Box<RawValue>>,
 }
 
 /// The MCP endpoint's path unless the document says otherwise.

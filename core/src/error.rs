@@ -8,6 +8,8 @@ pub const INVALID_REQUEST: i32 = -32600;
 pub const METHOD_NOT_FOUND: i32 = -32601;
 pub const INVALID_PARAMS: i32 = -32602;
 pub const INTERNAL_ERROR: i32 = -32603;
+/// MCP: the resource a request names does not exist.
+pub const RESOURCE_NOT_FOUND: i32 = -32002;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayError {
@@ -107,6 +109,15 @@ impl GatewayError {
             INVALID_REQUEST,
             405,
             format!("Method Not Allowed: {method} on the MCP endpoint"),
+        )
+    }
+    /// MCP's "resource not found" (-32002), inside HTTP 200.
+    pub fn resource_not_found(uri: &str) -> Self {
+        Self::new(
+            "resource_not_found",
+            RESOURCE_NOT_FOUND,
+            200,
+            format!("Resource not found: {uri}"),
         )
     }
     /// A browser page of a foreign origin (DNS rebinding, cross-site requests).

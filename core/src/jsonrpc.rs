@@ -18,6 +18,10 @@ const MESSAGE_MEMBERS: &[&str] = &["jsonrpc", "id", "method", "params", "result"
 /// `clientInfo`) or that MCP defines for the requests it forwards (`arguments`, `_meta`, `task`).
 const PARAMS_MEMBERS: &[&str] = &[
     "name",
+    "uri",
+    "ref",
+    "argument",
+    "level",
     "arguments",
     "_meta",
     "task",
@@ -32,10 +36,24 @@ const PARAMS_MEMBERS: &[&str] = &[
 #[derive(Default)]
 pub struct Params<'a> {
     pub name: Option<&'a RawValue>,
+    pub uri: Option<&'a RawValue>,
+    /// `completion/complete`'s reference (a prompt or a resource template).
+    pub reference: Option<Reference<'a>>,
     pub cursor: Option<&'a RawValue>,
     pub protocol_version: Option<&'a RawValue>,
     pub capabilities: Option<&'a RawValue>,
     pub client_info: Option<&'a RawValue>,
+}
+
+/// Members of a completion `ref` the gateway reads; routed on, so checked like `params`.
+const REF_MEMBERS: &[&str] = &["type", "name", "uri"];
+
+/// `params.ref` of `completion/complete`, kept raw.
+#[derive(Default)]
+pub struct Reference<'a> {
+    pub kind: Option<&'a RawValue>,
+    pub name: Option<&'a RawValue>,
+    pub uri: Option<&'a RawValue>,
 }
 
 /// A client message, borrowed from the request body.
@@ -227,8 +245,29 @@ fn read_params(raw: &RawValue) -> Result<Params<'_>, GatewayError> {
     let members: Members = serde_json::from_str(raw.get())
         .map_err(|e| GatewayError::invalid_request(format!("Invalid Request: params: {e}")))?;
     check_members(&members, PARAMS_MEMBERS, " in params")?;
+    let reference = match members.get("ref") {
+        None => None,
+        Some(raw) if raw.get().starts_with('{') => {
+            let reference: Members = serde_json::from_str(raw.get()).map_err(|e| {
+                GatewayError::invalid_request(format!("Invalid Request: params.ref: {e}"))
+            })?;
+            check_members(&reference, REF_MEMBERS, " in params.ref")?;
+            Some(Reference {
+                kind: reference.get("type"),
+                name: reference.get("name"),
+                uri: reference.get("uri"),
+            })
+        }
+        Some(_) => {
+            return Err(GatewayError::invalid_params(
+                "Invalid params: ref must be an object",
+            ))
+        }
+    };
     Ok(Params {
         name: members.get("name"),
+        uri: members.get("uri"),
+        reference,
         cursor: members.get("cursor"),
         protocol_version: members.get("protocolVersion"),
         capabilities: members.get("capabilities"),

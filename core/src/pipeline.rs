@@ -5,13 +5,14 @@
 use std::rc::Rc;
 
 use crate::budget::LogBudget;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, ListKind};
 use crate::config::{ServerConfig, SUPPORTED_PROTOCOL_VERSIONS};
 use crate::error::GatewayError;
 use crate::host::{CallResponse, Host, Level};
 use crate::jsonrpc::{self, Message, Params};
 use crate::session::{Claims, Session};
 use crate::upstream::{self, UpstreamSession};
+use serde_json::value::RawValue;
 
 /// What the proxy does with the stream after an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,11 +29,14 @@ const MAX_CLIENT_CLAIMS_BYTES: usize = 4096;
 
 const CONTENT_TYPE_JSON: &[u8] = b"application/json";
 
-/// A tools/call being routed to one upstream.
+/// A request being routed to one upstream.
 #[derive(Debug)]
 struct Call {
     server: usize,
-    tool: String,
+    /// The MCP method, sent upstream as `x-mcp-method`.
+    method: &'static str,
+    /// The tool's name upstream (`tools/call` only), sent as `x-mcp-toolname`.
+    tool: Option<String>,
     /// The rewritten body (kept to retry once when a cached upstream session has expired).
     body: Vec<u8>,
     /// The body buffered by Envoy, which the rewrite replaces.
@@ -287,26 +291,24 @@ impl Request {
                         self.open_session(host)?;
                         Ok(self.reply_result(host, "{}"))
                     }
-                    "tools/list" => {
-                        self.open_session(host)?;
-                        let cursor = match params.cursor {
-                            None => None,
-                            Some(raw) if raw.get() == "null" => None,
-                            Some(raw) => Some(jsonrpc::raw_str(raw).ok_or_else(|| {
-                                GatewayError::invalid_params(
-                                    "Invalid params: cursor must be a string",
-                                )
-                            })?),
-                        };
-                        let catalog = Rc::clone(&self.catalog);
-                        let page = catalog.tools_page(cursor.as_deref())?;
-                        Ok(self.reply_result(host, page))
+                    "tools/list" => self.list(host, ListKind::Tools, &params),
+                    "prompts/list" => self.list(host, ListKind::Prompts, &params),
+                    "resources/list" => self.list(host, ListKind::Resources, &params),
+                    "resources/templates/list" => {
+                        self.list(host, ListKind::ResourceTemplates, &params)
                     }
-                    "tools/call" => {
+                    routed @ ("tools/call"
+                    | "prompts/get"
+                    | "resources/read"
+                    | "resources/subscribe"
+                    | "resources/unsubscribe"
+                    | "completion/complete") => {
                         let session = self
                             .open_session(host)?
                             .ok_or_else(GatewayError::missing_session)?;
-                        self.route_call(host, text, body.len(), params, session)
+                        let catalog = Rc::clone(&self.catalog);
+                        let destination = Destination::of(&catalog, text, routed, &params)?;
+                        self.route(host, destination.into_call(text, body.len(), session)?)
                     }
                     other => {
                         self.open_session(host)?;
@@ -353,36 +355,32 @@ impl Request {
         Ok(self.reply_result(host, &result))
     }
 
-    fn route_call(
+    /// A list answered from the catalog, page by page.
+    fn list(
         &mut self,
         host: &mut dyn Host,
-        text: &str,
-        received_len: usize,
-        params: Params<'_>,
-        session: Rc<Session>,
+        kind: ListKind,
+        params: &Params<'_>,
     ) -> Result<Action, GatewayError> {
-        let name_raw = params.name.ok_or_else(|| {
-            GatewayError::invalid_params("Invalid params: params.name is required")
-        })?;
-        let name = jsonrpc::raw_str(name_raw).ok_or_else(|| {
-            GatewayError::invalid_params("Invalid params: params.name must be a string")
-        })?;
-        let catalog = Rc::clone(&self.catalog);
-        let (route, server) = catalog
-            .route(&name)
-            .ok_or_else(|| GatewayError::invalid_params(format!("Unknown tool: {name}")))?;
-        let span = jsonrpc::span_in(text, name_raw.get())
-            .ok_or_else(|| GatewayError::invalid_params("Invalid params: params.name"))?;
-        let body = jsonrpc::splice(text, span, &route.upstream_name_json)
-            .ok_or_else(|| GatewayError::invalid_params("Invalid params: params.name"))?
-            .into_bytes();
-        let call = Call {
-            server: route.server,
-            tool: route.upstream_name.clone(),
-            body,
-            received_len,
-            session,
+        self.open_session(host)?;
+        let cursor = match params.cursor {
+            None => None,
+            Some(raw) if raw.get() == "null" => None,
+            Some(raw) => Some(jsonrpc::raw_str(raw).ok_or_else(|| {
+                GatewayError::invalid_params("Invalid params: cursor must be a string")
+            })?),
         };
+        let catalog = Rc::clone(&self.catalog);
+        let page = catalog.page(kind, cursor.as_deref())?;
+        Ok(self.reply_result(host, page))
+    }
+
+    /// Forwards a call on the client session's upstream session, opening one first if needed.
+    fn route(&mut self, host: &mut dyn Host, call: Call) -> Result<Action, GatewayError> {
+        let catalog = Rc::clone(&self.catalog);
+        let server = catalog
+            .server(call.server)
+            .ok_or_else(|| GatewayError::upstream("server left the configuration"))?;
         let slots = catalog.limits.upstream_session_slots;
         match upstream::lookup(host, slots, &call.session.id, &server.name) {
             Some(upstream) => {
@@ -428,8 +426,10 @@ impl Request {
         set(":path", server.path.as_bytes());
         set("accept", b"application/json, text/event-stream");
         set("x-mcp-servername", server.name.as_bytes());
-        set("x-mcp-toolname", call.tool.as_bytes());
-        set("x-mcp-method", b"tools/call");
+        if let Some(tool) = &call.tool {
+            set("x-mcp-toolname", tool.as_bytes());
+        }
+        set("x-mcp-method", call.method.as_bytes());
         set("mcp-protocol-version", upstream.protocol_version.as_bytes());
         if !upstream.session_id.is_empty() {
             set("mcp-session-id", upstream.session_id.as_bytes());
@@ -919,7 +919,154 @@ fn replay_headers<'a>(
     upstream: &'a UpstreamSession,
 ) -> Vec<(&'a str, &'a str)> {
     let mut headers = upstream::call_headers(server, "POST", Some(upstream));
-    headers.push(("x-mcp-toolname", call.tool.as_str()));
-    headers.push(("x-mcp-method", "tools/call"));
+    if let Some(tool) = &call.tool {
+        headers.push(("x-mcp-toolname", tool.as_str()));
+    }
+    headers.push(("x-mcp-method", call.method));
     headers
+}
+
+/// Where a routed request goes, and the one value of its body that changes on the way (a
+/// prefixed name, a mapped URI).
+struct Destination {
+    server: usize,
+    method: &'static str,
+    rewrite: Option<(std::ops::Range<usize>, String)>,
+    tool: Option<String>,
+}
+
+impl Destination {
+    fn of(
+        catalog: &Catalog,
+        text: &str,
+        method: &str,
+        params: &Params<'_>,
+    ) -> Result<Self, GatewayError> {
+        match method {
+            "tools/call" => {
+                let (raw, name) = required_str(params.name, "params.name")?;
+                let (route, _) = catalog
+                    .route(&name)
+                    .ok_or_else(|| GatewayError::invalid_params(format!("Unknown tool: {name}")))?;
+                Ok(Self::named(text, "tools/call", raw, route, true))
+            }
+            "prompts/get" => {
+                let (raw, name) = required_str(params.name, "params.name")?;
+                let (route, _) = catalog.prompt_route(&name).ok_or_else(|| {
+                    GatewayError::invalid_params(format!("Unknown prompt: {name}"))
+                })?;
+                Ok(Self::named(text, "prompts/get", raw, route, false))
+            }
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                let method = match method {
+                    "resources/read" => "resources/read",
+                    "resources/subscribe" => "resources/subscribe",
+                    _ => "resources/unsubscribe",
+                };
+                let (raw, uri) = required_str(params.uri, "params.uri")?;
+                Self::located(catalog, text, method, raw, &uri)
+            }
+            _ => {
+                let reference = params.reference.as_ref().ok_or_else(|| {
+                    GatewayError::invalid_params("Invalid params: params.ref is required")
+                })?;
+                let (_, kind) = required_str(reference.kind, "params.ref.type")?;
+                match kind.as_ref() {
+                    "ref/prompt" => {
+                        let (raw, name) = required_str(reference.name, "params.ref.name")?;
+                        let (route, _) = catalog.prompt_route(&name).ok_or_else(|| {
+                            GatewayError::invalid_params(format!("Unknown prompt: {name}"))
+                        })?;
+                        Ok(Self::named(text, "completion/complete", raw, route, false))
+                    }
+                    "ref/resource" => {
+                        let (raw, uri) = required_str(reference.uri, "params.ref.uri")?;
+                        Self::located(catalog, text, "completion/complete", raw, &uri)
+                    }
+                    other => Err(GatewayError::invalid_params(format!(
+                        "Invalid params: unknown params.ref.type {other:?}"
+                    ))),
+                }
+            }
+        }
+    }
+
+    fn named(
+        text: &str,
+        method: &'static str,
+        raw: &RawValue,
+        route: &crate::catalog::Route,
+        tool: bool,
+    ) -> Self {
+        Self {
+            server: route.server,
+            method,
+            rewrite: jsonrpc::span_in(text, raw.get())
+                .map(|span| (span, route.upstream_name_json.clone())),
+            tool: tool.then(|| route.upstream_name.clone()),
+        }
+    }
+
+    fn located(
+        catalog: &Catalog,
+        text: &str,
+        method: &'static str,
+        raw: &RawValue,
+        uri: &str,
+    ) -> Result<Self, GatewayError> {
+        let (server, upstream_uri) = catalog
+            .resource_route(uri)
+            .ok_or_else(|| GatewayError::resource_not_found(uri))?;
+        let rewrite = match upstream_uri {
+            None => None,
+            Some(upstream) => Some((
+                jsonrpc::span_in(text, raw.get())
+                    .ok_or_else(|| GatewayError::invalid_params("Invalid params: uri"))?,
+                jsonrpc::json_string(&upstream),
+            )),
+        };
+        Ok(Self {
+            server,
+            method,
+            rewrite,
+            tool: None,
+        })
+    }
+
+    /// The call with its body rewritten for the upstream.
+    fn into_call(
+        self,
+        text: &str,
+        received_len: usize,
+        session: Rc<Session>,
+    ) -> Result<Call, GatewayError> {
+        let body = match self.rewrite {
+            None => text.as_bytes().to_vec(),
+            Some((span, replacement)) => jsonrpc::splice(text, span, &replacement)
+                .ok_or_else(|| GatewayError::invalid_params("Invalid params"))?
+                .into_bytes(),
+        };
+        Ok(Call {
+            server: self.server,
+            method: self.method,
+            tool: self.tool,
+            body,
+            received_len,
+            session,
+        })
+    }
+}
+
+/// A required string parameter: its raw JSON (for its span in the body) and its value.
+fn required_str<'a>(
+    raw: Option<&'a RawValue>,
+    field: &str,
+) -> Result<(&'a RawValue, std::borrow::Cow<'a, str>), GatewayError> {
+    let raw = raw.ok_or_else(|| {
+        GatewayError::invalid_params(format!("Invalid params: {field} is required"))
+    })?;
+    let value = jsonrpc::raw_str(raw).ok_or_else(|| {
+        GatewayError::invalid_params(format!("Invalid params: {field} must be a string"))
+    })?;
+    Ok((raw, value))
 }

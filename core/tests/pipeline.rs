@@ -1243,3 +1243,145 @@ fn the_sidecar_token_never_rides_on_other_requests() {
     );
     assert_eq!(all_values(&host, "authorization").len(), 2);
 }
+
+fn federated_catalog() -> Rc<Catalog> {
+    let config: GatewayConfig = serde_json::from_value(serde_json::json!({
+        "version": "f1",
+        "session": {"keys": [{"id": "k1", "secret": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}]},
+        "servers": [
+            {"name": "alpha", "prefix": "alpha_", "authority": "alpha.mcp.local", "cluster": "alpha",
+             "prompts": [{"name": "greet"}],
+             "resources": [{"uri": "test://static-text", "name": "t"}],
+             "resource_templates": [{"uriTemplate": "test://template/{id}/data", "name": "tpl"}],
+             "capabilities": {"prompts": {}, "resources": {"subscribe": true}, "completions": {}}}
+        ]
+    }))
+    .unwrap();
+    Rc::new(Catalog::build(config).unwrap())
+}
+
+/// Sends `body` on a session whose upstream session on alpha is cached; returns the host.
+fn routed(catalog: &Rc<Catalog>, body: &str) -> FakeHost {
+    let token = initialize(catalog);
+    let mut host = FakeHost::post(body, Some(&token));
+    let session = catalog.keys.open(token.as_bytes(), host.now).unwrap();
+    let up = upstream::UpstreamSession {
+        session_id: "up-1".into(),
+        protocol_version: "2025-06-18".into(),
+    };
+    upstream::store(
+        &mut host,
+        catalog.limits.upstream_session_slots,
+        &session.id,
+        "alpha",
+        &up,
+    );
+    let (_, action) = run(catalog, &mut host);
+    assert!(
+        host.reply.is_none(),
+        "{:?}",
+        host.reply
+            .as_ref()
+            .map(|r| String::from_utf8_lossy(&r.2).into_owned())
+    );
+    assert_eq!(action, Action::Continue);
+    host
+}
+
+fn forwarded_json(host: &FakeHost) -> serde_json::Value {
+    serde_json::from_slice(&host.request_body).unwrap()
+}
+
+#[test]
+fn prompts_get_is_routed_with_the_upstream_name() {
+    let catalog = federated_catalog();
+    let host = routed(
+        &catalog,
+        r#"{"jsonrpc":"2.0","id":4,"method":"prompts/get","params":{"name":"alpha_greet","arguments":{"who":"x"}}}"#,
+    );
+    assert_eq!(forwarded_json(&host)["params"]["name"], "greet");
+    assert_eq!(host.header("x-mcp-method").unwrap(), "prompts/get");
+    assert_eq!(host.header("x-mcp-servername").unwrap(), "alpha");
+    assert!(host.header("x-mcp-toolname").is_none());
+}
+
+#[test]
+fn resource_uris_are_mapped_back_for_read_subscribe_and_completion() {
+    let catalog = federated_catalog();
+    for (method, params, path) in [
+        (
+            "resources/read",
+            r#"{"uri":"mcpgw://alpha/test://static-text"}"#,
+            "/params/uri",
+        ),
+        (
+            "resources/subscribe",
+            r#"{"uri":"mcpgw://alpha/test://static-text"}"#,
+            "/params/uri",
+        ),
+        (
+            "resources/unsubscribe",
+            r#"{"uri":"mcpgw://alpha/test://static-text"}"#,
+            "/params/uri",
+        ),
+        (
+            "completion/complete",
+            r#"{"ref":{"type":"ref/resource","uri":"mcpgw://alpha/test://template/{id}/data"},"argument":{"name":"id","value":"1"}}"#,
+            "/params/ref/uri",
+        ),
+    ] {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":5,"method":"{method}","params":{params}}}"#);
+        let host = routed(&catalog, &body);
+        let sent = forwarded_json(&host);
+        assert!(
+            sent.pointer(path)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .starts_with("test://"),
+            "{method}: {sent}"
+        );
+        assert_eq!(host.header("x-mcp-method").unwrap(), method);
+    }
+    let host = routed(
+        &catalog,
+        r#"{"jsonrpc":"2.0","id":6,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"alpha_greet"},"argument":{"name":"who","value":"a"}}}"#,
+    );
+    assert_eq!(forwarded_json(&host)["params"]["ref"]["name"], "greet");
+}
+
+#[test]
+fn unknown_prompts_and_resources_get_the_spec_errors() {
+    let catalog = federated_catalog();
+    let token = initialize(&catalog);
+    for (body, code) in [
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"prompts/get","params":{"name":"nope"}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":"test://nope"}}"#,
+            -32002,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":"mcpgw://zeta/x"}}"#,
+            -32002,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"completion/complete","params":{"ref":{"type":"ref/other"}}}"#,
+            -32602,
+        ),
+    ] {
+        let mut host = FakeHost::post(body, Some(&token));
+        run(&catalog, &mut host);
+        assert_eq!(host.reply_status(), 200, "{body}");
+        let reply = host.reply_json();
+        assert_eq!(reply["error"]["code"], code, "{body}: {reply}");
+        assert_eq!(reply["id"], 7);
+        assert!(host.calls.is_empty());
+    }
+}

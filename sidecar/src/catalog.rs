@@ -22,6 +22,8 @@ pub struct ServerLists {
     pub prompts: Vec<Item>,
     pub resources: Vec<Item>,
     pub resource_templates: Vec<Item>,
+    /// The server's `capabilities` from its `initialize` answer.
+    pub capabilities: Option<String>,
     /// `serverInfo.name`/`version` as the server reported them, for the status page.
     pub server_info: Option<String>,
 }
@@ -228,7 +230,7 @@ pub fn build(settings: &Settings, health: &HashMap<String, Health>) -> Built {
             }
         }
 
-        servers.push(server_config(spec, headers.clone(), &lists.tools));
+        servers.push(server_config(spec, headers.clone(), lists));
     }
 
     let mut document = GatewayConfig {
@@ -259,8 +261,9 @@ pub fn build(settings: &Settings, health: &HashMap<String, Health>) -> Built {
 fn server_config(
     spec: &ServerSpec,
     headers: Vec<mcpgw_core::config::HeaderValue>,
-    tools: &[Item],
+    lists: &ServerLists,
 ) -> ServerConfig {
+    let json = |items: &[Item]| items.iter().map(|i| i.json.clone()).collect();
     ServerConfig {
         name: spec.name.clone(),
         prefix: spec.prefix.clone(),
@@ -269,7 +272,14 @@ fn server_config(
         cluster: spec.cluster.clone(),
         host: Some(spec.host_header.clone()),
         headers,
-        tools: tools.iter().map(|t| t.json.clone()).collect(),
+        tools: json(&lists.tools),
+        prompts: json(&lists.prompts),
+        resources: json(&lists.resources),
+        resource_templates: json(&lists.resource_templates),
+        capabilities: lists
+            .capabilities
+            .as_ref()
+            .and_then(|c| serde_json::value::RawValue::from_string(c.clone()).ok()),
     }
 }
 

@@ -334,6 +334,7 @@ async fn list(client: &Client, limit: Duration) -> Result<ServerLists, String> {
     });
     let mut lists = ServerLists {
         server_info,
+        capabilities: serde_json::to_string(&caps).ok(),
         ..ServerLists::default()
     };
     if caps.tools.is_some() {
