@@ -10,6 +10,7 @@ pub type Status = u32;
 pub const REQUEST_HEADERS: u32 = 0;
 pub const RESPONSE_HEADERS: u32 = 2;
 pub const REQUEST_BODY: u32 = 0;
+pub const RESPONSE_BODY: u32 = 1;
 pub const STREAM_REQUEST: u32 = 0;
 pub const STREAM_RESPONSE: u32 = 1;
 

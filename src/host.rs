@@ -82,6 +82,19 @@ impl Host for ProxyHost {
             .flatten()
     }
 
+    fn response_body(&self, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+            .ok()
+            .flatten()
+    }
+
+    fn set_response_body(&mut self, size: usize, body: &[u8]) {
+        report(
+            "set response body",
+            abi::set_buffer(abi::RESPONSE_BODY, 0, size, body),
+        );
+    }
+
     fn set_response_header(&mut self, name: &str, value: &[u8]) {
         report(
             name,

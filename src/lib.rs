@@ -204,8 +204,11 @@ impl HttpContext for McpStream {
         action(self.request.on_response_headers(&mut self.host))
     }
 
-    fn on_http_response_body(&mut self, _size: usize, _end_of_stream: bool) -> Action {
-        action(self.request.on_response_body())
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        action(
+            self.request
+                .on_response_body(&mut self.host, size, end_of_stream),
+        )
     }
 }
 

@@ -31,6 +31,10 @@ pub trait Host {
     /// Replaces the whole buffered request body.
     fn set_request_body(&mut self, size: usize, body: &[u8]);
     fn response_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// The response body chunk at hand (`size` bytes).
+    fn response_body(&self, size: usize) -> Option<Vec<u8>>;
+    /// Replaces the response body chunk at hand.
+    fn set_response_body(&mut self, size: usize, body: &[u8]);
     fn set_response_header(&mut self, name: &str, value: &[u8]);
     fn remove_response_header(&mut self, name: &str);
     /// A local reply; the stream ends here. `details` shows in Envoy's

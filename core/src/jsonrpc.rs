@@ -37,6 +37,7 @@ const PARAMS_MEMBERS: &[&str] = &[
 pub struct Params<'a> {
     pub name: Option<&'a RawValue>,
     pub uri: Option<&'a RawValue>,
+    pub level: Option<&'a RawValue>,
     /// `completion/complete`'s reference (a prompt or a resource template).
     pub reference: Option<Reference<'a>>,
     pub cursor: Option<&'a RawValue>,
@@ -267,6 +268,7 @@ fn read_params(raw: &RawValue) -> Result<Params<'_>, GatewayError> {
     Ok(Params {
         name: members.get("name"),
         uri: members.get("uri"),
+        level: members.get("level"),
         reference,
         cursor: members.get("cursor"),
         protocol_version: members.get("protocolVersion"),

@@ -9,6 +9,7 @@ pub mod host;
 pub mod jsonrpc;
 pub mod origin;
 pub mod pipeline;
+pub mod relay;
 pub mod session;
 pub mod sse;
 pub mod sync;

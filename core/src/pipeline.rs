@@ -10,6 +10,7 @@ use crate::config::{ServerConfig, SUPPORTED_PROTOCOL_VERSIONS};
 use crate::error::GatewayError;
 use crate::host::{CallResponse, Host, Level};
 use crate::jsonrpc::{self, Message, Params};
+use crate::relay::SseRelay;
 use crate::session::{Claims, Session};
 use crate::upstream::{self, UpstreamSession};
 use serde_json::value::RawValue;
@@ -20,6 +21,18 @@ pub enum Action {
     Continue,
     Pause,
 }
+
+/// RFC 5424 severities, as MCP names them.
+const LOG_LEVELS: [&str; 8] = [
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
 
 /// Headers only the gateway may set (client copies are removed on every path).
 const ROUTING_HEADERS: [&str; 3] = ["x-mcp-servername", "x-mcp-toolname", "x-mcp-method"];
@@ -33,8 +46,9 @@ const CONTENT_TYPE_JSON: &[u8] = b"application/json";
 #[derive(Debug)]
 struct Call {
     server: usize,
-    /// The MCP method, sent upstream as `x-mcp-method`.
-    method: &'static str,
+    /// The MCP method, sent upstream as `x-mcp-method` (none for the client's answer to an
+    /// upstream's request).
+    method: Option<&'static str>,
     /// The tool's name upstream (`tools/call` only), sent as `x-mcp-toolname`.
     tool: Option<String>,
     /// The rewritten body (kept to retry once when a cached upstream session has expired).
@@ -61,10 +75,21 @@ enum Stage {
     },
     /// The call went upstream, through Envoy's routes.
     Forwarded { call: Call, cached_session: bool },
+    /// The upstream answers with an SSE stream, relayed event by event (see [`SseRelay`]).
+    Relaying { relay: SseRelay },
     /// Replaying the call on a fresh upstream session, after the cached one was gone.
-    Replaying { token: u32 },
+    Replaying { token: u32, server: usize },
+    /// The new upstream session is told the client's log level before the call goes on.
+    Leveling {
+        call: Call,
+        upstream: UpstreamSession,
+        token: u32,
+        retry: bool,
+    },
     /// Closing upstream sessions for a DELETE.
     Closing { pending: Vec<u32> },
+    /// Telling the session's upstream sessions a new log level (`logging/setLevel`).
+    SettingLevel { pending: Vec<u32> },
     /// A local answer was sent.
     Answered,
 }
@@ -211,13 +236,39 @@ impl Request {
             Some(token) => host.set_response_header("mcp-session-id", token),
             None => host.remove_response_header("mcp-session-id"),
         }
+        if is_event_stream(host.response_header("content-type").as_deref()) {
+            let server = self.catalog.server(call.server);
+            let relay = SseRelay::new(
+                server.map_or("", |s| s.name.as_str()),
+                server.is_some_and(|s| !s.prefix.is_empty()),
+            );
+            // Events may change length on the way.
+            host.remove_response_header("content-length");
+            self.stage = Stage::Relaying { relay };
+        }
         Action::Continue
     }
 
-    /// While a replay is under way the upstream's own (404) answer is held back; otherwise the
-    /// response streams through untouched.
-    pub fn on_response_body(&mut self) -> Action {
-        match self.stage {
+    /// An SSE answer is relayed event by event, rewritten for the client; while a replay is
+    /// under way the upstream's own (404) answer is held back; anything else streams through.
+    pub fn on_response_body(
+        &mut self,
+        host: &mut dyn Host,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        match &mut self.stage {
+            Stage::Relaying { relay } => {
+                let chunk = host.response_body(size).unwrap_or_default();
+                let out = relay.feed(&chunk);
+                if out != chunk {
+                    host.set_response_body(size, &out);
+                }
+                if end_of_stream {
+                    self.stage = Stage::Answered;
+                }
+                Action::Continue
+            }
             Stage::Initializing { retry: true, .. }
             | Stage::Acknowledging { retry: true, .. }
             | Stage::Replaying { .. } => Action::Pause,
@@ -246,13 +297,43 @@ impl Request {
                     self.fail(host, e);
                 }
             }
-            Stage::Replaying { token: t } if t == token => self.relay_replay(host, response),
+            Stage::Replaying { token: t, server } if t == token => {
+                self.relay_replay(host, server, response)
+            }
+            Stage::Leveling {
+                call,
+                upstream,
+                token: t,
+                retry,
+            } if t == token => {
+                if response.status.is_none_or(|s| !(200..300).contains(&s)) {
+                    host.log(
+                        Level::Info,
+                        &format!(
+                            "upstream {} did not take the log level (HTTP {:?})",
+                            self.server_name(call.server),
+                            response.status
+                        ),
+                    );
+                }
+                if let Err(e) = self.session_ready(host, call, upstream, retry) {
+                    self.fail(host, e);
+                }
+            }
             Stage::Closing { mut pending } => {
                 pending.retain(|t| *t != token);
                 if pending.is_empty() {
                     self.reply(host, 200, &[]);
                 } else {
                     self.stage = Stage::Closing { pending };
+                }
+            }
+            Stage::SettingLevel { mut pending } => {
+                pending.retain(|t| *t != token);
+                if pending.is_empty() {
+                    self.reply_result(host, "{}");
+                } else {
+                    self.stage = Stage::SettingLevel { pending };
                 }
             }
             other => {
@@ -278,10 +359,12 @@ impl Request {
                 host.log(Level::Debug, &format!("notification {method} accepted"));
                 Ok(self.reply(host, 202, &[]))
             }
-            Message::Response { .. } => {
-                // No server-to-client request is relayed yet, so no answer can be pending.
-                self.open_session(host)?;
-                Ok(self.reply(host, 202, &[]))
+            Message::Response { id } => {
+                let session = self
+                    .open_session(host)?
+                    .ok_or_else(GatewayError::missing_session)?;
+                let call = self.answer_call(text, body.len(), id, session)?;
+                self.route(host, call)
             }
             Message::Request { id, method, params } => {
                 self.id = Some(id.get().to_owned());
@@ -292,6 +375,7 @@ impl Request {
                         Ok(self.reply_result(host, "{}"))
                     }
                     "tools/list" => self.list(host, ListKind::Tools, &params),
+                    "logging/setLevel" => self.set_level(host, &params),
                     "prompts/list" => self.list(host, ListKind::Prompts, &params),
                     "resources/list" => self.list(host, ListKind::Resources, &params),
                     "resources/templates/list" => {
@@ -353,6 +437,110 @@ impl Request {
         self.session_token = Some(token.into_bytes());
         let result = self.catalog.initialize_result(version);
         Ok(self.reply_result(host, &result))
+    }
+
+    /// `logging/setLevel`: remembered for the session (upstream sessions opened later are told
+    /// on opening) and sent now to every open upstream session of a server that logs.
+    fn set_level(
+        &mut self,
+        host: &mut dyn Host,
+        params: &Params<'_>,
+    ) -> Result<Action, GatewayError> {
+        let session = self
+            .open_session(host)?
+            .ok_or_else(GatewayError::missing_session)?;
+        let (_, level) = required_str(params.level, "params.level")?;
+        if !LOG_LEVELS.contains(&level.as_ref()) {
+            return Err(GatewayError::invalid_params(format!(
+                "Invalid params: level must be one of {}",
+                LOG_LEVELS.join(", ")
+            )));
+        }
+        let catalog = Rc::clone(&self.catalog);
+        let slots = catalog.limits.upstream_session_slots;
+        upstream::store_log_level(host, slots, &session.id, &level);
+        let mut pending = Vec::new();
+        for (index, server) in catalog.servers.iter().enumerate() {
+            if !catalog
+                .server_capabilities
+                .get(index)
+                .is_some_and(|c| c.logging)
+            {
+                continue;
+            }
+            let Some(upstream) = upstream::lookup(host, slots, &session.id, &server.name) else {
+                continue;
+            };
+            match self.dispatch_level(host, server, &upstream, &level) {
+                Ok(token) => pending.push(token),
+                Err(e) => host.log(Level::Warn, &e.message),
+            }
+        }
+        if pending.is_empty() {
+            return Ok(self.reply_result(host, "{}"));
+        }
+        self.stage = Stage::SettingLevel { pending };
+        Ok(Action::Pause)
+    }
+
+    fn dispatch_level(
+        &self,
+        host: &mut dyn Host,
+        server: &ServerConfig,
+        upstream: &UpstreamSession,
+        level: &str,
+    ) -> Result<u32, GatewayError> {
+        let mut headers = upstream::call_headers(server, "POST", Some(upstream));
+        headers.push(("x-mcp-method", "logging/setLevel"));
+        let body = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"logging/setLevel\",\"params\":{{\"level\":{}}}}}",
+            jsonrpc::json_string(level)
+        );
+        host.dispatch(
+            &server.cluster,
+            &headers,
+            body.as_bytes(),
+            self.catalog.limits.upstream_timeout_ms,
+        )
+        .map_err(|e| upstream_failure(server, &format!("logging/setLevel: {e}")))
+    }
+
+    /// The client's answer to an upstream's request (sampling, elicitation, roots): its id says
+    /// which upstream asked and with which id (see [`crate::relay`]).
+    fn answer_call(
+        &self,
+        text: &str,
+        received_len: usize,
+        id: &RawValue,
+        session: Rc<Session>,
+    ) -> Result<Call, GatewayError> {
+        let unknown = || {
+            GatewayError::invalid_request(format!(
+                "Invalid Request: no request with id {} is awaiting an answer",
+                id.get()
+            ))
+            .because("unknown_response")
+        };
+        let gateway_id = jsonrpc::raw_str(id).ok_or_else(unknown)?;
+        let (server_name, original) = crate::relay::decode_id(&gateway_id).ok_or_else(unknown)?;
+        let server = self
+            .catalog
+            .servers
+            .iter()
+            .position(|s| s.name == server_name)
+            .ok_or_else(unknown)?;
+        let span = jsonrpc::span_in(text, id.get()).ok_or_else(unknown)?;
+        let body = jsonrpc::splice(text, span, original)
+            .ok_or_else(unknown)?
+            .into_bytes();
+        Ok(Call {
+            server,
+            method: None,
+            tool: None,
+            body,
+            received_len,
+            session,
+        })
     }
 
     /// A list answered from the catalog, page by page.
@@ -429,7 +617,9 @@ impl Request {
         if let Some(tool) = &call.tool {
             set("x-mcp-toolname", tool.as_bytes());
         }
-        set("x-mcp-method", call.method.as_bytes());
+        if let Some(method) = call.method {
+            set("x-mcp-method", method.as_bytes());
+        }
         set("mcp-protocol-version", upstream.protocol_version.as_bytes());
         if !upstream.session_id.is_empty() {
             set("mcp-session-id", upstream.session_id.as_bytes());
@@ -579,6 +769,38 @@ impl Request {
                 server.name, call.session.id
             ),
         );
+        let logs = catalog
+            .server_capabilities
+            .get(call.server)
+            .is_some_and(|c| c.logging);
+        if let Some(level) = logs
+            .then(|| upstream::log_level(host, slots, &call.session.id))
+            .flatten()
+        {
+            let token = self.dispatch_level(host, server, &upstream, &level)?;
+            self.stage = Stage::Leveling {
+                call,
+                upstream,
+                token,
+                retry,
+            };
+            return Ok(());
+        }
+        self.session_ready(host, call, upstream, retry)
+    }
+
+    /// The upstream session is usable: forward the held call, or replay it.
+    fn session_ready(
+        &mut self,
+        host: &mut dyn Host,
+        call: Call,
+        upstream: UpstreamSession,
+        retry: bool,
+    ) -> Result<(), GatewayError> {
+        let catalog = Rc::clone(&self.catalog);
+        let server = catalog
+            .server(call.server)
+            .ok_or_else(|| GatewayError::upstream("server left the configuration"))?;
         if retry {
             let headers = replay_headers(server, &call, &upstream);
             let token = host
@@ -589,7 +811,10 @@ impl Request {
                     catalog.limits.upstream_timeout_ms,
                 )
                 .map_err(|e| upstream_failure(server, &e))?;
-            self.stage = Stage::Replaying { token };
+            self.stage = Stage::Replaying {
+                token,
+                server: call.server,
+            };
         } else {
             self.forward(host, call, &upstream, false);
             host.resume_request();
@@ -597,7 +822,7 @@ impl Request {
         Ok(())
     }
 
-    fn relay_replay(&mut self, host: &mut dyn Host, response: CallResponse) {
+    fn relay_replay(&mut self, host: &mut dyn Host, server: usize, response: CallResponse) {
         let Some(status) = response.status else {
             self.fail(
                 host,
@@ -613,7 +838,14 @@ impl Request {
         if let Some(token) = &self.session_token {
             headers.push(("mcp-session-id", token));
         }
-        host.send_response(status, &headers, &response.body, "mcpgw_replayed");
+        let body = match (
+            is_event_stream(Some(content_type)),
+            self.catalog.server(server),
+        ) {
+            (true, Some(s)) => SseRelay::new(&s.name, !s.prefix.is_empty()).feed(&response.body),
+            _ => response.body.clone(),
+        };
+        host.send_response(status, &headers, &body, "mcpgw_replayed");
         self.stage = Stage::Answered;
     }
 
@@ -902,6 +1134,10 @@ fn speaks_mcp(host: &dyn Host) -> bool {
     })
 }
 
+fn is_event_stream(content_type: Option<&[u8]>) -> bool {
+    content_type.is_some_and(|ct| media_type_is(ct, b"text/event-stream"))
+}
+
 /// `value` (a header value, maybe with parameters) names the media type `expected`.
 fn media_type_is(value: &[u8], expected: &[u8]) -> bool {
     let essence = value.split(|b| *b == b';').next().unwrap_or_default();
@@ -922,7 +1158,9 @@ fn replay_headers<'a>(
     if let Some(tool) = &call.tool {
         headers.push(("x-mcp-toolname", tool.as_str()));
     }
-    headers.push(("x-mcp-method", call.method));
+    if let Some(method) = call.method {
+        headers.push(("x-mcp-method", method));
+    }
     headers
 }
 
@@ -1048,7 +1286,7 @@ impl Destination {
         };
         Ok(Call {
             server: self.server,
-            method: self.method,
+            method: Some(self.method),
             tool: self.tool,
             body,
             received_len,

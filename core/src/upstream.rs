@@ -90,6 +90,30 @@ pub fn forget(
     None
 }
 
+const LEVEL_PREFIX: &str = "mcpgw.level.";
+
+/// Remembers the log level a client session asked for (`logging/setLevel`), so that upstream
+/// sessions opened later are told too. A direct-mapped table like the ended-session one: a
+/// collision only means a later upstream session starts at its default level.
+pub fn store_log_level(host: &mut dyn Host, slots: u32, client: &str, level: &str) {
+    let key = format!(
+        "{LEVEL_PREFIX}{}",
+        hash(&[client]) % u64::from(slots.max(1))
+    );
+    host.shared_set(&key, format!("{client}\n{level}").as_bytes());
+}
+
+/// The log level a client session asked for, if any.
+pub fn log_level(host: &dyn Host, slots: u32, client: &str) -> Option<String> {
+    let key = format!(
+        "{LEVEL_PREFIX}{}",
+        hash(&[client]) % u64::from(slots.max(1))
+    );
+    let value = host.shared_get(&key)?;
+    let (owner, level) = std::str::from_utf8(&value).ok()?.split_once('\n')?;
+    (owner == client).then(|| level.to_owned())
+}
+
 /// Shared-data key that records an ended (DELETEd) client session.
 pub fn ended_key(client_session: &str, slots: u32) -> String {
     format!(
@@ -143,9 +167,9 @@ impl<'a> Slot<'a> {
     }
 }
 
-/// Capabilities relayed to upstreams. Server-to-client requests (sampling, elicitation, roots)
-/// cannot be carried back to the client yet, so they are not offered upstream.
-const RELAYED_CAPABILITIES: &[&str] = &["experimental"];
+/// Client capabilities relayed to upstreams: their requests to the client (sampling,
+/// elicitation, roots) reach it through the gateway (see [`crate::relay`]).
+const RELAYED_CAPABILITIES: &[&str] = &["experimental", "sampling", "elicitation", "roots"];
 
 /// Body of the gateway's `initialize` to an upstream, on behalf of a client session.
 pub fn initialize_body(claims: &Claims) -> String {
@@ -271,20 +295,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn initialize_relays_client_info_but_not_unroutable_capabilities() {
+    fn initialize_relays_client_info_and_the_relayable_capabilities() {
         let claims = Claims {
             iat: 0,
             pv: "2025-06-18".into(),
             caps: Some(
-                RawValue::from_string(r#"{"sampling":{},"experimental":{"x":{}}}"#.into()).unwrap(),
+                RawValue::from_string(
+                    r#"{"sampling":{},"experimental":{"x":{}},"elicitation":{"form":{}},"tasks":{}}"#
+                        .into(),
+                )
+                .unwrap(),
             ),
             info: Some(RawValue::from_string(r#"{"name":"c","version":"1"}"#.into()).unwrap()),
         };
         let body: serde_json::Value = serde_json::from_str(&initialize_body(&claims)).unwrap();
         assert_eq!(body["params"]["protocolVersion"], "2025-06-18");
         assert_eq!(body["params"]["clientInfo"]["name"], "c");
-        assert!(body["params"]["capabilities"].get("sampling").is_none());
-        assert!(body["params"]["capabilities"].get("experimental").is_some());
+        let caps = &body["params"]["capabilities"];
+        assert!(caps.get("sampling").is_some() && caps.get("experimental").is_some());
+        assert_eq!(caps["elicitation"]["form"], serde_json::json!({}));
+        assert!(caps.get("tasks").is_none(), "not relayable");
     }
 
     #[test]

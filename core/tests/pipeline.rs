@@ -26,6 +26,7 @@ struct FakeHost {
     request_headers: Vec<(String, Vec<u8>)>,
     request_body: Vec<u8>,
     response_headers: Vec<(String, Vec<u8>)>,
+    response_body: Vec<u8>,
     reply: Option<Reply>,
     details: String,
     logs: std::cell::RefCell<Vec<(Level, String)>>,
@@ -117,6 +118,14 @@ impl Host for FakeHost {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.clone())
+    }
+    fn response_body(&self, size: usize) -> Option<Vec<u8>> {
+        assert_eq!(size, self.response_body.len());
+        Some(self.response_body.clone())
+    }
+    fn set_response_body(&mut self, size: usize, body: &[u8]) {
+        assert_eq!(size, self.response_body.len());
+        self.response_body = body.to_vec();
     }
     fn set_response_header(&mut self, name: &str, value: &[u8]) {
         self.remove_response_header(name);
@@ -303,7 +312,10 @@ fn tools_call_opens_an_upstream_session_then_routes() {
     let init: serde_json::Value = serde_json::from_slice(&init_body).unwrap();
     assert_eq!(init["method"], "initialize");
     assert_eq!(init["params"]["clientInfo"]["name"], "t");
-    assert!(init["params"]["capabilities"].get("sampling").is_none());
+    assert!(
+        init["params"]["capabilities"].get("sampling").is_some(),
+        "the client can be asked for sampling through the gateway"
+    );
 
     let sse = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":0,\"result\":{\"protocolVersion\":\"2025-06-18\"}}\n\n";
     request.on_call_response(
@@ -399,7 +411,7 @@ fn an_expired_upstream_session_is_reopened_and_the_call_replayed() {
     host.response_headers = vec![(":status".into(), b"404".to_vec())];
     assert_eq!(request.on_response_headers(&mut host), Action::Pause);
     assert_eq!(
-        request.on_response_body(),
+        request.on_response_body(&mut host, 0, false),
         Action::Pause,
         "the 404 body is held back"
     );
@@ -1253,7 +1265,7 @@ fn federated_catalog() -> Rc<Catalog> {
              "prompts": [{"name": "greet"}],
              "resources": [{"uri": "test://static-text", "name": "t"}],
              "resource_templates": [{"uriTemplate": "test://template/{id}/data", "name": "tpl"}],
-             "capabilities": {"prompts": {}, "resources": {"subscribe": true}, "completions": {}}}
+             "capabilities": {"prompts": {}, "resources": {"subscribe": true}, "completions": {}, "logging": {}}}
         ]
     }))
     .unwrap();
@@ -1384,4 +1396,106 @@ fn unknown_prompts_and_resources_get_the_spec_errors() {
         assert_eq!(reply["id"], 7);
         assert!(host.calls.is_empty());
     }
+}
+
+#[test]
+fn an_upstream_request_in_an_sse_answer_gets_a_gateway_id_and_the_answer_goes_back() {
+    let catalog = federated_catalog();
+    let token = initialize(&catalog);
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","id":4,"method":"prompts/get","params":{"name":"alpha_greet"}}"#,
+        Some(&token),
+    );
+    let session = catalog.keys.open(token.as_bytes(), host.now).unwrap();
+    let slots = catalog.limits.upstream_session_slots;
+    let up = upstream::UpstreamSession {
+        session_id: "up-1".into(),
+        protocol_version: "2025-06-18".into(),
+    };
+    upstream::store(&mut host, slots, &session.id, "alpha", &up);
+    let (mut request, _) = run(&catalog, &mut host);
+    host.response_headers = vec![
+        (":status".into(), b"200".to_vec()),
+        ("content-type".into(), b"text/event-stream".to_vec()),
+        ("content-length".into(), b"999".to_vec()),
+    ];
+    assert_eq!(request.on_response_headers(&mut host), Action::Continue);
+    assert!(host.response_header("content-length").is_none());
+    // The event arrives in two chunks; only the completed event is passed on.
+    host.response_body =
+        b"data: {\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"sampling/createMessage\"}\n".to_vec();
+    let size = host.response_body.len();
+    request.on_response_body(&mut host, size, false);
+    assert!(
+        host.response_body.is_empty(),
+        "held until the event completes"
+    );
+    host.response_body = b"\n".to_vec();
+    request.on_response_body(&mut host, 1, true);
+    let events = mcpgw_core::sse::parse_all(&host.response_body);
+    let asked: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(asked["id"], "mcpgw:alpha:5");
+
+    // The client's answer reaches alpha with alpha's own id.
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","id":"mcpgw:alpha:5","result":{"content":{"type":"text","text":"ok"}}}"#,
+        Some(&token),
+    );
+    upstream::store(&mut host, slots, &session.id, "alpha", &up);
+    let (_, action) = run(&catalog, &mut host);
+    assert_eq!(action, Action::Continue);
+    assert!(host.reply.is_none());
+    assert_eq!(forwarded_json(&host)["id"], 5);
+    assert_eq!(host.header("x-mcp-servername").unwrap(), "alpha");
+    assert!(host.header("x-mcp-method").is_none());
+
+    // An answer to nothing the gateway relayed is refused.
+    let mut host = FakeHost::post(r#"{"jsonrpc":"2.0","id":5,"result":{}}"#, Some(&token));
+    run(&catalog, &mut host);
+    assert_eq!(host.reply_status(), 400);
+    assert_eq!(host.reply_json()["error"]["code"], -32600);
+}
+
+#[test]
+fn set_level_reaches_open_upstream_sessions_and_is_remembered() {
+    let catalog = federated_catalog();
+    let token = initialize(&catalog);
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","id":8,"method":"logging/setLevel","params":{"level":"debug"}}"#,
+        Some(&token),
+    );
+    let session = catalog.keys.open(token.as_bytes(), host.now).unwrap();
+    let slots = catalog.limits.upstream_session_slots;
+    let up = upstream::UpstreamSession {
+        session_id: "up-1".into(),
+        protocol_version: "2025-06-18".into(),
+    };
+    upstream::store(&mut host, slots, &session.id, "alpha", &up);
+    let (mut request, action) = run(&catalog, &mut host);
+    assert_eq!(action, Action::Pause);
+    let (cluster, headers, body) = host.calls[0].clone();
+    assert_eq!(cluster, "alpha");
+    assert!(headers.contains(&("mcp-session-id".into(), "up-1".into())));
+    let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(sent["params"]["level"], "debug");
+    request.on_call_response(
+        &mut host,
+        101,
+        CallResponse {
+            status: Some(200),
+            ..Default::default()
+        },
+    );
+    assert_eq!(host.reply_json()["result"], serde_json::json!({}));
+    assert_eq!(
+        upstream::log_level(&host, slots, &session.id).as_deref(),
+        Some("debug")
+    );
+
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","id":9,"method":"logging/setLevel","params":{"level":"loud"}}"#,
+        Some(&token),
+    );
+    run(&catalog, &mut host);
+    assert_eq!(host.reply_json()["error"]["code"], -32602);
 }

@@ -1,0 +1,182 @@
+//! What travels from an upstream to the client inside an SSE answer, relayed event by event as
+//! each completes (never the whole stream buffered):
+//! - a server-to-client request (`sampling/createMessage`, `elicitation/create`, `roots/list`,
+//!   any other) gets an id the client can answer without colliding with another upstream's:
+//!   `"mcpgw:<server>:<original id as JSON>"`, which needs no shared state to map back;
+//! - `notifications/resources/updated` carries the URI as the client knows it;
+//! - everything else (results, progress, log messages) passes unchanged.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::jsonrpc::{json_string, span_in, splice};
+use crate::sse;
+
+const ID_PREFIX: &str = "mcpgw:";
+
+/// The id a client sees for an upstream's request (a JSON string, ready to splice).
+pub fn encode_id(server: &str, id_json: &str) -> String {
+    json_string(&format!("{ID_PREFIX}{server}:{id_json}"))
+}
+
+/// The server and the original id (JSON text) of an id made by [`encode_id`].
+pub fn decode_id(id: &str) -> Option<(&str, &str)> {
+    let rest = id.strip_prefix(ID_PREFIX)?;
+    let (server, original) = rest.split_once(':')?;
+    let valid = match original.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(original).is_ok(),
+        Some(b'-' | b'0'..=b'9') => original.parse::<i64>().is_ok(),
+        _ => false,
+    };
+    valid.then_some((server, original))
+}
+
+/// Rewrites one upstream SSE stream for the client.
+#[derive(Debug)]
+pub struct SseRelay {
+    parser: sse::Parser,
+    server: String,
+    /// The server's URIs are mapped (it has a prefix).
+    mapped: bool,
+}
+
+impl SseRelay {
+    pub fn new(server: &str, mapped: bool) -> Self {
+        Self {
+            parser: sse::Parser::new(),
+            server: server.to_owned(),
+            mapped,
+        }
+    }
+
+    /// The bytes to pass on for this chunk: the events it completed, rewritten. An incomplete
+    /// event waits for the next chunk.
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(chunk.len() + 32);
+        for event in self.parser.feed(chunk) {
+            let data = rewrite(&event.data, &self.server, self.mapped);
+            write_event(&mut out, &event, &data);
+        }
+        out
+    }
+}
+
+fn write_event(out: &mut Vec<u8>, event: &sse::Event, data: &str) {
+    if let Some(name) = &event.event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(id) = &event.id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(retry) = event.retry {
+        out.extend_from_slice(format!("retry: {retry}\n").as_bytes());
+    }
+    for line in data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    method: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    params: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct UriParam<'a> {
+    #[serde(default, borrow)]
+    uri: Option<&'a RawValue>,
+}
+
+/// One upstream message, as the client must see it.
+pub fn rewrite<'d>(data: &'d str, server: &str, mapped: bool) -> Cow<'d, str> {
+    let Ok(peek) = serde_json::from_str::<Peek>(data) else {
+        return Cow::Borrowed(data);
+    };
+    let replacement = match (peek.id, peek.method) {
+        (Some(id), Some(_)) => Some((id.get(), encode_id(server, id.get()))),
+        (None, Some(method)) if mapped && method.get() == "\"notifications/resources/updated\"" => {
+            peek.params
+                .and_then(|p| serde_json::from_str::<UriParam>(p.get()).ok())
+                .and_then(|p| p.uri)
+                .and_then(|uri| {
+                    let value: String = serde_json::from_str(uri.get()).ok()?;
+                    let mapped = format!("{}{server}/{value}", crate::catalog::MAPPED_URI_SCHEME);
+                    Some((uri.get(), json_string(&mapped)))
+                })
+        }
+        _ => None,
+    };
+    match replacement.and_then(|(raw, new)| splice(data, span_in(data, raw)?, &new)) {
+        Some(rewritten) => Cow::Owned(rewritten),
+        None => Cow::Borrowed(data),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        let id = encode_id("alpha", "7");
+        let id: String = serde_json::from_str(&id).unwrap();
+        assert_eq!(decode_id(&id), Some(("alpha", "7")));
+        let id: String = serde_json::from_str(&encode_id("b", "\"x:y\"")).unwrap();
+        assert_eq!(decode_id(&id), Some(("b", "\"x:y\"")));
+        assert_eq!(decode_id("mcpgw:a:{}"), None);
+        assert_eq!(decode_id("7"), None);
+    }
+
+    #[test]
+    fn server_requests_get_gateway_ids_and_the_rest_passes() {
+        let request = r#"{"jsonrpc":"2.0","id":3,"method":"sampling/createMessage","params":{}}"#;
+        let out = rewrite(request, "alpha", true);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["id"], "mcpgw:alpha:3");
+        for unchanged in [
+            r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1}}"#,
+            "not json",
+        ] {
+            assert_eq!(rewrite(unchanged, "alpha", true), unchanged);
+        }
+        let updated = r#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"test://w"}}"#;
+        let v: serde_json::Value = serde_json::from_str(&rewrite(updated, "alpha", true)).unwrap();
+        assert_eq!(v["params"]["uri"], "mcpgw://alpha/test://w");
+        assert_eq!(rewrite(updated, "alpha", false), updated);
+    }
+
+    #[test]
+    fn events_are_relayed_whole_whatever_the_chunking() {
+        let body = "event: message\r\nid: e1\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"elicitation/create\"}\r\n\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":9,\"result\":{}}\n\n";
+        let whole = SseRelay::new("s", false).feed(body.as_bytes());
+        for cut in 0..body.len() {
+            let mut relay = SseRelay::new("s", false);
+            let mut out = relay.feed(&body.as_bytes()[..cut]);
+            out.extend(relay.feed(&body.as_bytes()[cut..]));
+            assert_eq!(out, whole, "cut at {cut}");
+        }
+        let events = sse::parse_all(&whole);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].id.as_deref(), Some("e1"));
+        assert!(events[0].data.contains("\"mcpgw:s:0\""));
+        assert_eq!(
+            events[1].data,
+            "{\"jsonrpc\":\"2.0\",\"id\":9,\"result\":{}}"
+        );
+    }
+}
