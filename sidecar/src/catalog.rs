@@ -269,6 +269,7 @@ fn server_config(
         cluster: spec.cluster.clone(),
         host: Some(spec.host_header.clone()),
         headers,
+        forward_headers: spec.forward_headers.clone(),
         tools: tools.iter().map(|t| t.json.clone()).collect(),
     }
 }
@@ -354,7 +355,7 @@ mod tests {
         (r.state, r.detail.as_deref())
     }
 
-    const TWO: &str = "  - {name: alpha, url: 'http://127.0.0.1:1/mcp'}\n  - {name: beta, url: 'https://b.example.com:8443/x/mcp', credential: {env: T}}\n";
+    const TWO: &str = "  - {name: alpha, url: 'http://127.0.0.1:1/mcp'}\n  - {name: beta, url: 'https://b.example.com:8443/x/mcp', credential: {env: T}, forward_headers: [x-tenant]}\n";
 
     #[test]
     fn healthy_servers_make_the_document() {
@@ -371,6 +372,8 @@ mod tests {
         assert_eq!(beta.host.as_deref(), Some("b.example.com:8443"));
         assert_eq!(beta.path, "/x/mcp");
         assert_eq!(beta.headers[0].value, "Bearer tok");
+        assert_eq!(beta.forward_headers, ["x-tenant"]);
+        assert!(b.document.servers[0].forward_headers.is_empty());
         assert_eq!(beta.tools.len(), 1);
         assert!(b.document.gateway.list_changed);
         assert_eq!(b.document.hash, b.hash);
@@ -380,6 +383,10 @@ mod tests {
         let text = serde_json::to_string(&b.document).unwrap();
         let back: GatewayConfig = serde_json::from_str(&text).unwrap();
         assert_eq!(back.servers.len(), 2);
+        assert_eq!(back.servers[1].forward_headers, ["x-tenant"]);
+        let catalog = mcpgw_core::Catalog::build(back).unwrap();
+        assert!(catalog.forward_headers(1).unwrap().allows("x-tenant"));
+        assert!(!catalog.forward_headers(0).unwrap().allows("x-tenant"));
     }
 
     #[test]
