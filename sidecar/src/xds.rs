@@ -5,6 +5,9 @@
 //! `UpstreamTlsContext` with SNI and certificate + SAN verification) and one virtual host per server
 //! (`domains: [<authority>]`, `host_rewrite_literal: <host>`, path kept). The default virtual host
 //! sends `GET <mcp_path>` to the sidecar (the notification stream) and answers everything else 404.
+//! What Envoy itself would add stays out of the upstream requests: the server routes remove
+//! `x-forwarded-proto`, the router suppresses its `x-envoy-*` headers, the server clusters strip the
+//! async client's (docs/architecture.md, "Headers that reach upstreams").
 //!
 //! Files are written atomically (temporary file + rename), which is the move Envoy's file watcher
 //! reacts to. A removed server's cluster stays in CDS for a grace period so that requests the
