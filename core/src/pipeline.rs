@@ -399,9 +399,11 @@ impl Request {
         // call per name actually present. Envoy still needs x-forwarded-proto to pick the route,
         // which then removes it.
         for (i, (name, _)) in self.headers.iter().enumerate() {
-            let repeated = self.headers.iter().take(i).any(|(n, _)| n == name);
-            if !repeated && !allowed.allows(name) && !ROUTING_ONLY_HEADERS.contains(&name.as_str())
-            {
+            if allowed.allows(name) || ROUTING_ONLY_HEADERS.contains(&name.as_str()) {
+                continue;
+            }
+            // A name sent twice was removed with its first copy.
+            if !self.headers.iter().take(i).any(|(n, _)| n == name) {
                 host.remove_request_header(name);
             }
         }
