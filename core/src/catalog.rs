@@ -14,7 +14,10 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::{GatewayConfig, GatewayInfo, Limits, ServerConfig, MIN_MAX_JSON_DEPTH};
+use crate::config::{
+    check_forward_header, GatewayConfig, GatewayInfo, Limits, ServerConfig,
+    DEFAULT_FORWARD_HEADERS, MIN_MAX_JSON_DEPTH,
+};
 use crate::error::GatewayError;
 use crate::jsonrpc::{json_string, span_in, splice};
 use crate::session::SessionKeys;
@@ -29,6 +32,35 @@ pub struct Route {
     /// The name upstream, already JSON-encoded (ready to splice into a body).
     pub upstream_name_json: String,
     pub upstream_name: String,
+}
+
+/// The client request headers a server may receive, sorted and deduplicated (lower-case):
+/// [`DEFAULT_FORWARD_HEADERS`], the server's `forward_headers` and the names of its configured
+/// `headers` (which the gateway sets itself). Built once per document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardHeaders(Vec<String>);
+
+impl ForwardHeaders {
+    fn for_server(server: &ServerConfig) -> Self {
+        let mut names: Vec<String> = DEFAULT_FORWARD_HEADERS
+            .iter()
+            .map(|n| (*n).to_owned())
+            .chain(server.forward_headers.iter().cloned())
+            .chain(server.headers.iter().map(|h| h.name.to_ascii_lowercase()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        Self(names)
+    }
+
+    /// `name` (lower-case, as the proxy hands header names over) may reach the server.
+    pub fn allows(&self, name: &str) -> bool {
+        self.0.binary_search_by(|n| n.as_str().cmp(name)).is_ok()
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
 }
 
 /// A tool's route (the historical name).
@@ -75,6 +107,8 @@ pub struct Catalog {
     pub capabilities: Capabilities,
     /// Per server (same index): what it can do.
     pub server_capabilities: Vec<Capabilities>,
+    /// Per server (same index as `servers`): the client headers forwarded to it.
+    forward_headers: Vec<ForwardHeaders>,
     tools: HashMap<String, Route>,
     prompts: HashMap<String, Route>,
     /// Unmapped resource URIs (servers without a prefix) -> server.
@@ -232,6 +266,7 @@ impl Catalog {
             paginate(ListKind::ResourceTemplates, &templates, limits.page_size),
         ];
         let initialize_tail = initialize_tail(&gateway, capabilities);
+        let forward_headers = servers.iter().map(ForwardHeaders::for_server).collect();
         Ok(Self {
             version,
             gateway,
@@ -240,6 +275,7 @@ impl Catalog {
             keys,
             capabilities,
             server_capabilities,
+            forward_headers,
             tools: std::mem::take(&mut tools.routes),
             prompts: std::mem::take(&mut prompts.routes),
             plain_uris,
@@ -291,6 +327,11 @@ impl Catalog {
 
     pub fn server(&self, index: usize) -> Option<&ServerConfig> {
         self.servers.get(index)
+    }
+
+    /// The client headers forwarded to server `index`.
+    pub fn forward_headers(&self, index: usize) -> Option<&ForwardHeaders> {
+        self.forward_headers.get(index)
     }
 
     pub fn tool_count(&self) -> usize {
@@ -458,6 +499,9 @@ fn validate_server(index: usize, server: &ServerConfig) -> Result<(), String> {
                 field(&format!("headers[{h}].value"))
             ));
         }
+    }
+    for (f, name) in server.forward_headers.iter().enumerate() {
+        check_forward_header(&field(&format!("forward_headers[{f}]")), name)?;
     }
     Ok(())
 }
@@ -730,5 +774,68 @@ mod tests {
         let prompts: serde_json::Value =
             serde_json::from_str(catalog.page(ListKind::Prompts, None).unwrap()).unwrap();
         assert_eq!(prompts, serde_json::json!({"prompts": []}));
+    }
+    #[test]
+    fn each_server_gets_its_forward_allow_list_once() {
+        let mut a = server("a", "a_", &[]);
+        a["forward_headers"] = serde_json::json!(["x-tenant", "traceparent"]);
+        a["headers"] = serde_json::json!([{"name": "X-Api-Key", "value": "k"}]);
+        let catalog =
+            Catalog::build(document(serde_json::json!([a, server("b", "b_", &[])]))).unwrap();
+        let a = catalog.forward_headers(0).unwrap();
+        let b = catalog.forward_headers(1).unwrap();
+        assert!(catalog.forward_headers(2).is_none());
+        for name in DEFAULT_FORWARD_HEADERS {
+            assert!(a.allows(name) && b.allows(name), "{name}");
+        }
+        assert!(a.allows("x-tenant"), "the server's forward_headers");
+        assert!(
+            a.allows("x-api-key"),
+            "the server's own credential header, set by the gateway"
+        );
+        assert!(
+            !b.allows("x-tenant") && !b.allows("x-api-key"),
+            "per server"
+        );
+        for refused in [
+            "cookie",
+            "authorization",
+            "proxy-authorization",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "forwarded",
+            "accept-encoding",
+            "x-envoy-original-host",
+        ] {
+            assert!(!a.allows(refused) && !b.allows(refused), "{refused}");
+        }
+        // Sorted and deduplicated (binary search), the defaults counted once.
+        assert!(a.names().windows(2).all(|w| w[0] < w[1]), "{:?}", a.names());
+        assert_eq!(b.names().len(), DEFAULT_FORWARD_HEADERS.len());
+        assert_eq!(a.names().len(), DEFAULT_FORWARD_HEADERS.len() + 2);
+    }
+
+    #[test]
+    fn forward_headers_refuse_credentials_and_bad_names_naming_the_field() {
+        let cases = [
+            ("cookie", "credentials"),
+            ("authorization", "credentials"),
+            ("proxy-authorization", "credentials"),
+            ("X-Tenant", "lower-case"),
+            ("x tenant", "lower-case"),
+            ("", "lower-case"),
+            (":path", "lower-case"),
+            ("transfer-encoding", "managed by the proxy"),
+            ("x-envoy-upstream-rq-timeout-ms", "managed by the proxy"),
+        ];
+        for (name, why) in cases {
+            let mut s = server("a", "a_", &[]);
+            s["forward_headers"] = serde_json::json!(["x-ok", name]);
+            let err = Catalog::build(document(serde_json::json!([s]))).unwrap_err();
+            assert!(
+                err.starts_with("servers[0].forward_headers[1]: ") && err.contains(why),
+                "{name:?}: {err}"
+            );
+        }
     }
 }

@@ -161,6 +161,11 @@ pub struct ServerConfig {
     /// Headers injected upstream, typically the credential (`authorization: Bearer ...`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderValue>,
+    /// Client request headers forwarded to this server on top of [`DEFAULT_FORWARD_HEADERS`]
+    /// (lower-case names, checked by [`check_forward_header`]); every other client header is
+    /// removed from a routed call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_headers: Vec<String>,
     /// The server's discovered tools, full MCP definitions with their upstream names.
     #[serde(default)]
     pub tools: Vec<Box<RawValue>>,
@@ -195,6 +200,84 @@ impl ServerConfig {
     pub fn call_host(&self) -> &str {
         self.host.as_deref().unwrap_or(&self.authority)
     }
+}
+
+/// Request headers of a client's routed `tools/call` that reach every upstream; the rest of what
+/// the client sent is removed (cookies, `proxy-authorization`, its `authorization`, API keys,
+/// `x-forwarded-*`, `forwarded`, `accept-encoding`: upstream answers stay uncompressed, so SSE is
+/// readable, ...). The gateway sets `:authority`, `:path`, `content-length`, `accept`,
+/// `mcp-protocol-version`, `mcp-session-id` (the upstream's own) and the `x-mcp-*` routing
+/// headers itself; a server's `headers` (its credential) are always set, and its
+/// `forward_headers` add to this list.
+pub const DEFAULT_FORWARD_HEADERS: &[&str] = &[
+    ":method",
+    ":path",
+    ":authority",
+    ":scheme",
+    "content-type",
+    "content-length",
+    "accept",
+    "user-agent",
+    "mcp-protocol-version",
+    "mcp-session-id",
+    "last-event-id",
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "x-request-id",
+    "x-mcp-servername",
+    "x-mcp-toolname",
+    "x-mcp-method",
+];
+
+/// Client request headers the plugin leaves in place for Envoy although upstreams do not need
+/// them: Envoy's route matching finds no route for a request without `x-forwarded-proto` (it
+/// reads the scheme from it; checked with Envoy 1.40). The routes to servers remove it once the
+/// route is chosen (`request_headers_to_remove`), unless a server's `forward_headers` name it;
+/// the gateway's own calls (initialize, DELETE, replays) never carry it.
+pub const ROUTING_ONLY_HEADERS: &[&str] = &["x-forwarded-proto"];
+
+/// Client credentials: never forwarded, whatever a configuration says.
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+
+/// Connection-level headers the proxies manage themselves (forwarding a client's
+/// `transfer-encoding` next to the gateway's `content-length` would make the framing ambiguous).
+const HOP_BY_HOP_HEADERS: &[&str] = &[
+    "connection",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Checks one `forward_headers` entry: a lower-case header token that carries no client
+/// credential and does not steer the proxy. The error starts with `field`. The sidecar validates
+/// its servers file with this same function.
+pub fn check_forward_header(field: &str, name: &str) -> Result<(), String> {
+    let token = !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_digit() || b.is_ascii_lowercase() || b"!#$%&'*+-.^_`|~".contains(&b)
+        });
+    if !token {
+        return Err(format!(
+            "{field}: must be a lower-case header name (token characters), got {name:?}"
+        ));
+    }
+    if CREDENTIAL_HEADERS.contains(&name) {
+        return Err(format!(
+            "{field}: {name:?} carries the client's credentials and is never forwarded \
+             (a server's own credential goes in its `headers`)"
+        ));
+    }
+    if HOP_BY_HOP_HEADERS.contains(&name) || name.starts_with("x-envoy-") {
+        return Err(format!(
+            "{field}: {name:?} is managed by the proxy and cannot be forwarded"
+        ));
+    }
+    Ok(())
 }
 
 /// The plugin's own configuration, the `configuration` string Envoy hands to `on_configure`.

@@ -5,8 +5,8 @@
 use std::rc::Rc;
 
 use crate::budget::LogBudget;
-use crate::catalog::{Catalog, ListKind};
-use crate::config::{ServerConfig, SUPPORTED_PROTOCOL_VERSIONS};
+use crate::catalog::{Catalog, ForwardHeaders, ListKind};
+use crate::config::{ServerConfig, ROUTING_ONLY_HEADERS, SUPPORTED_PROTOCOL_VERSIONS};
 use crate::error::GatewayError;
 use crate::host::{CallResponse, Host, Level};
 use crate::jsonrpc::{self, Message, Params};
@@ -591,10 +591,26 @@ impl Request {
         cached: bool,
     ) {
         let catalog = Rc::clone(&self.catalog);
-        let Some(server) = catalog.server(call.server) else {
+        let (Some(server), Some(allowed)) = (
+            catalog.server(call.server),
+            catalog.forward_headers(call.server),
+        ) else {
             return;
         };
         host.set_request_body(call.received_len, &call.body);
+        // Only what the server needs reaches it: every client header outside its allow-list
+        // (cookies, the client's credential, API keys, x-forwarded-for, ...) is removed, one host
+        // call per name actually present. Envoy still needs x-forwarded-proto to pick the route,
+        // which then removes it.
+        for (i, (name, _)) in self.headers.iter().enumerate() {
+            if allowed.allows(name) || ROUTING_ONLY_HEADERS.contains(&name.as_str()) {
+                continue;
+            }
+            // A name sent twice was removed with its first copy.
+            if !self.headers.iter().take(i).any(|(n, _)| n == name) {
+                host.remove_request_header(name);
+            }
+        }
         // Each header write is a host call: write only what differs from what the client sent.
         // A header the client sent twice is removed first: Envoy's replace only overwrites the
         // first value, and the second copy (a client credential, say) must not go upstream.
@@ -624,16 +640,9 @@ impl Request {
         if !upstream.session_id.is_empty() {
             set("mcp-session-id", upstream.session_id.as_bytes());
         }
+        // The server's own credential; the client's (never in an allow-list) is gone already.
         for header in &server.headers {
             set(&header.name, header.value.as_bytes());
-        }
-        // The client's credential is for the gateway, never for an upstream.
-        let credential_replaced = server
-            .headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case("authorization"));
-        if !credential_replaced && self.header("authorization").is_some() {
-            host.remove_request_header("authorization");
         }
         if upstream.session_id.is_empty() && self.header("mcp-session-id").is_some() {
             host.remove_request_header("mcp-session-id");
@@ -802,7 +811,10 @@ impl Request {
             .server(call.server)
             .ok_or_else(|| GatewayError::upstream("server left the configuration"))?;
         if retry {
-            let headers = replay_headers(server, &call, &upstream);
+            let allowed = catalog
+                .forward_headers(call.server)
+                .ok_or_else(|| GatewayError::upstream("server left the configuration"))?;
+            let headers = replay_headers(server, allowed, &call, &upstream, &self.headers);
             let token = host
                 .dispatch(
                     &server.cluster,
@@ -1148,11 +1160,25 @@ fn upstream_failure(server: &ServerConfig, detail: &str) -> GatewayError {
     GatewayError::upstream(format!("upstream {} failed: {detail}", server.name))
 }
 
-/// Headers of a replayed call, mirroring what [`Request::forward`] sets for the routed one.
+/// Headers the gateway itself sets on a replayed call (with the server's `headers`); a client's
+/// copy never rides along.
+const REPLAY_SETS: [&str; 5] = [
+    "content-length",
+    "content-type",
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+];
+
+/// Headers of a replayed call, mirroring what [`Request::forward`] lets through for the routed
+/// one: the gateway's own, then the client's headers the server's allow-list admits (trace
+/// context, `forward_headers`), nothing else.
 fn replay_headers<'a>(
     server: &'a ServerConfig,
+    allowed: &ForwardHeaders,
     call: &'a Call,
     upstream: &'a UpstreamSession,
+    client: &'a [(String, Vec<u8>)],
 ) -> Vec<(&'a str, &'a str)> {
     let mut headers = upstream::call_headers(server, "POST", Some(upstream));
     if let Some(tool) = &call.tool {
@@ -1160,6 +1186,21 @@ fn replay_headers<'a>(
     }
     if let Some(method) = call.method {
         headers.push(("x-mcp-method", method));
+    }
+    let own = headers.len();
+    for (name, value) in client {
+        let gateways = name.starts_with(':')
+            || REPLAY_SETS.contains(&name.as_str())
+            || headers
+                .iter()
+                .take(own)
+                .any(|(n, _)| n.eq_ignore_ascii_case(name));
+        if gateways || !allowed.allows(name) {
+            continue;
+        }
+        if let Ok(value) = std::str::from_utf8(value) {
+            headers.push((name.as_str(), value));
+        }
     }
     headers
 }

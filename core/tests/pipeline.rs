@@ -34,6 +34,8 @@ struct FakeHost {
     shared: HashMap<String, Vec<u8>>,
     resumed_request: bool,
     route_cache_cleared: bool,
+    /// Request headers the pipeline removed, in order (one entry per host call).
+    removed: Vec<String>,
     now: u64,
 }
 
@@ -99,6 +101,7 @@ impl Host for FakeHost {
         }
     }
     fn remove_request_header(&mut self, name: &str) {
+        self.removed.push(name.into());
         self.request_headers.retain(|(n, _)| n != name);
     }
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
@@ -211,6 +214,7 @@ fn catalog_with_limits(limits: serde_json::Value, list_changed: bool) -> Rc<Cata
         "servers": [
             {"name": "alpha", "prefix": "alpha_", "authority": "alpha.mcp.local", "cluster": "alpha",
              "host": "127.0.0.1:1", "headers": [{"name": "authorization", "value": "Bearer alpha-secret"}],
+             "forward_headers": ["x-tenant"],
              "tools": [{"name": "echo", "inputSchema": {"type": "object"}}, {"name": "add", "description": "a+b"}]},
             {"name": "beta", "prefix": "beta_", "authority": "beta.mcp.local", "path": "/v1/mcp", "cluster": "beta",
              "tools": [{"name": "echo", "inputSchema": {"type": "object"}}]}
@@ -307,6 +311,21 @@ fn tools_call_opens_an_upstream_session_then_routes() {
     assert_eq!(action, Action::Pause, "waits for the upstream initialize");
     let (cluster, headers, init_body) = host.calls[0].clone();
     assert_eq!(cluster, "alpha");
+    let mut init_names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+    init_names.sort_unstable();
+    assert_eq!(
+        init_names,
+        [
+            ":authority",
+            ":method",
+            ":path",
+            "accept",
+            "authorization",
+            "content-type",
+            "x-mcp-servername"
+        ],
+        "the gateway's own call carries no client header"
+    );
     assert!(headers.contains(&(":authority".into(), "127.0.0.1:1".into())));
     assert!(headers.contains(&("authorization".into(), "Bearer alpha-secret".into())));
     let init: serde_json::Value = serde_json::from_slice(&init_body).unwrap();
@@ -388,12 +407,173 @@ fn tools_call_opens_an_upstream_session_then_routes() {
     assert_eq!(host.header("mcp-session-id").unwrap(), "up-1");
 }
 
+/// Headers a hostile or chatty client adds to its call, on top of `FakeHost::post`'s.
+const CLIENT_EXTRAS: &[(&str, &str)] = &[
+    ("cookie", "sid=client"),
+    ("cookie", "theme=dark"),
+    ("proxy-authorization", "Basic cHJveHk="),
+    ("x-api-key", "client-key"),
+    ("x-forwarded-for", "203.0.113.9"),
+    ("x-forwarded-proto", "http"),
+    ("forwarded", "for=203.0.113.9"),
+    ("accept-encoding", "gzip"),
+    ("x-envoy-upstream-rq-timeout-ms", "1"),
+    (
+        "traceparent",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ),
+    ("user-agent", "client/1"),
+    ("x-request-id", "rid-1"),
+    ("x-tenant", "acme"),
+];
+
+fn names(headers: &[(String, Vec<u8>)]) -> std::collections::BTreeSet<String> {
+    headers.iter().map(|(n, _)| n.clone()).collect()
+}
+
+/// A warm call (upstream session cached) to `tool`, with [`CLIENT_EXTRAS`].
+fn routed_call(catalog: &Rc<Catalog>, token: &str, server: &str, tool: &str) -> FakeHost {
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#
+    );
+    let mut host = FakeHost::post(&body, Some(token));
+    for (name, value) in CLIENT_EXTRAS {
+        host.request_headers
+            .push(((*name).into(), value.as_bytes().to_vec()));
+    }
+    let session_id = catalog
+        .keys
+        .open(token.as_bytes(), host.now)
+        .unwrap()
+        .id
+        .clone();
+    let up = upstream::UpstreamSession {
+        session_id: format!("up-{server}"),
+        protocol_version: "2025-06-18".into(),
+    };
+    upstream::store(
+        &mut host,
+        catalog.limits.upstream_session_slots,
+        &session_id,
+        server,
+        &up,
+    );
+    let (_, action) = run(catalog, &mut host);
+    assert_eq!(action, Action::Continue);
+    assert!(host.calls.is_empty() && host.reply.is_none());
+    host
+}
+
+#[test]
+fn a_routed_call_carries_only_what_its_server_may_receive() {
+    let catalog = catalog(10);
+    let token = initialize(&catalog);
+
+    // alpha: a credential of its own (authorization) and forward_headers [x-tenant].
+    let host = routed_call(&catalog, &token, "alpha", "alpha_echo");
+    let mut removed = host.removed.clone();
+    removed.sort();
+    assert_eq!(
+        removed,
+        [
+            "accept-encoding",
+            "cookie",
+            "forwarded",
+            "proxy-authorization",
+            "x-api-key",
+            "x-envoy-upstream-rq-timeout-ms",
+            "x-forwarded-for",
+            "x-mcp-servername", // the client's spoofed copy, removed on every path
+        ],
+        "one removal per disallowed name present (cookie came twice)"
+    );
+    assert_eq!(
+        names(&host.request_headers),
+        [
+            ":authority",
+            ":method",
+            ":path",
+            "accept",
+            "authorization",
+            "content-length",
+            "content-type",
+            "mcp-protocol-version",
+            "mcp-session-id",
+            "traceparent",
+            "user-agent",
+            // Left for Envoy's route matching; the route removes it (docs/architecture.md).
+            "x-forwarded-proto",
+            "x-mcp-method",
+            "x-mcp-servername",
+            "x-mcp-toolname",
+            "x-request-id",
+            "x-tenant",
+        ]
+        .map(String::from)
+        .into(),
+    );
+    assert_eq!(host.header("authorization").unwrap(), "Bearer alpha-secret");
+    assert_eq!(host.header("x-tenant").unwrap(), "acme");
+    assert_eq!(host.header("mcp-session-id").unwrap(), "up-alpha");
+
+    // beta: no credential, no forward_headers: the client's authorization and x-tenant go too.
+    let host = routed_call(&catalog, &token, "beta", "beta_echo");
+    assert!(host.removed.contains(&"authorization".to_owned()));
+    assert!(host.removed.contains(&"x-tenant".to_owned()));
+    assert!(host.header("authorization").is_none());
+    assert!(host.header("x-tenant").is_none());
+    assert_eq!(
+        host.header("traceparent").unwrap(),
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+    for gone in [
+        "cookie",
+        "proxy-authorization",
+        "x-api-key",
+        "x-forwarded-for",
+    ] {
+        assert!(host.header(gone).is_none(), "{gone}");
+    }
+}
+
+#[test]
+fn a_call_with_only_allowed_headers_removes_nothing() {
+    let catalog = catalog(10);
+    let token = initialize(&catalog);
+    let body = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"alpha_echo"}}"#;
+    let mut host = FakeHost::post(body, Some(&token));
+    let session_id = catalog
+        .keys
+        .open(token.as_bytes(), host.now)
+        .unwrap()
+        .id
+        .clone();
+    let up = upstream::UpstreamSession {
+        session_id: "up".into(),
+        protocol_version: "2025-06-18".into(),
+    };
+    upstream::store(
+        &mut host,
+        catalog.limits.upstream_session_slots,
+        &session_id,
+        "alpha",
+        &up,
+    );
+    run(&catalog, &mut host);
+    // Only the spoofed routing header (removed on every path) cost a removal.
+    assert_eq!(host.removed, ["x-mcp-servername"]);
+}
+
 #[test]
 fn an_expired_upstream_session_is_reopened_and_the_call_replayed() {
     let catalog = catalog(10);
     let token = initialize(&catalog);
     let body = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"beta_echo","arguments":{}}}"#;
     let mut host = FakeHost::post(body, Some(&token));
+    for (name, value) in CLIENT_EXTRAS {
+        host.request_headers
+            .push(((*name).into(), value.as_bytes().to_vec()));
+    }
     let session_id = catalog
         .keys
         .open(token.as_bytes(), host.now)
@@ -440,6 +620,32 @@ fn an_expired_upstream_session_is_reopened_and_the_call_replayed() {
     assert!(headers.contains(&("mcp-session-id".into(), "new".into())));
     assert!(headers.contains(&(":path".into(), "/v1/mcp".into())));
     assert!(headers.contains(&("x-mcp-toolname".into(), "echo".into())));
+    // The replay carries what the routed call carried: the gateway's headers and the client's
+    // allowed ones (trace context), never the rest.
+    let mut replay_names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+    replay_names.sort_unstable();
+    assert_eq!(
+        replay_names,
+        [
+            ":authority",
+            ":method",
+            ":path",
+            "accept",
+            "content-type",
+            "mcp-protocol-version",
+            "mcp-session-id",
+            "traceparent",
+            "user-agent",
+            "x-mcp-method",
+            "x-mcp-servername",
+            "x-mcp-toolname",
+            "x-request-id",
+        ]
+    );
+    assert!(
+        !headers.iter().any(|(_, v)| v == &token),
+        "not the client's session"
+    );
     assert!(String::from_utf8(replayed)
         .unwrap()
         .contains(r#""name":"echo""#));

@@ -272,6 +272,7 @@ fn server_config(
         cluster: spec.cluster.clone(),
         host: Some(spec.host_header.clone()),
         headers,
+        forward_headers: spec.forward_headers.clone(),
         tools: json(&lists.tools),
         prompts: json(&lists.prompts),
         resources: json(&lists.resources),
@@ -364,7 +365,7 @@ mod tests {
         (r.state, r.detail.as_deref())
     }
 
-    const TWO: &str = "  - {name: alpha, url: 'http://127.0.0.1:1/mcp'}\n  - {name: beta, url: 'https://b.example.com:8443/x/mcp', credential: {env: T}}\n";
+    const TWO: &str = "  - {name: alpha, url: 'http://127.0.0.1:1/mcp'}\n  - {name: beta, url: 'https://b.example.com:8443/x/mcp', credential: {env: T}, forward_headers: [x-tenant]}\n";
 
     #[test]
     fn healthy_servers_make_the_document() {
@@ -381,6 +382,8 @@ mod tests {
         assert_eq!(beta.host.as_deref(), Some("b.example.com:8443"));
         assert_eq!(beta.path, "/x/mcp");
         assert_eq!(beta.headers[0].value, "Bearer tok");
+        assert_eq!(beta.forward_headers, ["x-tenant"]);
+        assert!(b.document.servers[0].forward_headers.is_empty());
         assert_eq!(beta.tools.len(), 1);
         assert!(b.document.gateway.list_changed);
         assert_eq!(b.document.hash, b.hash);
@@ -390,6 +393,10 @@ mod tests {
         let text = serde_json::to_string(&b.document).unwrap();
         let back: GatewayConfig = serde_json::from_str(&text).unwrap();
         assert_eq!(back.servers.len(), 2);
+        assert_eq!(back.servers[1].forward_headers, ["x-tenant"]);
+        let catalog = mcpgw_core::Catalog::build(back).unwrap();
+        assert!(catalog.forward_headers(1).unwrap().allows("x-tenant"));
+        assert!(!catalog.forward_headers(0).unwrap().allows("x-tenant"));
     }
 
     #[test]
@@ -497,7 +504,9 @@ mod tests {
         assert_eq!(a.resources_fingerprint, b.resources_fingerprint);
         assert!(a.extras.prompts.contains_key("alpha_p1"));
         assert!(a.extras.resources.contains_key("file:///a"));
-        // Prompts/resources do not travel in the document (no fields yet): same hash.
-        assert_eq!(a.hash, b.hash);
+        // Prompts and resources travel in the document: a changed prompt is a new version.
+        assert_ne!(a.hash, b.hash);
+        assert_eq!(a.document.servers[0].prompts.len(), 1);
+        assert_eq!(a.document.servers[0].resources.len(), 1);
     }
 }

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use mcpgw_core::config::{GatewayInfo, HeaderValue, Limits, SessionKey, MIN_MAX_JSON_DEPTH};
+use mcpgw_core::config::{
+    check_forward_header, GatewayInfo, HeaderValue, Limits, SessionKey, MIN_MAX_JSON_DEPTH,
+};
 use serde::Deserialize;
 
 /// Name of the Envoy cluster that points at the sidecar (static, in the bootstrap).
@@ -221,6 +223,9 @@ struct ServerSection {
     /// Extra, non-secret headers sent to the server (discovery and routed calls).
     #[serde(default)]
     headers: std::collections::BTreeMap<String, String>,
+    /// Client request headers forwarded to the server besides the gateway's default list.
+    #[serde(default)]
+    forward_headers: Vec<String>,
     /// CA certificate(s) (PEM) trusted for this `https` server instead of the system bundle.
     #[serde(default)]
     ca_file: Option<PathBuf>,
@@ -390,6 +395,9 @@ pub struct ServerSpec {
     /// Headers sent upstream (credential included), or why they could not be resolved (a
     /// missing variable or file): then the server stays out of the catalog.
     pub headers: Result<Vec<HeaderValue>, String>,
+    /// Client request headers forwarded besides the default list (lower-case, validated by the
+    /// core's own check).
+    pub forward_headers: Vec<String>,
 }
 
 impl ServerSpec {
@@ -673,6 +681,16 @@ fn server_spec(
         return Err(format!("{}: only applies to https URLs", field("ca_file")));
     }
 
+    let mut forward_headers: Vec<String> = Vec::with_capacity(server.forward_headers.len());
+    for (f, name) in server.forward_headers.iter().enumerate() {
+        // Names are case-insensitive: written as people like, checked and sent lower-case.
+        let name = name.to_ascii_lowercase();
+        check_forward_header(&field(&format!("forward_headers[{f}]")), &name)?;
+        if !forward_headers.contains(&name) {
+            forward_headers.push(name);
+        }
+    }
+
     let mut headers = Vec::new();
     for (name, value) in &server.headers {
         check_header(&field(&format!("headers.{name}")), name, value)?;
@@ -747,6 +765,7 @@ fn server_spec(
         path,
         ca_file: server.ca_file.map(|p| resolve(base, &p)),
         headers: resolved,
+        forward_headers,
     })
 }
 
@@ -948,6 +967,7 @@ servers:
     url: https://api.example.com/v1/mcp?x=1
     credential: {env: TOKEN}
     headers: {X-Tenant: acme}
+    forward_headers: [X-Request-Tenant, x-correlation-id, x-request-tenant]
     ca_file: certs/ca.pem
   - name: beta
     url: http://127.0.0.1:18081/mcp
@@ -975,8 +995,14 @@ servers:
         assert_eq!(headers[0].name, "x-tenant");
         assert_eq!(headers[1].name, "authorization");
         assert_eq!(headers[1].value, "Bearer s3cret");
+        assert_eq!(
+            a.forward_headers,
+            ["x-request-tenant", "x-correlation-id"],
+            "lower-cased, deduplicated"
+        );
 
         let b = &s.servers[1];
+        assert!(b.forward_headers.is_empty());
         assert_eq!(b.prefix, "");
         assert!(!b.enabled);
         assert_eq!(b.host_header, "127.0.0.1:18081");
@@ -1062,6 +1088,26 @@ servers:
             ("listen: nowhere", "listen"),
             ("limits: {page_size: 0}", "page_size"),
             ("limits: {max_json_depth: 2}", "limits.max_json_depth"),
+            (
+                "servers:\n  - {name: a, url: 'http://h/', forward_headers: [x-ok, Cookie]}",
+                "servers[0].forward_headers[1]: \"cookie\" carries the client's credentials",
+            ),
+            (
+                "servers:\n  - {name: a, url: 'http://h/', forward_headers: [authorization]}",
+                "servers[0].forward_headers[0]: \"authorization\" carries the client's credentials",
+            ),
+            (
+                "servers:\n  - {name: a, url: 'http://h/', forward_headers: [Proxy-Authorization]}",
+                "servers[0].forward_headers[0]: \"proxy-authorization\" carries",
+            ),
+            (
+                "servers:\n  - {name: a, url: 'http://h/', forward_headers: ['x y']}",
+                "servers[0].forward_headers[0]: must be a lower-case header name",
+            ),
+            (
+                "servers:\n  - {name: a, url: 'http://h/', forward_headers: [transfer-encoding]}",
+                "servers[0].forward_headers[0]: \"transfer-encoding\" is managed by the proxy",
+            ),
         ];
         for (text, want) in cases {
             let err = parse_err(text);

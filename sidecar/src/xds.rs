@@ -5,6 +5,9 @@
 //! `UpstreamTlsContext` with SNI and certificate + SAN verification) and one virtual host per server
 //! (`domains: [<authority>]`, `host_rewrite_literal: <host>`, path kept). The default virtual host
 //! sends `GET <mcp_path>` to the sidecar (the notification stream) and answers everything else 404.
+//! What Envoy itself would add stays out of the upstream requests: the server routes remove
+//! `x-forwarded-proto`, the router suppresses its `x-envoy-*` headers, the server clusters strip the
+//! async client's (docs/architecture.md, "Headers that reach upstreams").
 //!
 //! Files are written atomically (temporary file + rename), which is the move Envoy's file watcher
 //! reacts to. A removed server's cluster stays in CDS for a grace period so that requests the
@@ -32,6 +35,16 @@ const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 const ROUTES_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 const TLS_TYPE: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Headers Envoy's async client adds to the plugin's own calls (initialize, DELETE, replays),
+/// whose router the configuration cannot reach: an upstream filter on every server cluster
+/// removes them (checked with Envoy 1.40: without it they reach the server).
+pub const ASYNC_CLIENT_HEADERS: [&str; 2] = ["x-envoy-internal", "x-envoy-expected-rq-timeout-ms"];
+
+/// Left by the plugin because Envoy's route matching needs it; the server routes remove it once
+/// the route is chosen (unless the server's `forward_headers` name it).
+pub const ROUTE_ONLY_HEADER: &str = "x-forwarded-proto";
 
 fn duration(d: Duration) -> String {
     format!("{}.{:03}s", d.as_secs(), d.subsec_millis())
@@ -57,6 +70,10 @@ pub fn cluster(spec: &ServerSpec, settings: &Settings) -> Value {
         if !ip {
             map.insert("dns_lookup_family".into(), json!("V4_PREFERRED"));
         }
+        map.insert(
+            "typed_extension_protocol_options".into(),
+            json!({HTTP_OPTIONS: http_options()}),
+        );
         if spec.tls {
             let ca = spec.ca_file.as_ref().unwrap_or(&settings.envoy.ca_bundle);
             let san_type = if ip { "IP_ADDRESS" } else { "DNS" };
@@ -83,6 +100,34 @@ pub fn cluster(spec: &ServerSpec, settings: &Settings) -> Value {
     cluster
 }
 
+/// HTTP/1.1 to the server (as without options), through an upstream filter that removes
+/// [`ASYNC_CLIENT_HEADERS`].
+fn http_options() -> Value {
+    let removals: Vec<Value> = ASYNC_CLIENT_HEADERS
+        .iter()
+        .map(|h| json!({"remove": h}))
+        .collect();
+    json!({
+        "@type": format!("type.googleapis.com/{HTTP_OPTIONS}"),
+        "explicit_http_config": {"http_protocol_options": {}},
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.header_mutation",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                    "mutations": {"request_mutations": removals},
+                },
+            },
+            {
+                "name": "envoy.filters.http.upstream_codec",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
+                },
+            },
+        ],
+    })
+}
+
 /// The whole route configuration: one virtual host per enabled server, then the default one.
 pub fn route_configuration(settings: &Settings) -> Value {
     let mut hosts: Vec<Value> = settings
@@ -90,23 +135,32 @@ pub fn route_configuration(settings: &Settings) -> Value {
         .iter()
         .filter(|s| s.enabled)
         .map(|s| {
+            let mut route = json!({
+                // Only what the plugin routed (it strips client x-mcp-* headers on the
+                // MCP path and sets this one), not a client naming the host itself.
+                "match": {"prefix": "/", "headers": [{
+                    "name": "x-mcp-servername",
+                    "string_match": {"exact": s.name},
+                }]},
+                "route": {
+                    "cluster": s.cluster,
+                    "host_rewrite_literal": s.host_header,
+                    "timeout": "0s",
+                },
+            });
+            if !s.forward_headers.iter().any(|h| h == ROUTE_ONLY_HEADER) {
+                if let Some(map) = route.as_object_mut() {
+                    map.insert(
+                        "request_headers_to_remove".into(),
+                        json!([ROUTE_ONLY_HEADER]),
+                    );
+                }
+            }
             json!({
                 "name": format!("srv_{}", s.name),
                 "domains": [s.authority],
                 "routes": [
-                    {
-                        // Only what the plugin routed (it strips client x-mcp-* headers on the
-                        // MCP path and sets this one), not a client naming the host itself.
-                        "match": {"prefix": "/", "headers": [{
-                            "name": "x-mcp-servername",
-                            "string_match": {"exact": s.name},
-                        }]},
-                        "route": {
-                            "cluster": s.cluster,
-                            "host_rewrite_literal": s.host_header,
-                            "timeout": "0s",
-                        },
-                    },
+                    route,
                     {
                         "match": {"prefix": "/"},
                         "direct_response": {"status": 404, "body": {"inline_string": "not found\n"}},
@@ -314,7 +368,14 @@ pub fn bootstrap(settings: &Settings, xds_dir: &Path, options: &BootstrapOptions
     }
     filters.push(json!({
         "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            // The router's own headers would reach upstreams after the plugin removed what they
+            // may not see: x-envoy-original-host (added by the routes' host rewrite, after any
+            // route-level request_headers_to_remove), x-envoy-original-path,
+            // x-envoy-expected-rq-timeout-ms.
+            "suppress_envoy_headers": true,
+        },
     }));
     let address = |a: std::net::SocketAddr| json!({"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}});
     json!({
@@ -406,7 +467,7 @@ envoy: {xds_dir: /tmp/x}
 servers:
   - {name: alpha, url: 'http://127.0.0.1:18081/mcp'}
   - {name: beta, url: 'https://api.example.com/mcp', ca_file: /ca.pem}
-  - {name: gamma, url: 'https://10.0.0.1:8443/mcp'}
+  - {name: gamma, url: 'https://10.0.0.1:8443/mcp', forward_headers: [x-forwarded-proto]}
   - {name: off, url: 'http://h/', enabled: false}
 "#,
             Path::new("/etc"),
@@ -420,6 +481,15 @@ servers:
         let s = settings();
         let a = cluster(&s.servers[0], &s);
         assert_eq!(a["type"], "STATIC");
+        let http = &a["typed_extension_protocol_options"][HTTP_OPTIONS];
+        assert!(http["explicit_http_config"]["http_protocol_options"].is_object());
+        let filters = http["http_filters"].as_array().unwrap();
+        assert_eq!(filters[0]["name"], "envoy.filters.http.header_mutation");
+        assert_eq!(
+            filters[0]["typed_config"]["mutations"]["request_mutations"],
+            json!([{"remove": "x-envoy-internal"}, {"remove": "x-envoy-expected-rq-timeout-ms"}])
+        );
+        assert_eq!(filters[1]["name"], "envoy.filters.http.upstream_codec");
         assert!(a.get("transport_socket").is_none());
         assert!(a.get("dns_lookup_family").is_none());
         let b = cluster(&s.servers[1], &s);
@@ -463,7 +533,17 @@ servers:
         let header = &hosts[0]["routes"][0]["match"]["headers"][0];
         assert_eq!(header["name"], "x-mcp-servername");
         assert_eq!(header["string_match"]["exact"], "alpha");
+        assert_eq!(
+            hosts[0]["routes"][0]["request_headers_to_remove"],
+            json!(["x-forwarded-proto"])
+        );
         assert_eq!(hosts[0]["routes"][1]["direct_response"]["status"], 404);
+        assert!(
+            hosts[2]["routes"][0]
+                .get("request_headers_to_remove")
+                .is_none(),
+            "gamma forwards x-forwarded-proto"
+        );
         assert_eq!(hosts[3]["domains"][0], "*");
         assert_eq!(hosts[3]["routes"][0]["match"]["path"], "/mcp");
         assert_eq!(hosts[3]["routes"][0]["route"]["cluster"], SIDECAR_CLUSTER);
@@ -556,6 +636,10 @@ servers:
                 ["socket_address"]["port_value"],
             18000
         );
+        let router = &hcm["http_filters"][1];
+        assert_eq!(router["name"], "envoy.filters.http.router");
+        assert_eq!(router["typed_config"]["suppress_envoy_headers"], true);
+
         let plain = bootstrap(
             &s,
             Path::new("/run/xds"),

@@ -1,6 +1,7 @@
 """Session-wide fixtures: two demo upstreams and one Envoy+plugin gateway, started once.
 
-alpha: SSE answers, requires `Bearer alpha-secret`, tools echo/add/whoami, prefix `alpha_`.
+alpha: SSE answers, requires `Bearer alpha-secret`, tools echo/add/whoami, prefix `alpha_`; clients'
+       `x-tenant` header is forwarded to it (FORWARD_HEADERS).
 beta:  JSON answers, requires `Bearer beta-secret`, tools echo/add/whoami/t0001..t0003, prefix `beta_`.
 The gateway pages tools/list by PAGE_SIZE (9 tools -> pages of 4, 4, 1) and caps bodies at MAX_BODY.
 Logs and generated configs stay in pytest's temp dir (printed in the header) for post-mortems.
@@ -21,6 +22,8 @@ MAX_BODY = 64 * 1024
 GATEWAY_NAME = "mcpgw-e2e"
 GATEWAY_VERSION = "9.9.9-e2e"
 PREFIXES = {"alpha": "alpha_", "beta": "beta_"}
+# Client headers forwarded besides the gateway's default list, per server.
+FORWARD_HEADERS = {"alpha": ["x-tenant"], "beta": []}
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +52,8 @@ def catalogs(upstreams: dict[str, DemoServer]) -> dict[str, list[dict[str, Any]]
 def make_document(upstreams: dict[str, DemoServer], catalogs: dict[str, list[dict[str, Any]]], *,
                   ttl_seconds: int = 3600, key_id: str = "k1") -> dict[str, Any]:
     return harness.gateway_document(
-        [harness.server_entry(s, PREFIXES[name], catalogs[name]) for name, s in upstreams.items()],
+        [harness.server_entry(s, PREFIXES[name], catalogs[name], forward_headers=FORWARD_HEADERS[name])
+         for name, s in upstreams.items()],
         keys=[harness.new_session_key(key_id)],
         ttl_seconds=ttl_seconds,
         limits={"page_size": PAGE_SIZE, "max_body_bytes": MAX_BODY, "upstream_timeout_ms": 5000},

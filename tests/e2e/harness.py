@@ -322,12 +322,14 @@ def new_session_key(key_id: str = "k1") -> dict[str, str]:
 
 
 def server_entry(server: DemoServer, prefix: str, tools: list[dict[str, Any]], *,
-                 headers: list[dict[str, str]] | None = None, path: str = "/mcp") -> dict[str, Any]:
+                 headers: list[dict[str, str]] | None = None, path: str = "/mcp",
+                 forward_headers: Sequence[str] = ()) -> dict[str, Any]:
     """A `ServerConfig` for `server` as routed by `envoy_bootstrap`: authority `<name>.mcp.local`, cluster
-    `<name>`, host `127.0.0.1:<port>`. `headers` default to the server's credential, if any."""
+    `<name>`, host `127.0.0.1:<port>`. `headers` default to the server's credential, if any;
+    `forward_headers`: client headers forwarded besides the gateway's default list."""
     if headers is None:
         headers = [{"name": "authorization", "value": f"Bearer {server.credential}"}] if server.credential else []
-    return {
+    entry = {
         "name": server.server_name,
         "prefix": prefix,
         "authority": authority_of(server.server_name),
@@ -337,6 +339,9 @@ def server_entry(server: DemoServer, prefix: str, tools: list[dict[str, Any]], *
         "headers": headers,
         "tools": tools,
     }
+    if forward_headers:
+        entry["forward_headers"] = list(forward_headers)
+    return entry
 
 
 def authority_of(name: str) -> str:
@@ -383,6 +388,9 @@ def envoy_bootstrap(*, listen_port: int, admin_port: int, upstreams: Sequence[tu
                 "match": {"prefix": "/", "headers": [
                     {"name": "x-mcp-servername", "string_match": {"exact": name}}]},
                 "route": {"cluster": name, "host_rewrite_literal": f"{HOST}:{port}", "timeout": "0s"},
+                # Envoy needs x-forwarded-proto to pick a route (the plugin leaves it); once the
+                # route is chosen, it is not the upstream's business.
+                "request_headers_to_remove": ["x-forwarded-proto"],
             }],
         }
         for name, port in upstreams
@@ -424,7 +432,10 @@ def envoy_bootstrap(*, listen_port: int, admin_port: int, upstreams: Sequence[tu
             },
             {
                 "name": "envoy.filters.http.router",
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                # No x-envoy-* request headers upstream: x-envoy-original-host (the host rewrite adds
+                # it after route-level request_headers_to_remove), x-envoy-expected-rq-timeout-ms, ...
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                                 "suppress_envoy_headers": True},
             },
         ],
     }
@@ -449,6 +460,8 @@ def envoy_bootstrap(*, listen_port: int, admin_port: int, upstreams: Sequence[tu
         }
         for name, port in [*upstreams, *extra_clusters]
     ]
+    for cluster in clusters[:len(upstreams)]:
+        cluster["typed_extension_protocol_options"] = upstream_http_options()
     return {
         "static_resources": {
             "listeners": [{
@@ -464,6 +477,27 @@ def envoy_bootstrap(*, listen_port: int, admin_port: int, upstreams: Sequence[tu
         },
         "admin": {"address": {"socket_address": {"address": HOST, "port_value": admin_port}}},
     }
+
+
+# Headers Envoy's async client adds to the plugin's own calls (initialize, DELETE, replays); an upstream
+# filter on each server cluster removes them (mirrors sidecar/src/xds.rs ASYNC_CLIENT_HEADERS).
+ASYNC_CLIENT_HEADERS = ("x-envoy-internal", "x-envoy-expected-rq-timeout-ms")
+
+
+def upstream_http_options() -> dict[str, Any]:
+    """A server cluster's `typed_extension_protocol_options`: HTTP/1.1 (as without options) through an
+    upstream `header_mutation` filter that removes ASYNC_CLIENT_HEADERS."""
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http_protocol_options": {}},
+        "http_filters": [
+            {"name": "envoy.filters.http.header_mutation", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                "mutations": {"request_mutations": [{"remove": h} for h in ASYNC_CLIENT_HEADERS]}}},
+            {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}},
+        ],
+    }}
 
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

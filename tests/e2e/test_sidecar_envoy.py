@@ -124,6 +124,10 @@ def test_routes_by_authority_with_host_rewrite(stack, upstreams):
     assert r.headers.get("mcp-session-id")
     (entry,) = [e for e in alpha.requests_log() if e["rpc_method"] == "initialize"]
     assert entry["headers"]["host"] == alpha.host  # host_rewrite_literal
+    # Envoy's own headers stay in Envoy: the host rewrite's x-envoy-original-host (router
+    # suppress_envoy_headers), x-forwarded-proto (needed to pick the route, removed by it).
+    for envoy_header in ("x-envoy-original-host", "x-envoy-expected-rq-timeout-ms", "x-forwarded-proto"):
+        assert envoy_header not in entry["headers"], entry["headers"]
     # Only requests the plugin routed (x-mcp-servername set) reach a server's virtual host.
     assert routed(gw, "alpha", name_header=False).status_code == 404
     assert routed(gw, "nosuch").status_code == 404

@@ -17,6 +17,7 @@ import pytest
 
 import harness
 from harness import DemoServer
+from rpc import Rpc, describe, tool_text
 from sidecar_harness import (ListeningClient, Sidecar, SidecarGateway, TlsServer, base_config, envoy_settings,
                              fresh_tool_names, make_ca)
 
@@ -46,7 +47,8 @@ def upstreams(workdir):
 def stack(workdir, upstreams):
     envoy, _, _ = envoy_settings()
     cfg = base_config(harness.free_port(), workdir / "xds", **envoy)
-    cfg["servers"] = [{"name": "alpha", "url": upstreams["alpha"].url, "credential": {"env": "ALPHA_TOKEN"}}]
+    cfg["servers"] = [{"name": "alpha", "url": upstreams["alpha"].url, "credential": {"env": "ALPHA_TOKEN"},
+                       "forward_headers": ["X-Tenant"]}]
     sc = Sidecar(workdir, cfg, env={"ALPHA_TOKEN": "alpha-secret", "SECURE_TOKEN": "tls-token"})
     gw = SidecarGateway(workdir, sc)
     try:
@@ -116,6 +118,36 @@ def test_catalog_and_credential_through_the_gateway(stack):
         assert me["headers"]["authorization"] == "Bearer alpha-secret"  # from the sidecar's config
         assert me["headers"]["x-mcp-servername"] == "alpha"
         assert client.call_tool("alpha_add", {"a": 2, "b": 40}) == ("42", False)
+
+
+def test_only_allowed_headers_reach_the_upstream(stack, upstreams):
+    """Standalone: the servers file's `forward_headers` reach the document and the plugin; the
+    generated routes, router and clusters keep Envoy's own headers from the upstream."""
+    sc, gw = stack
+    _, _, doc = sc.document()
+    assert next(s for s in doc["servers"] if s["name"] == "alpha")["forward_headers"] == ["x-tenant"]
+    sent = {"cookie": "sid=client", "authorization": "Bearer client-token", "proxy-authorization": "Basic eDp5",
+            "x-api-key": "client-key", "x-forwarded-for": "203.0.113.7", "forwarded": "for=203.0.113.7",
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "x-tenant": "acme"}
+    with Rpc(gw.url) as c:
+        c.initialize()
+        resp, msg = c.call_tool("alpha_whoami", headers=sent)
+        assert resp.status_code == 200, describe(resp)
+        h = json.loads(tool_text(msg))["headers"]
+        c.delete()
+    assert h["authorization"] == "Bearer alpha-secret"
+    assert h["x-tenant"] == "acme" and h["traceparent"] == sent["traceparent"]
+    for gone in ("cookie", "proxy-authorization", "x-api-key", "x-forwarded-for", "forwarded", "accept-encoding",
+                 "x-forwarded-proto", "x-envoy-original-host", "x-envoy-expected-rq-timeout-ms", "x-envoy-internal"):
+        assert gone not in h, (gone, h)
+    # The plugin's own calls on that upstream session (initialize, notifications/initialized, DELETE).
+    sid = h["mcp-session-id"]
+    own = [e for e in upstreams["alpha"].requests_log() if e["rpc_method"] != "tools/call" and (
+        e["headers"].get("mcp-session-id") == sid or (e["rpc_method"] == "initialize" and e["issued_session_id"] == sid))]
+    assert [e["http_method"] for e in own] == ["POST", "POST", "DELETE"], own
+    for e in own:
+        assert not [n for n in e["headers"] if n.startswith("x-envoy-") or n.startswith("x-forwarded-")], e
+        assert "cookie" not in e["headers"] and "x-tenant" not in e["headers"], e
 
 
 def test_server_added_while_a_client_is_connected(stack, upstreams):
