@@ -5,13 +5,14 @@ VENV := .venv
 WASM_RAW := target/wasm32-wasip1/release/mcpgw.wasm
 WASM := target/mcpgw.wasm
 
-.PHONY: help setup build wasm sidecar test test-unit test-wasm test-e2e bench bench-smoke lint fmt run clean
+.PHONY: help setup build wasm sidecar test test-unit test-wasm test-e2e bench bench-smoke soak lint fmt run clean
 
 help:
 	@echo "make run    build and start Envoy + plugin + sidecar + example MCP servers on 127.0.0.1"
 	@echo "           (make run CONFIG=servers.yaml: the same gateway over your own servers)"
 	@echo "make test   everything CI runs: lint, unit tests (native and wasm32-wasip1), end-to-end, bench smoke"
 	@echo "make bench  side-by-side benchmarks (~17 min), rewrites docs/benchmarks.md"
+	@echo "make soak   30 minutes of keep-alive load under configuration churn and health flaps (SOAK_MINUTES=)"
 
 setup:
 	@scripts/setup.sh
@@ -44,6 +45,10 @@ bench: wasm
 
 bench-smoke: wasm
 	$(VENV)/bin/python bench/run.py --smoke
+
+SOAK_MINUTES ?= 30
+soak: wasm sidecar
+	$(VENV)/bin/python tests/stress/churn.py --minutes $(SOAK_MINUTES) --seconds 45 --json target/soak.json
 
 test: lint test-unit test-wasm test-e2e bench-smoke
 

@@ -10,6 +10,7 @@ pub mod jsonrpc;
 pub mod origin;
 pub mod pipeline;
 pub mod relay;
+mod route;
 pub mod session;
 pub mod sse;
 pub mod sync;

@@ -11,6 +11,7 @@ use crate::error::GatewayError;
 use crate::host::{CallResponse, Host, Level};
 use crate::jsonrpc::{self, Message, Params};
 use crate::relay::SseRelay;
+use crate::route::{required_str, Call, Destination};
 use crate::session::{Claims, Session};
 use crate::upstream::{self, UpstreamSession};
 use serde_json::value::RawValue;
@@ -41,22 +42,6 @@ const ROUTING_HEADERS: [&str; 3] = ["x-mcp-servername", "x-mcp-toolname", "x-mcp
 const MAX_CLIENT_CLAIMS_BYTES: usize = 4096;
 
 const CONTENT_TYPE_JSON: &[u8] = b"application/json";
-
-/// A request being routed to one upstream.
-#[derive(Debug)]
-struct Call {
-    server: usize,
-    /// The MCP method, sent upstream as `x-mcp-method` (none for the client's answer to an
-    /// upstream's request).
-    method: Option<&'static str>,
-    /// The tool's name upstream (`tools/call` only), sent as `x-mcp-toolname`.
-    tool: Option<String>,
-    /// The rewritten body (kept to retry once when a cached upstream session has expired).
-    body: Vec<u8>,
-    /// The body buffered by Envoy, which the rewrite replaces.
-    received_len: usize,
-    session: Rc<Session>,
-}
 
 #[derive(Debug)]
 enum Stage {
@@ -1203,149 +1188,4 @@ fn replay_headers<'a>(
         }
     }
     headers
-}
-
-/// Where a routed request goes, and the one value of its body that changes on the way (a
-/// prefixed name, a mapped URI).
-struct Destination {
-    server: usize,
-    method: &'static str,
-    rewrite: Option<(std::ops::Range<usize>, String)>,
-    tool: Option<String>,
-}
-
-impl Destination {
-    fn of(
-        catalog: &Catalog,
-        text: &str,
-        method: &str,
-        params: &Params<'_>,
-    ) -> Result<Self, GatewayError> {
-        match method {
-            "tools/call" => {
-                let (raw, name) = required_str(params.name, "params.name")?;
-                let (route, _) = catalog
-                    .route(&name)
-                    .ok_or_else(|| GatewayError::invalid_params(format!("Unknown tool: {name}")))?;
-                Ok(Self::named(text, "tools/call", raw, route, true))
-            }
-            "prompts/get" => {
-                let (raw, name) = required_str(params.name, "params.name")?;
-                let (route, _) = catalog.prompt_route(&name).ok_or_else(|| {
-                    GatewayError::invalid_params(format!("Unknown prompt: {name}"))
-                })?;
-                Ok(Self::named(text, "prompts/get", raw, route, false))
-            }
-            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-                let method = match method {
-                    "resources/read" => "resources/read",
-                    "resources/subscribe" => "resources/subscribe",
-                    _ => "resources/unsubscribe",
-                };
-                let (raw, uri) = required_str(params.uri, "params.uri")?;
-                Self::located(catalog, text, method, raw, &uri)
-            }
-            _ => {
-                let reference = params.reference.as_ref().ok_or_else(|| {
-                    GatewayError::invalid_params("Invalid params: params.ref is required")
-                })?;
-                let (_, kind) = required_str(reference.kind, "params.ref.type")?;
-                match kind.as_ref() {
-                    "ref/prompt" => {
-                        let (raw, name) = required_str(reference.name, "params.ref.name")?;
-                        let (route, _) = catalog.prompt_route(&name).ok_or_else(|| {
-                            GatewayError::invalid_params(format!("Unknown prompt: {name}"))
-                        })?;
-                        Ok(Self::named(text, "completion/complete", raw, route, false))
-                    }
-                    "ref/resource" => {
-                        let (raw, uri) = required_str(reference.uri, "params.ref.uri")?;
-                        Self::located(catalog, text, "completion/complete", raw, &uri)
-                    }
-                    other => Err(GatewayError::invalid_params(format!(
-                        "Invalid params: unknown params.ref.type {other:?}"
-                    ))),
-                }
-            }
-        }
-    }
-
-    fn named(
-        text: &str,
-        method: &'static str,
-        raw: &RawValue,
-        route: &crate::catalog::Route,
-        tool: bool,
-    ) -> Self {
-        Self {
-            server: route.server,
-            method,
-            rewrite: jsonrpc::span_in(text, raw.get())
-                .map(|span| (span, route.upstream_name_json.clone())),
-            tool: tool.then(|| route.upstream_name.clone()),
-        }
-    }
-
-    fn located(
-        catalog: &Catalog,
-        text: &str,
-        method: &'static str,
-        raw: &RawValue,
-        uri: &str,
-    ) -> Result<Self, GatewayError> {
-        let (server, upstream_uri) = catalog
-            .resource_route(uri)
-            .ok_or_else(|| GatewayError::resource_not_found(uri))?;
-        let rewrite = match upstream_uri {
-            None => None,
-            Some(upstream) => Some((
-                jsonrpc::span_in(text, raw.get())
-                    .ok_or_else(|| GatewayError::invalid_params("Invalid params: uri"))?,
-                jsonrpc::json_string(&upstream),
-            )),
-        };
-        Ok(Self {
-            server,
-            method,
-            rewrite,
-            tool: None,
-        })
-    }
-
-    /// The call with its body rewritten for the upstream.
-    fn into_call(
-        self,
-        text: &str,
-        received_len: usize,
-        session: Rc<Session>,
-    ) -> Result<Call, GatewayError> {
-        let body = match self.rewrite {
-            None => text.as_bytes().to_vec(),
-            Some((span, replacement)) => jsonrpc::splice(text, span, &replacement)
-                .ok_or_else(|| GatewayError::invalid_params("Invalid params"))?
-                .into_bytes(),
-        };
-        Ok(Call {
-            server: self.server,
-            method: Some(self.method),
-            tool: self.tool,
-            body,
-            received_len,
-            session,
-        })
-    }
-}
-
-/// A required string parameter: its raw JSON (for its span in the body) and its value.
-fn required_str<'a>(
-    raw: Option<&'a RawValue>,
-    field: &str,
-) -> Result<(&'a RawValue, std::borrow::Cow<'a, str>), GatewayError> {
-    let raw = raw.ok_or_else(|| {
-        GatewayError::invalid_params(format!("Invalid params: {field} is required"))
-    })?;
-    let value = jsonrpc::raw_str(raw).ok_or_else(|| {
-        GatewayError::invalid_params(format!("Invalid params: {field} must be a string"))
-    })?;
-    Ok((raw, value))
 }

@@ -265,3 +265,37 @@ def test_tls_upstream_requiring_a_bearer_token(stack, workdir):
     finally:
         sc.edit(lambda c: c.update(servers=c["servers"][:2]))
         secure.stop()
+
+
+def test_every_worker_serves_once_one_has_answered(workdir, upstreams):
+    """Readiness: right after the first good answer of a fresh Envoy with four workers, calls on new
+    connections (spread over every worker) all succeed; none gets `no configuration yet`."""
+    import concurrent.futures
+
+    import httpx
+
+    envoy, _, _ = envoy_settings()
+    cfg = base_config(harness.free_port(), workdir / "xds-ready", **envoy)
+    cfg["servers"] = [{"name": "alpha", "url": upstreams["alpha"].url, "credential": {"env": "ALPHA_TOKEN"}}]
+    sc = Sidecar(workdir, cfg, env={"ALPHA_TOKEN": "alpha-secret"}, name="sidecar-ready")
+    gw = SidecarGateway(workdir, sc, concurrency=4, name="envoy-ready")
+    try:
+        sc.start()
+        sc.wait_state("alpha", "serving")
+        gw.start()
+        wait_tools(gw, lambda names: names == ALPHA_TOOLS)
+
+        def one(i: int) -> tuple[int, dict]:
+            with httpx.Client(timeout=10) as c:  # a new connection each: the listener spreads them
+                r = c.post(gw.url, json={"jsonrpc": "2.0", "id": i, "method": "tools/list"},
+                           headers={"accept": "application/json, text/event-stream"})
+                return r.status_code, r.json()
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(one, range(64)))
+        bad = [(s, m) for s, m in answers if s != 200 or "result" not in m]
+        assert not bad, bad[:3]
+        assert all(m["id"] == i for i, (_, m) in enumerate(answers))
+    finally:
+        gw.stop()
+        sc.stop()
