@@ -11,9 +11,11 @@ Serves MCP on http://HOST:PORT/mcp and `GET /_health` (200) for readiness.
 Tools: test_simple_text, test_image_content, test_audio_content, test_embedded_resource,
 test_multiple_content_types, test_tool_with_logging, test_tool_with_progress, test_error_handling,
 test_sampling(prompt), test_elicitation(message), test_elicitation_sep1034_defaults,
-test_elicitation_sep1330_enums.
+test_elicitation_sep1330_enums. Not suite fixtures: server_name (returns --name, to tell upstreams
+apart behind a gateway) and notify_resource_updated(uri) (notifications/resources/updated on the
+session's GET stream, if the session subscribed to uri).
 Resources: test://static-text, test://static-binary, test://watched-resource (subscribe /
-unsubscribe), template test://template/{id}/data.
+unsubscribe; its text names the server), template test://template/{id}/data.
 Prompts: test_simple_prompt, test_prompt_with_arguments(arg1, arg2), test_prompt_with_embedded_resource
 (resourceUri), test_prompt_with_image. Completion (`completion/complete`) on the arguments of
 test_prompt_with_arguments and on the template's `id`. `logging/setLevel` filters the
@@ -40,10 +42,11 @@ import uvicorn
 from mcp import types
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.shared.exceptions import MCPDeprecationWarning
 from starlette.responses import PlainTextResponse
 
 # logging, sampling and elicitation are deprecated at 2026-07-28; the suite speaks 2025-11-25.
-warnings.filterwarnings("ignore", message=r".*deprecated as of 2026-07-28.*")
+warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
 
 LOG_LEVELS = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
 
@@ -90,6 +93,11 @@ def build(name: str) -> MCPServer:
     low = server._lowlevel_server  # logging/setLevel and resources/(un)subscribe have no MCPServer decorator
 
     # ---------------------------------------------------------------- tools
+
+    @server.tool()
+    def server_name() -> str:
+        """Returns this server's --name (not a suite fixture: tells federated upstreams apart)."""
+        return name
 
     @server.tool()
     def test_simple_text() -> str:
@@ -254,7 +262,7 @@ def build(name: str) -> MCPServer:
     @server.resource("test://watched-resource", name="watched-resource", mime_type="text/plain",
                      description="A resource clients may subscribe to")
     def watched_resource() -> str:
-        return "Watched resource content."
+        return f"Watched resource content (server {name})."
 
     @server.resource("test://template/{id}/data", name="template-data", mime_type="application/json",
                      description="Data for an id (resource template)")
@@ -268,6 +276,16 @@ def build(name: str) -> MCPServer:
     async def unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
         _subscriptions.get(_session_key(ctx.request), set()).discard(str(params.uri))
         return types.EmptyResult()
+
+    @server.tool()
+    async def notify_resource_updated(uri: str, ctx: Context) -> str:
+        """Sends notifications/resources/updated for `uri` on the session's standalone (GET) stream,
+        as a server does when a resource changes, if this session subscribed to it (not a suite
+        fixture)."""
+        if uri not in _subscriptions.get(_session_key(ctx.request_context.request), set()):
+            return f"not subscribed to {uri}"
+        await ctx.session.send_resource_updated(uri)
+        return f"sent notifications/resources/updated for {uri}"
 
     low.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
     low.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, unsubscribe)
