@@ -5,12 +5,12 @@ VENV := .venv
 WASM_RAW := target/wasm32-wasip1/release/mcpgw.wasm
 WASM := target/mcpgw.wasm
 
-.PHONY: help setup build wasm sidecar test test-unit test-wasm test-e2e bench bench-smoke soak lint fmt run clean
+.PHONY: help setup build wasm sidecar test test-unit test-wasm test-e2e conformance bench bench-smoke soak lint fmt run clean
 
 help:
 	@echo "make run    build and start Envoy + plugin + sidecar + example MCP servers on 127.0.0.1"
 	@echo "           (make run CONFIG=servers.yaml: the same gateway over your own servers)"
-	@echo "make test   everything CI runs: lint, unit tests (native and wasm32-wasip1), end-to-end, bench smoke"
+	@echo "make test   everything CI runs: lint, unit tests (native and wasm32-wasip1), end-to-end, MCP conformance, bench smoke"
 	@echo "make bench  side-by-side benchmarks (~17 min), rewrites docs/benchmarks.md"
 	@echo "make soak   30 minutes of keep-alive load under configuration churn and health flaps (SOAK_MINUTES=)"
 
@@ -40,6 +40,11 @@ test-wasm: setup
 test-e2e: wasm sidecar
 	$(VENV)/bin/python -m pytest -q tests/e2e
 
+# The official MCP conformance suite directly against tests/servers/conformance_server.py and through
+# the gateway (tests/conformance/run.py; expected failures: tests/conformance/expected-failures.yml).
+conformance: wasm sidecar
+	$(VENV)/bin/python tests/conformance/run.py
+
 bench: wasm
 	$(VENV)/bin/python bench/run.py
 
@@ -50,7 +55,7 @@ SOAK_MINUTES ?= 30
 soak: wasm sidecar
 	$(VENV)/bin/python tests/stress/churn.py --minutes $(SOAK_MINUTES) --seconds 45 --json target/soak.json
 
-test: lint test-unit test-wasm test-e2e bench-smoke
+test: lint test-unit test-wasm test-e2e conformance bench-smoke
 
 run: wasm sidecar
 	$(VENV)/bin/python scripts/run.py $(if $(CONFIG),--config $(CONFIG))
