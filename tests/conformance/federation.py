@@ -443,7 +443,7 @@ async def run_prefix(url: str, prefix: str, server_name: str) -> list[Check]:
             with anyio.move_on_after(UPDATE_WAIT):
                 while not any(u == want for u in rec.updated):
                     await anyio.sleep(0.02)
-            expect(want in rec.updated, f"no notifications/resources/updated for {want} within {UPDATE_WAIT:.0f} s"
+            expect(want in rec.updated, f"no notifications/resources/updated for {want} within {UPDATE_WAIT:.1f} s"
                    f" (got {rec.updated})")
             return want
         await step("resources/updated", updated)
