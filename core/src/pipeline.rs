@@ -63,7 +63,13 @@ enum Stage {
     /// The upstream answers with an SSE stream, relayed event by event (see [`SseRelay`]).
     Relaying { relay: SseRelay },
     /// Replaying the call on a fresh upstream session, after the cached one was gone.
-    Replaying { token: u32, server: usize },
+    Replaying {
+        token: u32,
+        server: usize,
+        method: Option<&'static str>,
+    },
+    /// A JSON `resources/read` answer of a mapped server, buffered to map its contents' URIs.
+    MappingReadResult { server: usize },
     /// The new upstream session is told the client's log level before the call goes on.
     Leveling {
         call: Call,
@@ -226,10 +232,21 @@ impl Request {
             let relay = SseRelay::new(
                 server.map_or("", |s| s.name.as_str()),
                 server.is_some_and(|s| !s.prefix.is_empty()),
+                call.method,
             );
             // Events may change length on the way.
             host.remove_response_header("content-length");
             self.stage = Stage::Relaying { relay };
+        } else if call.method == Some("resources/read")
+            && self
+                .catalog
+                .server(call.server)
+                .is_some_and(|s| !s.prefix.is_empty())
+        {
+            host.remove_response_header("content-length");
+            self.stage = Stage::MappingReadResult {
+                server: call.server,
+            };
         }
         Action::Continue
     }
@@ -252,6 +269,21 @@ impl Request {
                 if end_of_stream {
                     self.stage = Stage::Answered;
                 }
+                Action::Continue
+            }
+            Stage::MappingReadResult { .. } if !end_of_stream => Action::Pause,
+            Stage::MappingReadResult { server } => {
+                let server = *server;
+                let body = host.response_body(size).unwrap_or_default();
+                let name = self.server_name(server).to_owned();
+                if let Ok(text) = std::str::from_utf8(&body) {
+                    if let std::borrow::Cow::Owned(mapped) =
+                        crate::relay::read_result_uris(text, &name)
+                    {
+                        host.set_response_body(size, mapped.as_bytes());
+                    }
+                }
+                self.stage = Stage::Answered;
                 Action::Continue
             }
             Stage::Initializing { retry: true, .. }
@@ -282,9 +314,11 @@ impl Request {
                     self.fail(host, e);
                 }
             }
-            Stage::Replaying { token: t, server } if t == token => {
-                self.relay_replay(host, server, response)
-            }
+            Stage::Replaying {
+                token: t,
+                server,
+                method,
+            } if t == token => self.relay_replay(host, server, method, response),
             Stage::Leveling {
                 call,
                 upstream,
@@ -811,6 +845,7 @@ impl Request {
             self.stage = Stage::Replaying {
                 token,
                 server: call.server,
+                method: call.method,
             };
         } else {
             self.forward(host, call, &upstream, false);
@@ -819,7 +854,13 @@ impl Request {
         Ok(())
     }
 
-    fn relay_replay(&mut self, host: &mut dyn Host, server: usize, response: CallResponse) {
+    fn relay_replay(
+        &mut self,
+        host: &mut dyn Host,
+        server: usize,
+        method: Option<&'static str>,
+        response: CallResponse,
+    ) {
         let Some(status) = response.status else {
             self.fail(
                 host,
@@ -835,12 +876,22 @@ impl Request {
         if let Some(token) = &self.session_token {
             headers.push(("mcp-session-id", token));
         }
-        let body = match (
-            is_event_stream(Some(content_type)),
-            self.catalog.server(server),
-        ) {
-            (true, Some(s)) => SseRelay::new(&s.name, !s.prefix.is_empty()).feed(&response.body),
-            _ => response.body.clone(),
+        let name = self.server_name(server).to_owned();
+        let mapped = self
+            .catalog
+            .server(server)
+            .is_some_and(|s| !s.prefix.is_empty());
+        let body = if is_event_stream(Some(content_type)) {
+            SseRelay::new(&name, mapped, method).feed(&response.body)
+        } else {
+            match std::str::from_utf8(&response.body) {
+                Ok(text) if mapped && method == Some("resources/read") => {
+                    crate::relay::read_result_uris(text, &name)
+                        .into_owned()
+                        .into_bytes()
+                }
+                _ => response.body.clone(),
+            }
         };
         host.send_response(status, &headers, &body, "mcpgw_replayed");
         self.stage = Stage::Answered;

@@ -3,7 +3,8 @@
 //! - a server-to-client request (`sampling/createMessage`, `elicitation/create`, `roots/list`,
 //!   any other) gets an id the client can answer without colliding with another upstream's:
 //!   `"mcpgw:<server>:<original id as JSON>"`, which needs no shared state to map back;
-//! - `notifications/resources/updated` carries the URI as the client knows it;
+//! - `notifications/resources/updated` carries the URI as the client knows it, and so do the
+//!   `contents` of a `resources/read` result;
 //! - everything else (results, progress, log messages) passes unchanged.
 
 use std::borrow::Cow;
@@ -40,14 +41,18 @@ pub struct SseRelay {
     server: String,
     /// The server's URIs are mapped (it has a prefix).
     mapped: bool,
+    /// The answer is a `resources/read` result whose contents carry URIs.
+    read_result: bool,
 }
 
 impl SseRelay {
-    pub fn new(server: &str, mapped: bool) -> Self {
+    /// `method`: the client's request this stream answers.
+    pub fn new(server: &str, mapped: bool, method: Option<&str>) -> Self {
         Self {
             parser: sse::Parser::new(),
             server: server.to_owned(),
             mapped,
+            read_result: method == Some("resources/read"),
         }
     }
 
@@ -57,6 +62,13 @@ impl SseRelay {
         let mut out = Vec::with_capacity(chunk.len() + 32);
         for event in self.parser.feed(chunk) {
             let data = rewrite(&event.data, &self.server, self.mapped);
+            let data = match self.mapped && self.read_result {
+                true => match read_result_uris(&data, &self.server) {
+                    Cow::Owned(mapped) => Cow::Owned(mapped),
+                    Cow::Borrowed(_) => data,
+                },
+                false => data,
+            };
             write_event(&mut out, &event, &data);
         }
         out
@@ -126,6 +138,48 @@ pub fn rewrite<'d>(data: &'d str, server: &str, mapped: bool) -> Cow<'d, str> {
     }
 }
 
+#[derive(Deserialize)]
+struct ReadAnswer<'a> {
+    #[serde(default, borrow)]
+    result: Option<ReadResult<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ReadResult<'a> {
+    #[serde(default, borrow)]
+    contents: Vec<UriParam<'a>>,
+}
+
+/// A `resources/read` answer of a mapped server, its `contents[].uri` as the client knows them
+/// (the contents themselves are never re-serialized: only the URIs' bytes change).
+pub fn read_result_uris<'d>(data: &'d str, server: &str) -> Cow<'d, str> {
+    let Ok(answer) = serde_json::from_str::<ReadAnswer>(data) else {
+        return Cow::Borrowed(data);
+    };
+    let mut edits: Vec<(std::ops::Range<usize>, String)> = answer
+        .result
+        .into_iter()
+        .flat_map(|r| r.contents)
+        .filter_map(|c| {
+            let raw = c.uri?;
+            let value: String = serde_json::from_str(raw.get()).ok()?;
+            let mapped = format!("{}{server}/{value}", crate::catalog::MAPPED_URI_SCHEME);
+            Some((span_in(data, raw.get())?, json_string(&mapped)))
+        })
+        .collect();
+    if edits.is_empty() {
+        return Cow::Borrowed(data);
+    }
+    edits.sort_by_key(|(span, _)| std::cmp::Reverse(span.start));
+    let mut out = data.to_owned();
+    for (span, replacement) in edits {
+        if out.get(span.clone()).is_some() {
+            out.replace_range(span, &replacement);
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,11 +215,27 @@ mod tests {
     }
 
     #[test]
+    fn read_results_carry_the_clients_uris() {
+        let answer = r#"{"jsonrpc":"2.0","id":2,"result":{"contents":[{"uri":"test://a","text":"x"},{"uri":"test://b","blob":"AA=="}]}}"#;
+        let v: serde_json::Value = serde_json::from_str(&read_result_uris(answer, "srv")).unwrap();
+        assert_eq!(v["result"]["contents"][0]["uri"], "mcpgw://srv/test://a");
+        assert_eq!(v["result"]["contents"][1]["uri"], "mcpgw://srv/test://b");
+        assert_eq!(v["result"]["contents"][1]["blob"], "AA==");
+        let relayed = SseRelay::new("srv", true, Some("resources/read"))
+            .feed(format!("data: {answer}\n\n").as_bytes());
+        assert!(String::from_utf8(relayed)
+            .unwrap()
+            .contains("mcpgw://srv/test://b"));
+        let error = r#"{"jsonrpc":"2.0","id":2,"error":{"code":-32002,"message":"no"}}"#;
+        assert_eq!(read_result_uris(error, "srv"), error);
+    }
+
+    #[test]
     fn events_are_relayed_whole_whatever_the_chunking() {
         let body = "event: message\r\nid: e1\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"elicitation/create\"}\r\n\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":9,\"result\":{}}\n\n";
-        let whole = SseRelay::new("s", false).feed(body.as_bytes());
+        let whole = SseRelay::new("s", false, None).feed(body.as_bytes());
         for cut in 0..body.len() {
-            let mut relay = SseRelay::new("s", false);
+            let mut relay = SseRelay::new("s", false, None);
             let mut out = relay.feed(&body.as_bytes()[..cut]);
             out.extend(relay.feed(&body.as_bytes()[cut..]));
             assert_eq!(out, whole, "cut at {cut}");
