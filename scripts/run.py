@@ -543,10 +543,20 @@ def run(config_arg: str | None) -> int:
         tools, status, doc = wait_catalog(sidecar, url, require_serving, procs, START_TIMEOUT)
         print("\n" + banner(url, admin, sidecar, config, status, doc, tools, run_dir, default), flush=True)
 
+        # The gateway itself (sidecar, Envoy) must live; an example server may die (or be
+        # killed to watch the health-aware catalog at work): the gateway keeps serving the others.
+        reported: set[str] = set()
         while True:
             for p in procs:
-                if not p.running:
+                if p.running:
+                    reported.discard(p.name)
+                    continue
+                if p in (sidecar, envoy):
                     raise RunError(f"{p.name} exited with code {p.returncode}\n{p.tail()}")
+                if p.name not in reported:
+                    reported.add(p.name)
+                    print(f"run: {p.name} exited with code {p.returncode}; the gateway keeps serving "
+                          f"the other servers (its tools leave the catalog)", file=sys.stderr, flush=True)
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)

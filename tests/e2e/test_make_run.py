@@ -134,6 +134,17 @@ def tcp_listeners(port: int) -> list[str]:
     return out
 
 
+def client_flow_alpha(url: str) -> str:
+    """One alpha_echo through a fresh session (raw HTTP)."""
+    from rpc import Rpc, tool_text
+
+    with Rpc(url) as c:
+        c.initialize()
+        resp, msg = c.call_tool("alpha_echo", {"text": "still here"})
+        assert resp.status_code == 200, resp.text
+        return tool_text(msg)
+
+
 def client_flow(url: str) -> dict:
     async def run() -> dict:
         out: dict = {}
@@ -192,6 +203,17 @@ def test_make_run_default_gateway(tmp_path):
         assert re.search(r"Discovered \d+ tools for server everything", (tmp_path / "sidecar.log").read_text())
         for token_var in ("ALPHA_TOKEN", "BETA_TOKEN"):
             assert token_var not in banner
+
+        # An example server dies: the gateway keeps serving the others.
+        beta = next(pid for pid in children
+                    if "--name beta" in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        os.kill(beta, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "server-beta exited" not in run.output:
+            time.sleep(0.1)
+        assert "server-beta exited" in run.output and "keeps serving" in run.output, run.output
+        assert run.proc.poll() is None, "make run must keep running"
+        assert client_flow_alpha(url) == "alpha: still here"
 
         rc = run.interrupt()
         assert rc == 0, run.output
