@@ -585,9 +585,7 @@ impl Request {
     /// Forwards a call on the client session's upstream session, opening one first if needed.
     fn route(&mut self, host: &mut dyn Host, call: Call) -> Result<Action, GatewayError> {
         let catalog = Rc::clone(&self.catalog);
-        let server = catalog
-            .server(call.server)
-            .ok_or_else(|| GatewayError::upstream("server left the configuration"))?;
+        let server = server_of(&catalog, call.server)?;
         let slots = catalog.limits.upstream_session_slots;
         match upstream::lookup(host, slots, &call.session.id, &server.name) {
             Some(upstream) => {
@@ -680,9 +678,7 @@ impl Request {
         retry: bool,
     ) -> Result<(), GatewayError> {
         let catalog = Rc::clone(&self.catalog);
-        let server = catalog
-            .server(call.server)
-            .ok_or_else(|| GatewayError::upstream("server left the configuration"))?;
+        let server = server_of(&catalog, call.server)?;
         let body = upstream::initialize_body(&call.session.claims);
         let headers = upstream::call_headers(server, "POST", None);
         let token = host
@@ -710,9 +706,7 @@ impl Request {
         response: &CallResponse,
     ) -> Result<(), GatewayError> {
         let catalog = Rc::clone(&self.catalog);
-        let server = catalog
-            .server(call.server)
-            .ok_or_else(|| GatewayError::upstream("server left the configuration"))?;
+        let server = server_of(&catalog, call.server)?;
         let message = match response.status {
             Some(200) => {
                 upstream::response_message(response.content_type.as_deref(), &response.body)
@@ -770,9 +764,7 @@ impl Request {
         response: &CallResponse,
     ) -> Result<(), GatewayError> {
         let catalog = Rc::clone(&self.catalog);
-        let server = catalog
-            .server(call.server)
-            .ok_or_else(|| GatewayError::upstream("server left the configuration"))?;
+        let server = server_of(&catalog, call.server)?;
         match response.status {
             Some(200..=299) => {}
             Some(status) => {
@@ -826,13 +818,11 @@ impl Request {
         retry: bool,
     ) -> Result<(), GatewayError> {
         let catalog = Rc::clone(&self.catalog);
-        let server = catalog
-            .server(call.server)
-            .ok_or_else(|| GatewayError::upstream("server left the configuration"))?;
+        let server = server_of(&catalog, call.server)?;
         if retry {
             let allowed = catalog
                 .forward_headers(call.server)
-                .ok_or_else(|| GatewayError::upstream("server left the configuration"))?;
+                .ok_or_else(server_left)?;
             let headers = replay_headers(server, allowed, &call, &upstream, &self.headers);
             let token = host
                 .dispatch(
@@ -1190,6 +1180,15 @@ fn is_event_stream(content_type: Option<&[u8]>) -> bool {
 fn media_type_is(value: &[u8], expected: &[u8]) -> bool {
     let essence = value.split(|b| *b == b';').next().unwrap_or_default();
     essence.trim_ascii().eq_ignore_ascii_case(expected)
+}
+
+fn server_left() -> GatewayError {
+    GatewayError::upstream("server left the configuration")
+}
+
+/// The server a call is for, in the catalog the request started with.
+fn server_of(catalog: &Catalog, index: usize) -> Result<&ServerConfig, GatewayError> {
+    catalog.server(index).ok_or_else(server_left)
 }
 
 fn upstream_failure(server: &ServerConfig, detail: &str) -> GatewayError {

@@ -1478,22 +1478,27 @@ fn federated_catalog() -> Rc<Catalog> {
     Rc::new(Catalog::build(config).unwrap())
 }
 
-/// Sends `body` on a session whose upstream session on alpha is cached; returns the host.
-fn routed(catalog: &Rc<Catalog>, body: &str) -> FakeHost {
-    let token = initialize(catalog);
-    let mut host = FakeHost::post(body, Some(&token));
+/// Caches an upstream session on alpha for the client session of `token`.
+fn cache_alpha_session(
+    catalog: &Catalog,
+    host: &mut FakeHost,
+    token: &str,
+) -> (Rc<mcpgw_core::session::Session>, upstream::UpstreamSession) {
     let session = catalog.keys.open(token.as_bytes(), host.now).unwrap();
     let up = upstream::UpstreamSession {
         session_id: "up-1".into(),
         protocol_version: "2025-06-18".into(),
     };
-    upstream::store(
-        &mut host,
-        catalog.limits.upstream_session_slots,
-        &session.id,
-        "alpha",
-        &up,
-    );
+    let slots = catalog.limits.upstream_session_slots;
+    upstream::store(host, slots, &session.id, "alpha", &up);
+    (session, up)
+}
+
+/// Sends `body` on a session whose upstream session on alpha is cached; returns the host.
+fn routed(catalog: &Rc<Catalog>, body: &str) -> FakeHost {
+    let token = initialize(catalog);
+    let mut host = FakeHost::post(body, Some(&token));
+    cache_alpha_session(catalog, &mut host, &token);
     let (_, action) = run(catalog, &mut host);
     assert!(
         host.reply.is_none(),
@@ -1612,13 +1617,8 @@ fn an_upstream_request_in_an_sse_answer_gets_a_gateway_id_and_the_answer_goes_ba
         r#"{"jsonrpc":"2.0","id":4,"method":"prompts/get","params":{"name":"alpha_greet"}}"#,
         Some(&token),
     );
-    let session = catalog.keys.open(token.as_bytes(), host.now).unwrap();
+    let (session, up) = cache_alpha_session(&catalog, &mut host, &token);
     let slots = catalog.limits.upstream_session_slots;
-    let up = upstream::UpstreamSession {
-        session_id: "up-1".into(),
-        protocol_version: "2025-06-18".into(),
-    };
-    upstream::store(&mut host, slots, &session.id, "alpha", &up);
     let (mut request, _) = run(&catalog, &mut host);
     host.response_headers = vec![
         (":status".into(), b"200".to_vec()),
@@ -1670,13 +1670,8 @@ fn set_level_reaches_open_upstream_sessions_and_is_remembered() {
         r#"{"jsonrpc":"2.0","id":8,"method":"logging/setLevel","params":{"level":"debug"}}"#,
         Some(&token),
     );
-    let session = catalog.keys.open(token.as_bytes(), host.now).unwrap();
+    let (session, _) = cache_alpha_session(&catalog, &mut host, &token);
     let slots = catalog.limits.upstream_session_slots;
-    let up = upstream::UpstreamSession {
-        session_id: "up-1".into(),
-        protocol_version: "2025-06-18".into(),
-    };
-    upstream::store(&mut host, slots, &session.id, "alpha", &up);
     let (mut request, action) = run(&catalog, &mut host);
     assert_eq!(action, Action::Pause);
     let (cluster, headers, body) = host.calls[0].clone();
