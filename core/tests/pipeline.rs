@@ -1324,26 +1324,16 @@ const SIDECAR_AUTHORIZATION: &str = "Bearer plugin-token-for-the-sidecar";
 /// A client's `GET /mcp` (the notification stream) with two credentials of its own and a spoofed
 /// routing header.
 fn get_stream(session: Option<&str>) -> FakeHost {
-    let mut host = FakeHost {
-        now: 1_000_000,
-        ..Default::default()
-    };
-    host.request_headers = vec![
-        (":method".into(), b"GET".to_vec()),
-        (":path".into(), b"/mcp".to_vec()),
-        (":authority".into(), b"gw.local".to_vec()),
-        ("accept".into(), b"text/event-stream".to_vec()),
-        ("authorization".into(), b"Bearer client-token".to_vec()),
-        (
-            "authorization".into(),
-            b"Bearer second-client-token".to_vec(),
-        ),
-        ("x-mcp-servername".into(), b"spoofed".to_vec()),
-    ];
-    if let Some(session) = session {
-        host.request_headers
-            .push(("mcp-session-id".into(), session.as_bytes().to_vec()));
-    }
+    let mut host = FakeHost::post("", session);
+    host.request_headers
+        .retain(|(n, _)| n != "content-type" && n != "accept");
+    host.request_headers[0].1 = b"GET".to_vec();
+    host.request_headers
+        .push(("accept".into(), b"text/event-stream".to_vec()));
+    host.request_headers.push((
+        "authorization".into(),
+        b"Bearer second-client-token".to_vec(),
+    ));
     host
 }
 
