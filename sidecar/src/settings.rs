@@ -229,6 +229,14 @@ struct ServerSection {
     /// CA certificate(s) (PEM) trusted for this `https` server instead of the system bundle.
     #[serde(default)]
     ca_file: Option<PathBuf>,
+    /// A routed call whose upstream stays silent this long (no byte of the answer) fails with a
+    /// JSON-RPC error; a streaming answer that keeps sending is never cut.
+    #[serde(default = "default_idle_timeout_ms")]
+    idle_timeout_ms: u64,
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    300_000
 }
 
 fn yes() -> bool {
@@ -398,6 +406,8 @@ pub struct ServerSpec {
     /// Client request headers forwarded besides the default list (lower-case, validated by the
     /// core's own check).
     pub forward_headers: Vec<String>,
+    /// Envoy's `idle_timeout` on this server's route.
+    pub idle_timeout: Duration,
 }
 
 impl ServerSpec {
@@ -766,6 +776,7 @@ fn server_spec(
         ca_file: server.ca_file.map(|p| resolve(base, &p)),
         headers: resolved,
         forward_headers,
+        idle_timeout: Duration::from_millis(server.idle_timeout_ms),
     })
 }
 

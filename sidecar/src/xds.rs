@@ -145,7 +145,10 @@ pub fn route_configuration(settings: &Settings) -> Value {
                 "route": {
                     "cluster": s.cluster,
                     "host_rewrite_literal": s.host_header,
+                    // No limit on a whole answer (tool calls may stream progress for long),
+                    // but a silent upstream fails the call (504 -> JSON-RPC error).
                     "timeout": "0s",
+                    "idle_timeout": duration(s.idle_timeout),
                 },
             });
             if !s.forward_headers.iter().any(|h| h == ROUTE_ONLY_HEADER) {

@@ -225,7 +225,7 @@ class DemoServer(Process):
     """
 
     def __init__(self, name: str, log_dir: Path, *, port: int | None = None, json_response: bool = False,
-                 extra_tools: int = 0, credential: str | None = None):
+                 extra_tools: int = 0, credential: str | None = None, slow_tool: bool = False):
         self.server_name = name
         self.port = port or free_port()
         self.credential = credential
@@ -236,6 +236,8 @@ class DemoServer(Process):
             argv += ["--extra-tools", str(extra_tools)]
         if credential:
             argv += ["--require-bearer", credential]
+        if slow_tool:
+            argv.append("--slow-tool")
         super().__init__(f"server-{name}", argv, log_dir)
 
     @property

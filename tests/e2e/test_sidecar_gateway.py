@@ -299,3 +299,35 @@ def test_every_worker_serves_once_one_has_answered(workdir, upstreams):
     finally:
         gw.stop()
         sc.stop()
+
+
+def test_a_silent_upstream_fails_the_call_not_the_session(workdir):
+    """A server's `idle_timeout_ms`: a call whose upstream stays silent that long gets a JSON-RPC
+    error (Envoy's 504 turned into -32603), a call that answers in time works, and the session
+    keeps serving. (An upstream that has already started an SSE answer and then falls silent has
+    its stream reset instead: the client sees the answer end, never a hang.)"""
+    slow = DemoServer("slow", workdir, slow_tool=True, json_response=True)
+    slow.start()
+    envoy, _, _ = envoy_settings()
+    cfg = base_config(harness.free_port(), workdir / "xds-slow", **envoy)
+    cfg["servers"] = [{"name": "slow", "url": slow.url, "idle_timeout_ms": 700}]
+    sc = Sidecar(workdir, cfg, name="sidecar-slow")
+    gw = SidecarGateway(workdir, sc, name="envoy-slow")
+    try:
+        sc.start()
+        sc.wait_state("slow", "serving")
+        gw.start()
+        wait_tools(gw, lambda names: "slow_sleep" in names)
+        with Rpc(gw.url) as c:
+            c.initialize()
+            resp, msg = c.call_tool("slow_sleep", {"seconds": 5})
+            assert resp.status_code == 200, describe(resp)
+            assert msg["error"]["code"] == -32603 and "504" in msg["error"]["message"], describe(resp)
+            resp, msg = c.call_tool("slow_sleep", {"seconds": 0.1})
+            assert tool_text(msg) == "slow: slept 0.1", describe(resp)
+            resp, msg = c.call_tool("slow_echo", {"text": "after"})
+            assert tool_text(msg) == "slow: after", describe(resp)
+    finally:
+        gw.stop()
+        sc.stop()
+        slow.stop()

@@ -24,6 +24,7 @@ import json
 import sys
 from typing import Any
 
+import anyio
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from starlette.requests import Request
@@ -42,7 +43,7 @@ def joined(items: Any) -> dict[str, str]:
     return out
 
 
-def build(name: str, extra_tools: int) -> MCPServer:
+def build(name: str, extra_tools: int, slow: bool = False) -> MCPServer:
     server = MCPServer(name, version="0.1.0", log_level="WARNING")
 
     @server.tool()
@@ -63,6 +64,13 @@ def build(name: str, extra_tools: int) -> MCPServer:
             {"server": name, "session_id": lowered.get("mcp-session-id"), "headers": lowered},
             sort_keys=True,
         )
+
+    if slow:
+        @server.tool()
+        async def sleep(seconds: float) -> str:
+            """Answer after `seconds` of silence (for timeout tests)."""
+            await anyio.sleep(seconds)
+            return f"{name}: slept {seconds}"
 
     for i in range(1, extra_tools + 1):
         tool_name = f"t{i:04d}"
@@ -168,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="answer requests with application/json, not SSE")
     p.add_argument("--extra-tools", type=int, default=0, metavar="N", help="also register tools t0001..tN")
     p.add_argument("--require-bearer", metavar="TOKEN", help="answer 401 without 'Authorization: Bearer TOKEN'")
+    p.add_argument("--slow-tool", action="store_true", help="also register `sleep(seconds)`")
     args = p.parse_args(argv)
 
-    server = build(args.name, args.extra_tools)
+    server = build(args.name, args.extra_tools, args.slow_tool)
     app = server.streamable_http_app(
         streamable_http_path="/mcp",
         json_response=args.json,
