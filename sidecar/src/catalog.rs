@@ -140,7 +140,12 @@ pub fn build(settings: &Settings, health: &HashMap<String, Health>) -> Built {
                 continue;
             }
         };
-        if let Some(owner) = prefixes.get(spec.prefix.as_str()) {
+        // Several servers may go without a prefix (their names must then not collide, which the
+        // tool check below enforces); a non-empty prefix belongs to one server.
+        if let Some(owner) = prefixes
+            .get(spec.prefix.as_str())
+            .filter(|_| !spec.prefix.is_empty())
+        {
             let line = format!(
                 "server {:?} refused: prefix {:?} is already used by server {owner:?}",
                 spec.name, spec.prefix
@@ -431,6 +436,25 @@ mod tests {
         );
         assert!(names(&b).is_empty());
         assert_eq!(state(&b, "two").0, "refused");
+    }
+
+    #[test]
+    fn several_servers_may_go_without_a_prefix_while_their_names_differ() {
+        let s = settings(
+            "  - {name: one, url: 'http://127.0.0.1:1/mcp', prefix: ''}\n  - {name: two, url: 'http://127.0.0.1:2/mcp', prefix: ''}\n  - {name: three, url: 'http://127.0.0.1:3/mcp', prefix: ''}\n",
+        );
+        let b = build(
+            &s,
+            &health(&[
+                ("one", up(&["a"])),
+                ("two", up(&["b"])),
+                ("three", up(&["a"])),
+            ]),
+        );
+        assert_eq!(names(&b), ["one", "two"]);
+        let (st, detail) = state(&b, "three");
+        assert_eq!(st, "refused");
+        assert!(detail.unwrap().contains("tool \"a\" is already published"));
     }
 
     #[test]
