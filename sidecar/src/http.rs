@@ -335,12 +335,12 @@ async fn mcp_stream(State(state): State<AppState>, request: Request) -> Response
 
 /// The events of the session's upstream GET streams (none without a session).
 fn upstream_events(
-    rx: Option<tokio::sync::mpsc::Receiver<Event>>,
+    rx: Option<tokio::sync::mpsc::Receiver<String>>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     stream::unfold(rx, |rx| async move {
         let mut rx = rx?;
-        let event = rx.recv().await?;
-        Some((Ok(event), Some(rx)))
+        let message = rx.recv().await?;
+        Some((Ok(Event::default().data(message)), Some(rx)))
     })
 }
 

@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use axum::response::sse::Event;
 use mcpgw_core::config::HeaderValue;
 use mcpgw_core::relay;
 use mcpgw_core::sse::Parser;
@@ -316,13 +315,14 @@ impl Drop for Running {
     }
 }
 
-/// Starts following `session`'s upstream GET streams for one client stream: the events come out
-/// of the returned receiver, and everything stops when it is dropped.
+/// Starts following `session`'s upstream GET streams for one client stream: the messages (one
+/// per event, rewritten for the client) come out of the returned receiver, and everything stops
+/// when it is dropped.
 pub fn follow(
     registry: Arc<Registry>,
     settings: watch::Receiver<Arc<Settings>>,
     session: String,
-) -> mpsc::Receiver<Event> {
+) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     tokio::spawn(run_follower(registry, settings, session, tx));
     rx
@@ -332,7 +332,7 @@ async fn run_follower(
     registry: Arc<Registry>,
     mut settings: watch::Receiver<Arc<Settings>>,
     session: String,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<String>,
 ) {
     let (id, mut wake) = registry.follow(&session);
     let mut running: HashMap<String, Running> = HashMap::new();
@@ -417,7 +417,7 @@ async fn pump(
     target: Target,
     http: reqwest::Client,
     upstream: Upstream,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<String>,
     timing: Timing,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -462,7 +462,7 @@ async fn stream_once(
     target: &Target,
     http: &reqwest::Client,
     upstream: &Upstream,
-    tx: &mpsc::Sender<Event>,
+    tx: &mpsc::Sender<String>,
     last_event_id: &mut Option<String>,
 ) -> Outcome {
     let mut request = http
@@ -551,7 +551,7 @@ async fn stream_once(
                 continue; // a priming event (an id for resumption, no message)
             }
             let data = relay::rewrite(&event.data, &target.server, target.mapped);
-            if tx.send(Event::default().data(data)).await.is_err() {
+            if tx.send(data.into_owned()).await.is_err() {
                 return Outcome::ClientGone;
             }
         }
@@ -664,6 +664,78 @@ mod tests {
         assert!(registry.lock().sessions["s1"].follower.is_some());
         registry.release("s1", second);
         assert!(registry.lock().sessions["s1"].follower.is_none());
+    }
+
+    /// A fake upstream: the first GET streams a priming event, a request and a
+    /// `resources/updated`, then closes; the next one (which must resume after event 2) is
+    /// answered 405, which ends the following.
+    #[test]
+    fn upstream_messages_are_rewritten_and_a_405_is_not_followed() {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let gets = Arc::new(AtomicUsize::new(0));
+            let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+            let (gets2, seen2) = (Arc::clone(&gets), Arc::clone(&seen));
+            let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+            let app = axum::Router::new().route(
+                "/mcp",
+                axum::routing::get(move |headers: HeaderMap| {
+                    let (gets, seen, done) = (Arc::clone(&gets2), Arc::clone(&seen2), done_tx.clone());
+                    async move {
+                        seen.lock().unwrap().push(headers);
+                        if gets.fetch_add(1, Ordering::SeqCst) > 0 {
+                            let _ = done.send(()).await;
+                            return StatusCode::METHOD_NOT_ALLOWED.into_response();
+                        }
+                        let body = "id: 1\ndata: \n\n\
+                            event: message\nid: 2\nretry: 10\ndata: {\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"roots/list\"}\n\n\
+                            data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\
+                            \"params\":{\"uri\":\"test://x\"}}\n\n";
+                        ([("content-type", "text/event-stream")], body).into_response()
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            let yaml = format!(
+                "servers:\n  - {{name: a, url: 'http://{addr}/mcp', headers: {{x-tenant: t1}}}}\n"
+            );
+            let settings =
+                crate::settings::parse(&yaml, std::path::Path::new("/tmp"), &|_| None).unwrap();
+            let (_settings_tx, settings_rx) = watch::channel(Arc::new(settings));
+            let registry = Arc::new(Registry::new(Limits::default()));
+            let mut rx = follow(Arc::clone(&registry), settings_rx, "s1".into());
+            // Registered after the client stream opened: followed all the same.
+            registry.register(registration("s1", "a", "up-1"), TTL, Instant::now());
+            let first = rx.recv().await.unwrap();
+            let request: serde_json::Value = serde_json::from_str(&first).unwrap();
+            assert_eq!(request["id"], "mcpgw:a:5");
+            let second = rx.recv().await.unwrap();
+            let updated: serde_json::Value = serde_json::from_str(&second).unwrap();
+            assert_eq!(updated["params"]["uri"], "mcpgw://a/test://x");
+            // The upstream closed; the follower resumes after event 2 (after the upstream's
+            // `retry`), gets 405 and stops.
+            done_rx.recv().await.unwrap();
+            let seen = seen.lock().unwrap().clone();
+            assert_eq!(seen.len(), 2);
+            for headers in &seen {
+                assert_eq!(headers["mcp-session-id"], "up-1");
+                assert_eq!(headers["mcp-protocol-version"], "2025-06-18");
+                assert_eq!(headers["accept"], "text/event-stream");
+                assert_eq!(headers["x-tenant"], "t1");
+            }
+            assert!(seen[0].get("last-event-id").is_none());
+            assert_eq!(seen[1]["last-event-id"], "2");
+        });
     }
 
     #[test]
