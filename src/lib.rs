@@ -35,8 +35,9 @@ struct Gateway {
     catalog: RefCell<Option<Rc<Catalog>>>,
     sync: RefCell<Option<ConfigSync>>,
     log_budget: Rc<LogBudget>,
-    /// `Bearer <sidecar.token>`: what the streams it lets through to the sidecar carry.
-    sidecar_authorization: Option<Rc<str>>,
+    /// The sidecar (with `Bearer <sidecar.token>`): what the streams it lets through to the
+    /// sidecar carry, and where upstream sessions are registered.
+    sidecar: Option<Rc<mcpgw_core::config::SidecarLink>>,
 }
 
 impl Context for Gateway {
@@ -67,10 +68,10 @@ impl RootContext for Gateway {
                 if let Some(catalog) = catalog {
                     self.install(catalog);
                 }
-                self.sidecar_authorization = sidecar
+                self.sidecar = sidecar
                     .as_ref()
-                    .and_then(|source| source.authorization())
-                    .map(Rc::from);
+                    .and_then(|source| source.link())
+                    .map(Rc::new);
                 let sync = sidecar.map(|source| ConfigSync::new(source, host::owner_id()));
                 let polls = sync.is_some();
                 *self.sync.get_mut() = sync;
@@ -98,7 +99,7 @@ impl RootContext for Gateway {
                 request: mcpgw_core::Request::new(
                     Rc::clone(catalog),
                     Rc::clone(&self.log_budget),
-                    self.sidecar_authorization.clone(),
+                    self.sidecar.clone(),
                 ),
                 host: ProxyHost,
             }),

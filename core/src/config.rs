@@ -331,7 +331,30 @@ impl SidecarSource {
     pub fn authorization(&self) -> Option<String> {
         self.token.as_ref().map(|token| format!("Bearer {token}"))
     }
+
+    /// What a stream needs to talk to the sidecar (when the plugin has its token): vouch for a
+    /// client's notification stream, register upstream sessions (`POST /v1/streams`).
+    pub fn link(&self) -> Option<SidecarLink> {
+        Some(SidecarLink {
+            authorization: self.authorization()?,
+            cluster: self.cluster.clone(),
+            authority: self.authority.clone(),
+        })
+    }
 }
+
+/// The sidecar as a request stream sees it (see [`SidecarSource::link`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarLink {
+    /// `Bearer <plugin token>`.
+    pub authorization: String,
+    pub cluster: String,
+    pub authority: String,
+}
+
+/// Where the plugin registers the upstream sessions it opens, so the sidecar can follow their
+/// GET streams for the client's notification stream.
+pub const SIDECAR_STREAMS_PATH: &str = "/v1/streams";
 
 fn default_sidecar_authority() -> String {
     "mcpgw-sidecar".into()

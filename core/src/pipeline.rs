@@ -6,7 +6,10 @@ use std::rc::Rc;
 
 use crate::budget::LogBudget;
 use crate::catalog::{Catalog, ForwardHeaders, ListKind};
-use crate::config::{ServerConfig, ROUTING_ONLY_HEADERS, SUPPORTED_PROTOCOL_VERSIONS};
+use crate::config::{
+    ServerConfig, SidecarLink, ROUTING_ONLY_HEADERS, SIDECAR_STREAMS_PATH,
+    SUPPORTED_PROTOCOL_VERSIONS,
+};
 use crate::error::GatewayError;
 use crate::host::{CallResponse, Host, Level};
 use crate::jsonrpc::{self, Message, Params};
@@ -35,8 +38,18 @@ const LOG_LEVELS: [&str; 8] = [
     "emergency",
 ];
 
-/// Headers only the gateway may set (client copies are removed on every path).
-const ROUTING_HEADERS: [&str; 3] = ["x-mcp-servername", "x-mcp-toolname", "x-mcp-method"];
+/// Headers only the gateway may set (client copies are removed on every path): the routing
+/// headers upstream routes match on, and the client session a vouched notification stream is for.
+const ROUTING_HEADERS: [&str; 4] = [
+    "x-mcp-servername",
+    "x-mcp-toolname",
+    "x-mcp-method",
+    SESSION_HEADER,
+];
+
+/// Names the client session on a notification stream the plugin vouched for (the sidecar merges
+/// that session's upstream GET streams into it).
+pub const SESSION_HEADER: &str = "x-mcpgw-session";
 
 /// Largest `capabilities` + `clientInfo` a client may send: they travel in its session token.
 const MAX_CLIENT_CLAIMS_BYTES: usize = 4096;
@@ -89,9 +102,9 @@ enum Stage {
 pub struct Request {
     catalog: Rc<Catalog>,
     log_budget: Rc<LogBudget>,
-    /// `Bearer <sidecar token>` (the plugin configuration's `sidecar.token`): set as
-    /// `authorization` on the notification streams this plugin vouches for.
-    sidecar_authorization: Option<Rc<str>>,
+    /// The sidecar, when the plugin has its token: `authorization` on the notification streams
+    /// this plugin vouches for, and where upstream sessions are registered.
+    sidecar: Option<Rc<SidecarLink>>,
     stage: Stage,
     /// Raw JSON id of the client's request, for answers produced later.
     id: Option<String>,
@@ -101,18 +114,18 @@ pub struct Request {
 }
 
 impl Request {
-    /// `log_budget`: the VM's budget for logging refusals. `sidecar_authorization`: the
-    /// `authorization` value that proves to the sidecar that this plugin checked the client's
-    /// session (see [`crate::config::SidecarSource::authorization`]).
+    /// `log_budget`: the VM's budget for logging refusals. `sidecar`: its `authorization` proves
+    /// to the sidecar that this plugin checked the client's session (see
+    /// [`crate::config::SidecarSource::link`]).
     pub fn new(
         catalog: Rc<Catalog>,
         log_budget: Rc<LogBudget>,
-        sidecar_authorization: Option<Rc<str>>,
+        sidecar: Option<Rc<SidecarLink>>,
     ) -> Self {
         Self {
             catalog,
             log_budget,
-            sidecar_authorization,
+            sidecar,
             stage: Stage::Bypass,
             id: None,
             session_token: None,
@@ -141,8 +154,8 @@ impl Request {
             b"GET" if self.catalog.gateway.list_changed => {
                 // The notification stream is served behind the plugin (the sidecar).
                 return match self.open_session(host) {
-                    Ok(Some(_)) => {
-                        self.vouch(host);
+                    Ok(Some(session)) => {
+                        self.vouch(host, &session);
                         Action::Continue
                     }
                     Ok(None) => self.fail(host, GatewayError::missing_session()),
@@ -782,6 +795,7 @@ impl Request {
         }
         let slots = catalog.limits.upstream_session_slots;
         upstream::store(host, slots, &call.session.id, &server.name, &upstream);
+        self.register_stream(host, &call.session, server, &upstream);
         host.log(
             Level::Debug,
             &format!(
@@ -936,12 +950,58 @@ impl Request {
     /// the sidecar. On every other path of the MCP endpoint the request is answered here or
     /// forwarded upstream with the client's `authorization` removed or replaced, so the sidecar's
     /// token is only ever set on this one.
-    fn vouch(&mut self, host: &mut dyn Host) {
+    /// It also names the client session (`x-mcpgw-session`; a client's copy was removed with the
+    /// routing headers), so the sidecar can merge the session's upstream GET streams into it.
+    fn vouch(&mut self, host: &mut dyn Host, session: &Session) {
         if self.header("authorization").is_some() {
             host.remove_request_header("authorization");
         }
-        if let Some(value) = &self.sidecar_authorization {
-            host.set_request_header("authorization", value.as_bytes());
+        if let Some(sidecar) = &self.sidecar {
+            host.set_request_header("authorization", sidecar.authorization.as_bytes());
+            host.set_request_header(SESSION_HEADER, session.id.as_bytes());
+        }
+    }
+
+    /// Tells the sidecar, fire-and-forget, about an upstream session opened for a client
+    /// session, so it can follow the upstream's GET stream on the client's notification stream.
+    /// Nothing waits for the answer: it arrives as a call answer no stage awaits, logged at debug
+    /// and ignored. No sidecar (a static setup), or an upstream without sessions: nothing to do.
+    fn register_stream(
+        &self,
+        host: &mut dyn Host,
+        session: &Session,
+        server: &ServerConfig,
+        upstream: &UpstreamSession,
+    ) {
+        let Some(sidecar) = &self.sidecar else {
+            return;
+        };
+        if upstream.session_id.is_empty() {
+            return;
+        }
+        let body = format!(
+            "{{\"session\":{},\"server\":{},\"upstream_session\":{},\"protocol_version\":{}}}",
+            jsonrpc::json_string(&session.id),
+            jsonrpc::json_string(&server.name),
+            jsonrpc::json_string(&upstream.session_id),
+            jsonrpc::json_string(&upstream.protocol_version),
+        );
+        let headers = [
+            (":method", "POST"),
+            (":path", SIDECAR_STREAMS_PATH),
+            (":authority", sidecar.authority.as_str()),
+            ("authorization", sidecar.authorization.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let timeout_ms = self.catalog.limits.upstream_timeout_ms;
+        if let Err(e) = host.dispatch(&sidecar.cluster, &headers, body.as_bytes(), timeout_ms) {
+            host.log(
+                Level::Warn,
+                &format!(
+                    "cannot register the upstream session of {} with the sidecar: {e}",
+                    server.name
+                ),
+            );
         }
     }
 

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use mcpgw_core::config::SidecarLink;
 use mcpgw_core::upstream;
 use mcpgw_core::{
     Action, CallResponse, Catalog, GatewayConfig, Host, Level, LogBudget, Request, Unconfigured,
@@ -1321,6 +1322,14 @@ fn a_vm_without_configuration_answers_with_the_request_id_and_strips_routing_hea
 
 const SIDECAR_AUTHORIZATION: &str = "Bearer plugin-token-for-the-sidecar";
 
+fn sidecar_link() -> Option<Rc<SidecarLink>> {
+    Some(Rc::new(SidecarLink {
+        authorization: SIDECAR_AUTHORIZATION.into(),
+        cluster: "mcpgw_sidecar".into(),
+        authority: "mcpgw-sidecar".into(),
+    }))
+}
+
 /// A client's `GET /mcp` (the notification stream) with two credentials of its own and a spoofed
 /// routing header.
 fn get_stream(session: Option<&str>) -> FakeHost {
@@ -1349,7 +1358,7 @@ fn all_values(host: &FakeHost, name: &str) -> Vec<String> {
 fn a_vouched_get_carries_the_plugin_token_instead_of_the_client_credential() {
     let catalog = catalog_with(10, true);
     let session = initialize(&catalog);
-    let auth: Option<Rc<str>> = Some(Rc::from(SIDECAR_AUTHORIZATION));
+    let auth = sidecar_link();
 
     let mut host = get_stream(Some(&session));
     let mut request = Request::new(Rc::clone(&catalog), Rc::default(), auth.clone());
@@ -1374,7 +1383,7 @@ fn a_vouched_get_carries_the_plugin_token_instead_of_the_client_credential() {
 #[test]
 fn an_unvouched_get_is_answered_by_the_plugin_without_the_token() {
     let catalog = catalog_with(10, true);
-    let auth: Option<Rc<str>> = Some(Rc::from(SIDECAR_AUTHORIZATION));
+    let auth = sidecar_link();
     for (session, status) in [(None, 400), (Some("k1.forged"), 404)] {
         let mut host = get_stream(session);
         let mut request = Request::new(Rc::clone(&catalog), Rc::default(), auth.clone());
@@ -1416,7 +1425,7 @@ fn finish_upstream_handshake(request: &mut Request, host: &mut FakeHost) {
 fn the_sidecar_token_never_rides_on_other_requests() {
     let catalog = catalog_with(10, true);
     let session = initialize(&catalog);
-    let auth: Option<Rc<str>> = Some(Rc::from(SIDECAR_AUTHORIZATION));
+    let auth = sidecar_link();
     // A routed call carries the upstream's credential (alpha) or none (beta): neither the
     // client's two credentials nor the plugin's token.
     for (tool, want) in [
@@ -1437,8 +1446,11 @@ fn the_sidecar_token_never_rides_on_other_requests() {
         request.on_request_body(&mut host, size, true);
         finish_upstream_handshake(&mut request, &mut host);
         assert_eq!(all_values(&host, "authorization"), want, "{tool}");
-        for (_, headers, _) in &host.calls {
-            assert!(headers.iter().all(|(_, v)| v != SIDECAR_AUTHORIZATION));
+        // Only the registration of the new upstream session, to the sidecar, carries it.
+        for (cluster, headers, _) in &host.calls {
+            if cluster != "mcpgw_sidecar" {
+                assert!(headers.iter().all(|(_, v)| v != SIDECAR_AUTHORIZATION));
+            }
         }
     }
     // Another path is not the gateway's: it passes untouched (and is never routed to the sidecar).
@@ -1450,6 +1462,235 @@ fn the_sidecar_token_never_rides_on_other_requests() {
         Action::Continue
     );
     assert_eq!(all_values(&host, "authorization").len(), 2);
+}
+
+#[test]
+fn an_opened_upstream_session_is_registered_with_the_sidecar_without_waiting() {
+    let catalog = catalog_with(10, true);
+    let session = initialize(&catalog);
+    let session_id = catalog
+        .keys
+        .open(session.as_bytes(), 1_000_000)
+        .unwrap()
+        .id
+        .clone();
+    let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"alpha_echo","arguments":{}}}"#;
+    let mut host = FakeHost::post(body, Some(&session));
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), sidecar_link());
+    assert_eq!(request.on_request_headers(&mut host, false), Action::Pause);
+    let size = host.request_body.len();
+    request.on_request_body(&mut host, size, true);
+    finish_upstream_handshake(&mut request, &mut host);
+    // The call went on at once; the registration (call 103) is on its way.
+    assert_eq!(host.calls.len(), 3);
+    let (cluster, headers, body) = host.calls[2].clone();
+    assert_eq!(cluster, "mcpgw_sidecar");
+    for want in [
+        (":method", "POST"),
+        (":path", "/v1/streams"),
+        (":authority", "mcpgw-sidecar"),
+        ("authorization", SIDECAR_AUTHORIZATION),
+        ("content-type", "application/json"),
+    ] {
+        assert!(
+            headers.contains(&(want.0.into(), want.1.into())),
+            "{want:?} in {headers:?}"
+        );
+    }
+    assert_eq!(headers.len(), 5, "nothing of the client's: {headers:?}");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"session": session_id, "server": "alpha",
+            "upstream_session": "up-1", "protocol_version": "2025-06-18"})
+    );
+    assert!(
+        host.logs
+            .borrow()
+            .iter()
+            .all(|(level, line)| *level == Level::Debug || !line.contains(&session_id)),
+        "the session id is not logged above debug"
+    );
+    // The sidecar's answer arrives while the call is forwarded: ignored, the call goes on.
+    request.on_call_response(
+        &mut host,
+        103,
+        CallResponse {
+            status: Some(204),
+            ..Default::default()
+        },
+    );
+    assert!(host.reply.is_none());
+    host.response_headers = vec![
+        (":status".into(), b"200".to_vec()),
+        ("content-type".into(), b"application/json".to_vec()),
+    ];
+    assert_eq!(request.on_response_headers(&mut host), Action::Continue);
+    assert_eq!(
+        host.response_header("mcp-session-id").as_deref(),
+        Some(session.as_bytes()),
+        "still the forwarded stage: the answer carries the client's session"
+    );
+
+    // The next call finds the upstream session in the cache: no second registration.
+    let mut host2 = FakeHost::post(
+        r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"alpha_echo","arguments":{}}}"#,
+        Some(&session),
+    );
+    host2.shared = host.shared.clone();
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), sidecar_link());
+    assert_eq!(request.on_request_headers(&mut host2, false), Action::Pause);
+    let size = host2.request_body.len();
+    assert_eq!(
+        request.on_request_body(&mut host2, size, true),
+        Action::Continue
+    );
+    assert!(host2.calls.is_empty());
+
+    // Without a sidecar (a static setup) nothing is sent.
+    let mut host = FakeHost::post(body_of_call(), Some(&session));
+    let (mut request, _) = run(&catalog, &mut host);
+    finish_upstream_handshake(&mut request, &mut host);
+    assert_eq!(host.calls.len(), 2);
+}
+
+fn body_of_call() -> &'static str {
+    r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"alpha_echo","arguments":{}}}"#
+}
+
+#[test]
+fn the_registration_answer_does_not_disturb_a_pending_log_level() {
+    let catalog = federated_catalog();
+    let session = initialize(&catalog);
+    // The session's log level is known: a new upstream session is told it before the call.
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","id":2,"method":"logging/setLevel","params":{"level":"debug"}}"#,
+        Some(&session),
+    );
+    let (_, action) = run(&catalog, &mut host);
+    assert_eq!(action, Action::Pause);
+    let shared = host.shared.clone();
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{"name":"alpha_greet"}}"#,
+        Some(&session),
+    );
+    host.shared = shared;
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), sidecar_link());
+    assert_eq!(request.on_request_headers(&mut host, false), Action::Pause);
+    let size = host.request_body.len();
+    request.on_request_body(&mut host, size, true);
+    let sse =
+        b"data: {\"jsonrpc\":\"2.0\",\"id\":0,\"result\":{\"protocolVersion\":\"2025-06-18\"}}\n\n";
+    request.on_call_response(
+        &mut host,
+        101,
+        CallResponse {
+            status: Some(200),
+            content_type: Some(b"text/event-stream".to_vec()),
+            session_id: Some(b"up-9".to_vec()),
+            body: sse.to_vec(),
+            ..Default::default()
+        },
+    );
+    request.on_call_response(
+        &mut host,
+        102,
+        CallResponse {
+            status: Some(202),
+            ..Default::default()
+        },
+    );
+    // 103: the registration, 104: logging/setLevel.
+    assert_eq!(host.calls[2].0, "mcpgw_sidecar");
+    let level: serde_json::Value = serde_json::from_slice(&host.calls[3].2).unwrap();
+    assert_eq!(level["method"], "logging/setLevel");
+    request.on_call_response(
+        &mut host,
+        103,
+        CallResponse {
+            status: Some(204),
+            ..Default::default()
+        },
+    );
+    assert!(!host.resumed_request, "still waiting for the log level");
+    request.on_call_response(
+        &mut host,
+        104,
+        CallResponse {
+            status: Some(200),
+            ..Default::default()
+        },
+    );
+    assert!(host.resumed_request);
+    assert!(host.reply.is_none());
+}
+
+#[test]
+fn a_vouched_get_names_its_session_and_a_client_copy_never_passes() {
+    let catalog = catalog_with(10, true);
+    let session = initialize(&catalog);
+    let session_id = catalog
+        .keys
+        .open(session.as_bytes(), 1_000_000)
+        .unwrap()
+        .id
+        .clone();
+    let spoof = |host: &mut FakeHost| {
+        host.request_headers
+            .push(("x-mcpgw-session".into(), b"someone-else".to_vec()));
+        host.request_headers
+            .push(("x-mcpgw-session".into(), b"and-another".to_vec()));
+    };
+    // The vouched GET: the gateway's value alone.
+    let mut host = get_stream(Some(&session));
+    spoof(&mut host);
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), sidecar_link());
+    assert_eq!(
+        request.on_request_headers(&mut host, true),
+        Action::Continue
+    );
+    assert_eq!(all_values(&host, "x-mcpgw-session"), [session_id.as_str()]);
+    // Without a sidecar token nothing vouches, and nothing names the session.
+    let mut host = get_stream(Some(&session));
+    spoof(&mut host);
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), None);
+    request.on_request_headers(&mut host, true);
+    assert!(all_values(&host, "x-mcpgw-session").is_empty());
+    // A refused GET, a POST, a DELETE, another path, an unconfigured VM: stripped everywhere.
+    let mut hosts = Vec::new();
+    let mut refused = get_stream(Some("k1.forged"));
+    spoof(&mut refused);
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), sidecar_link());
+    request.on_request_headers(&mut refused, true);
+    hosts.push(refused);
+    let mut post = FakeHost::post(body_of_call(), Some(&session));
+    spoof(&mut post);
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), sidecar_link());
+    request.on_request_headers(&mut post, false);
+    let size = post.request_body.len();
+    request.on_request_body(&mut post, size, true);
+    finish_upstream_handshake(&mut request, &mut post);
+    hosts.push(post);
+    let mut delete = get_stream(Some(&session));
+    delete.set_request_header(":method", b"DELETE");
+    spoof(&mut delete);
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), sidecar_link());
+    request.on_request_headers(&mut delete, true);
+    hosts.push(delete);
+    let mut elsewhere = get_stream(Some(&session));
+    elsewhere.set_request_header(":path", b"/elsewhere");
+    spoof(&mut elsewhere);
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), sidecar_link());
+    request.on_request_headers(&mut elsewhere, true);
+    hosts.push(elsewhere);
+    let mut unconfigured = get_stream(Some(&session));
+    unconfigured.set_request_header(":path", b"/other");
+    spoof(&mut unconfigured);
+    Unconfigured::default().on_request_headers(&mut unconfigured, true);
+    hosts.push(unconfigured);
+    for (i, host) in hosts.iter().enumerate() {
+        assert!(all_values(host, "x-mcpgw-session").is_empty(), "case {i}");
+    }
 }
 
 fn federated_catalog() -> Rc<Catalog> {

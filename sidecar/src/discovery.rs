@@ -448,7 +448,7 @@ fn strip_type_names(text: &str) -> String {
 }
 
 /// `d` +/- 20 %.
-fn jitter(d: Duration) -> Duration {
+pub(crate) fn jitter(d: Duration) -> Duration {
     let random = RandomState::new().build_hasher().finish();
     let permille = 800 + (random % 401);
     d * u32::try_from(permille).unwrap_or(1000) / 1000

@@ -342,22 +342,7 @@ impl Engine {
         if let Some(client) = self.http.get(&key) {
             return Ok(client.clone());
         }
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(self.settings.discovery.request_timeout)
-            .pool_max_idle_per_host(2);
-        if let Some(path) = ca_file {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("ca_file {}: no certificate", path.display()));
-            }
-            builder = builder.tls_certs_only(certs);
-        }
-        let client = builder
-            .build()
-            .map_err(|e| format!("HTTP client: {}", discovery::describe(&e)))?;
+        let client = http_client(ca_file, self.settings.discovery.request_timeout)?;
         self.http.insert(key, client.clone());
         Ok(client)
     }
@@ -493,4 +478,26 @@ impl Engine {
             xds_error: self.xds_error.clone(),
         }
     }
+}
+
+/// A reqwest client that trusts `ca_file` alone (or the system roots).
+pub fn http_client(
+    ca_file: Option<&PathBuf>,
+    connect_timeout: std::time::Duration,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_max_idle_per_host(2);
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("ca_file {}: no certificate", path.display()));
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("HTTP client: {}", discovery::describe(&e)))
 }

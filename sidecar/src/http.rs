@@ -1,10 +1,12 @@
 //! The sidecar's HTTP side:
 //! - `GET /v1/config?wait_ms=N` (+ `If-None-Match`): the plugin's long poll for the document.
-//! - `GET <mcp_path>`: the clients' notification stream (SSE), routed here by Envoy.
+//! - `GET <mcp_path>`: the clients' notification stream (SSE), routed here by Envoy: the
+//!   `list_changed` notifications merged with the upstream GET streams of the client's session.
+//! - `POST /v1/streams`: the plugin registers an upstream session it opened for a client session.
 //! - `GET /v1/status`: servers, collisions, config errors (JSON, for people and tests).
 //! - `GET /healthz`.
 //!
-//! The first two need `authorization: Bearer <plugin token>`: the document holds every upstream
+//! The first three need `authorization: Bearer <plugin token>`: the document holds every upstream
 //! credential and the session keys, and the plugin sets the token on a client's GET stream only
 //! after checking the client's session. The status page and `/healthz` hold no secret and stay
 //! open.
@@ -19,7 +21,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
@@ -30,6 +32,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::engine::{ListKind, Outputs, Published};
 use crate::settings::PluginToken;
+use crate::streams::{self, Registration, Registry};
 
 /// Longest hold of a long poll, whatever the client asks.
 pub const MAX_WAIT: Duration = Duration::from_secs(120);
@@ -42,6 +45,7 @@ const UNAUTHORIZED_BODY: &str =
 struct AppState {
     outputs: Outputs,
     auth: Arc<Auth>,
+    streams: Arc<Registry>,
 }
 
 /// Checks `authorization: Bearer <plugin token>`. Only the token's SHA-256 is kept; a presented
@@ -98,17 +102,85 @@ fn unauthorized(what: &str) -> Response {
     response
 }
 
-/// The sidecar's endpoints; `/v1/config` and the stream need `token` as a bearer credential.
+/// The sidecar's endpoints; `/v1/config`, `/v1/streams` and the stream need `token` as a bearer
+/// credential.
 pub fn router(outputs: Outputs, token: &PluginToken) -> Router {
+    router_with(
+        outputs,
+        token,
+        Arc::new(Registry::new(streams::Limits::default())),
+    )
+}
+
+fn router_with(outputs: Outputs, token: &PluginToken, streams: Arc<Registry>) -> Router {
     Router::new()
         .route("/v1/config", get(config))
+        .route("/v1/streams", post(register))
         .route("/v1/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(mcp_stream)
         .with_state(AppState {
             outputs,
             auth: Arc::new(Auth::new(token)),
+            streams,
         })
+}
+
+fn json_error(status: StatusCode, error: &str, message: &str) -> Response {
+    let body = serde_json::json!({"error": error, "message": message}).to_string();
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// `POST /v1/streams`: the plugin opened an upstream session for a client session (see
+/// [`crate::streams`]). `204` when recorded.
+async fn register(State(state): State<AppState>, request: Request) -> Response {
+    if !state.auth.allows(request.headers()) {
+        return unauthorized("POST /v1/streams");
+    }
+    let body = match axum::body::to_bytes(request.into_body(), streams::MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(_) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the registration is too large",
+            )
+        }
+    };
+    let registration: Registration = match serde_json::from_slice(&body) {
+        Ok(registration) => registration,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    };
+    if let Err(e) = registration.validate() {
+        return json_error(StatusCode::BAD_REQUEST, "bad_request", &e);
+    }
+    let settings = state.outputs.settings.borrow().clone();
+    if !settings
+        .servers
+        .iter()
+        .any(|s| s.enabled && s.name == registration.server)
+    {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "unknown_server",
+            "no enabled server has this name",
+        );
+    }
+    tracing::debug!(
+        "upstream session of server {} registered for a client session",
+        registration.server
+    );
+    let ttl = Duration::from_secs(settings.session_ttl_seconds);
+    state.streams.register(registration, ttl, Instant::now());
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[derive(Deserialize)]
@@ -231,7 +303,24 @@ async fn mcp_stream(State(state): State<AppState>, request: Request) -> Response
     if !state.auth.allows(request.headers()) {
         return unauthorized("the notification stream");
     }
-    let mut response = Sse::new(notifications(outputs.notices.subscribe()))
+    // The plugin names the client session it vouched for: its upstream GET streams are merged in.
+    let upstream = request
+        .headers()
+        .get(streams::SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 512)
+        .map(|session| {
+            streams::follow(
+                Arc::clone(&state.streams),
+                outputs.settings.clone(),
+                session.to_owned(),
+            )
+        });
+    let merged = stream::select(
+        notifications(outputs.notices.subscribe()),
+        upstream_events(upstream),
+    );
+    let mut response = Sse::new(merged)
         .keep_alive(
             KeepAlive::new()
                 .interval(settings.keepalive)
@@ -242,6 +331,17 @@ async fn mcp_stream(State(state): State<AppState>, request: Request) -> Response
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// The events of the session's upstream GET streams (none without a session).
+fn upstream_events(
+    rx: Option<tokio::sync::mpsc::Receiver<String>>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(rx, |rx| async move {
+        let mut rx = rx?;
+        let message = rx.recv().await?;
+        Some((Ok(Event::default().data(message)), Some(rx)))
+    })
 }
 
 fn notifications(
@@ -296,6 +396,7 @@ mod tests {
         _document: watch::Sender<Option<Arc<Published>>>,
         _status: watch::Sender<Arc<Status>>,
         _settings: watch::Sender<Arc<Settings>>,
+        streams: Arc<Registry>,
     }
 
     /// The router on 127.0.0.1 (its own thread and runtime), serving a document that holds
@@ -310,7 +411,12 @@ mod tests {
             body: body.into(),
         })));
         let (status_tx, status) = watch::channel(Arc::new(Status::default()));
-        let settings = parse("servers: []\n", std::path::Path::new("/tmp"), &|_| None).unwrap();
+        let settings = parse(
+            "servers:\n  - {name: a, url: 'http://127.0.0.1:9/mcp'}\n",
+            std::path::Path::new("/tmp"),
+            &|_| None,
+        )
+        .unwrap();
         let (settings_tx, settings) = watch::channel(Arc::new(settings));
         let (notices, _) = broadcast::channel(4);
         let outputs = Outputs {
@@ -323,6 +429,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
+        let streams = Arc::new(Registry::new(streams::Limits::default()));
+        let registry = Arc::clone(&streams);
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -330,7 +438,7 @@ mod tests {
                 .unwrap();
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(listener, router(outputs, &token))
+                axum::serve(listener, router_with(outputs, &token, registry))
                     .await
                     .unwrap();
             });
@@ -340,6 +448,7 @@ mod tests {
             _document: document_tx,
             _status: status_tx,
             _settings: settings_tx,
+            streams,
         }
     }
 
@@ -361,6 +470,16 @@ mod tests {
     /// One HTTP/1.1 request; the body is read to the end except for an event stream (only its
     /// head is read, the stream stays open).
     fn request(addr: SocketAddr, method: &str, path: &str, headers: &[&str]) -> Answer {
+        exchange(addr, method, path, headers, "")
+    }
+
+    fn exchange(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[&str],
+        body: &str,
+    ) -> Answer {
         let mut stream = TcpStream::connect(addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -371,7 +490,7 @@ mod tests {
             text.push_str(h);
             text.push_str("\r\n");
         }
-        text.push_str("content-length: 0\r\n\r\n");
+        text.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
         stream.write_all(text.as_bytes()).unwrap();
         let mut raw = Vec::new();
         let mut chunk = [0u8; 4096];
@@ -468,6 +587,63 @@ mod tests {
         assert_eq!(answer.header("content-type"), Some("text/event-stream"));
         assert_eq!(request(sidecar.addr, "POST", "/mcp", &[]).status, 405);
         assert_eq!(request(sidecar.addr, "GET", "/elsewhere", &[]).status, 404);
+    }
+
+    #[test]
+    fn registrations_need_the_plugin_token_and_a_known_server() {
+        let sidecar = start();
+        let body = r#"{"session":"c2Vzc2lvbg","server":"a","upstream_session":"up-1","protocol_version":"2025-06-18"}"#;
+        let post = |headers: &[&str], body: &str| {
+            exchange(sidecar.addr, "POST", "/v1/streams", headers, body)
+        };
+        let right = format!("authorization: Bearer {TOKEN}");
+        for headers in [
+            vec![],
+            vec!["authorization: Bearer wrong-token".to_string()],
+            vec![
+                right.clone(),
+                "authorization: Bearer wrong-token".to_string(),
+            ],
+        ] {
+            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+            assert_refused(&post(&headers, body));
+        }
+        assert_eq!(sidecar.streams.len(), 0);
+        for (bad, status) in [
+            ("{", 400),
+            (
+                r#"{"session":"s","server":"a","upstream_session":"u"}"#,
+                400,
+            ),
+            (
+                r#"{"session":"s","server":"a","upstream_session":"u","protocol_version":"v","x":1}"#,
+                400,
+            ),
+            (
+                r#"{"session":"s","server":"a","upstream_session":"u v","protocol_version":"v"}"#,
+                400,
+            ),
+            (
+                r#"{"session":"s","server":"zz","upstream_session":"u","protocol_version":"v"}"#,
+                404,
+            ),
+        ] {
+            let answer = post(&[&right], bad);
+            assert_eq!(answer.status, status, "{bad}: {}", answer.body);
+        }
+        let huge = format!(
+            r#"{{"session":"{}","server":"a","upstream_session":"u","protocol_version":"v"}}"#,
+            "s".repeat(streams::MAX_BODY_BYTES)
+        );
+        assert_eq!(post(&[&right], &huge).status, 413);
+        assert_eq!(sidecar.streams.len(), 0);
+        let answer = post(&[&right], body);
+        assert_eq!(answer.status, 204, "{}", answer.body);
+        assert_eq!(sidecar.streams.len(), 1);
+        assert_eq!(
+            request(sidecar.addr, "GET", "/v1/streams", &[&right]).status,
+            405
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod discovery;
 mod engine;
 mod http;
 mod settings;
+mod streams;
 mod watch;
 mod xds;
 
