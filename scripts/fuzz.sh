@@ -9,6 +9,7 @@
 # FUZZ_SECONDS   seconds per target (default 600)
 # FUZZ_NICE      niceness of the fuzzing processes (default 0; 19 on a shared machine)
 # FUZZ_ARGS      extra libFuzzer flags (e.g. "-max_len=65536")
+# FUZZ_SANITIZER cargo-fuzz sanitizer (default none; address, leak, memory, thread)
 #
 # Each target grows its own working corpus in fuzz/work/<target>/ (gitignored, kept between runs)
 # from the committed seeds in fuzz/corpus/<target>/; a crash is saved in fuzz/artifacts/<target>/.
@@ -31,9 +32,11 @@ fi
 export PATH="$HOME/.cargo/bin:$PATH"
 
 cd fuzz
-# No sanitizer: the core has no unsafe code, and AddressSanitizer halves the execution rate.
-# Release with debug assertions and overflow checks (cargo-fuzz's default): an overflow panics.
-nice -n "$NICENESS" cargo +nightly fuzz build --sanitizer none
+# No sanitizer by default: the core has no unsafe code, and AddressSanitizer costs executions
+# (docs/fuzzing.md). Release with debug assertions and overflow checks (cargo-fuzz's default),
+# so an arithmetic overflow panics.
+SANITIZER=${FUZZ_SANITIZER:-none}
+nice -n "$NICENESS" cargo +nightly fuzz build --sanitizer "$SANITIZER"
 mkdir -p work
 status=0
 summary=()
@@ -43,8 +46,8 @@ for target in "${targets[@]}"; do
   echo "fuzz: $target for ${SECONDS_EACH}s (log fuzz/$log)"
   started=$SECONDS
   set +e
-  nice -n "$NICENESS" cargo +nightly fuzz run --sanitizer none "$target" "work/$target" "corpus/$target" -- \
-    -max_total_time="$SECONDS_EACH" -timeout=10 -print_final_stats=1 \
+  nice -n "$NICENESS" cargo +nightly fuzz run --sanitizer "$SANITIZER" "$target" "work/$target" "corpus/$target" -- \
+    -max_total_time="$SECONDS_EACH" -timeout=30 -print_final_stats=1 \
     -artifact_prefix="artifacts/$target/" ${FUZZ_ARGS:-} >"$log" 2>&1
   rc=$?
   set -e
@@ -69,6 +72,6 @@ done
 echo "fuzz: ${SECONDS_EACH}s per target"
 printf '  %s\n' "${summary[@]}"
 if [ "$status" -ne 0 ]; then
-  echo "fuzz: reproduce with: cd fuzz && cargo +nightly fuzz run --sanitizer none <target> <artifact>" >&2
+  echo "fuzz: reproduce with: cd fuzz && cargo +nightly fuzz run --sanitizer $SANITIZER <target> <artifact>" >&2
 fi
 exit "$status"
