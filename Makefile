@@ -5,12 +5,14 @@ VENV := .venv
 WASM_RAW := target/wasm32-wasip1/release/mcpgw.wasm
 WASM := target/mcpgw.wasm
 
-.PHONY: help setup build wasm sidecar test test-unit test-wasm test-e2e conformance bench bench-smoke soak lint fmt run clean
+.PHONY: help setup build wasm sidecar test test-unit test-wasm test-e2e conformance bench bench-smoke soak fuzz fuzz-smoke lint fmt run clean
 
 help:
 	@echo "make run    build and start Envoy + plugin + sidecar + example MCP servers on 127.0.0.1"
 	@echo "           (make run CONFIG=servers.yaml: the same gateway over your own servers)"
-	@echo "make test   everything CI runs: lint, unit tests (native and wasm32-wasip1), end-to-end, MCP conformance, bench smoke"
+	@echo "make test   everything CI runs: lint, unit tests (native and wasm32-wasip1), end-to-end, MCP conformance,"
+	@echo "           bench smoke, fuzz smoke"
+	@echo "make fuzz   every fuzz target for FUZZ_SECONDS each (default 600; docs/fuzzing.md)"
 	@echo "make bench  side-by-side benchmarks (~17 min), rewrites docs/benchmarks.md"
 	@echo "make soak   30 minutes of keep-alive load under configuration churn and health flaps (SOAK_MINUTES=)"
 
@@ -27,6 +29,7 @@ build: wasm sidecar
 
 lint: setup
 	cargo fmt --all --check
+	cargo fmt --manifest-path fuzz/Cargo.toml --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p mcpgw -p mcpgw-core --target wasm32-wasip1 --all-targets -- -D warnings
 
@@ -55,13 +58,26 @@ SOAK_MINUTES ?= 30
 soak: wasm sidecar
 	$(VENV)/bin/python tests/stress/churn.py --minutes $(SOAK_MINUTES) --seconds 45 --json target/soak.json
 
-test: lint test-unit test-wasm test-e2e conformance bench-smoke
+# The fuzz targets (fuzz/, nightly + cargo-fuzz, installed by scripts/fuzz.sh): a few seconds each
+# in `make test`, FUZZ_SECONDS each (default 10 minutes) in `make fuzz`.
+FUZZ_SECONDS ?= 600
+FUZZ_SMOKE_SECONDS ?= 5
+
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+fuzz-smoke:
+	FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS) scripts/fuzz.sh
+
+test: lint test-unit test-wasm test-e2e conformance bench-smoke fuzz-smoke
 
 run: wasm sidecar
 	$(VENV)/bin/python scripts/run.py $(if $(CONFIG),--config $(CONFIG))
 
 fmt:
 	cargo fmt --all
+	cargo fmt --manifest-path fuzz/Cargo.toml
 
 clean:
 	cargo clean
+	rm -rf fuzz/target

@@ -28,7 +28,11 @@ pub fn decode_id(id: &str) -> Option<(&str, &str)> {
     let (server, original) = rest.split_once(':')?;
     let valid = match original.as_bytes().first() {
         Some(b'"') => serde_json::from_str::<String>(original).is_ok(),
-        Some(b'-' | b'0'..=b'9') => original.parse::<i64>().is_ok(),
+        // An integer written as JSON writes it: the original id is spliced into the client's
+        // answer as the id the upstream reads (`str::parse` alone also takes `007`).
+        Some(b'-' | b'0'..=b'9') => {
+            original.parse::<i64>().is_ok() && serde_json::from_str::<&RawValue>(original).is_ok()
+        }
         _ => false,
     };
     valid.then_some((server, original))
@@ -193,6 +197,26 @@ mod tests {
         assert_eq!(decode_id(&id), Some(("b", "\"x:y\"")));
         assert_eq!(decode_id("mcpgw:a:{}"), None);
         assert_eq!(decode_id("7"), None);
+    }
+
+    #[test]
+    fn decoded_ids_are_json() {
+        // Found by `cargo fuzz` (targets `relay` and `jsonrpc`): a client answering with this id
+        // had `"id":007` forwarded upstream, a body no JSON parser reads.
+        for id in [
+            "mcpgw:alpha:007",
+            "mcpgw:alpha:00",
+            "mcpgw:alpha:-01",
+            "mcpgw:alpha:1.0",
+        ] {
+            assert_eq!(decode_id(id), None, "{id}");
+        }
+        assert_eq!(decode_id("mcpgw:alpha:0"), Some(("alpha", "0")));
+        assert_eq!(decode_id("mcpgw:alpha:-0"), Some(("alpha", "-0")));
+        assert_eq!(
+            decode_id("mcpgw:alpha:-9223372036854775808"),
+            Some(("alpha", "-9223372036854775808"))
+        );
     }
 
     #[test]
