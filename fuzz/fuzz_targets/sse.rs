@@ -34,18 +34,22 @@ fuzz_target!(|data: &[u8]| {
     let chunked: Vec<sse::Event> = chunks.iter().flat_map(|c| parser.feed(c)).collect();
     assert_eq!(whole, chunked, "chunks {chunks:?}");
 
-    for mapped in [false, true] {
-        let at_once = SseRelay::new(SERVER, mapped).feed(body);
-        let mut relay = SseRelay::new(SERVER, mapped);
+    for (mapped, method) in [(false, None), (true, None), (true, Some("resources/read"))] {
+        let at_once = SseRelay::new(SERVER, mapped, method).feed(body);
+        let mut relay = SseRelay::new(SERVER, mapped, method);
         let pieces: Vec<u8> = chunks.iter().flat_map(|c| relay.feed(c)).collect();
         assert_eq!(at_once, pieces, "chunks {chunks:?}");
 
         // What the client reads is what was relayed, event by event.
         let expected: Vec<sse::Event> = whole
             .iter()
-            .map(|e| sse::Event {
-                data: relay::rewrite(&e.data, SERVER, mapped).into_owned(),
-                ..e.clone()
+            .map(|e| {
+                let data = relay::rewrite(&e.data, SERVER, mapped);
+                let data = match method {
+                    Some(_) => relay::read_result_uris(&data, SERVER).into_owned(),
+                    None => data.into_owned(),
+                };
+                sse::Event { data, ..e.clone() }
             })
             .collect();
         assert_eq!(sse::parse_all(&at_once), expected, "relayed {at_once:?}");
