@@ -51,7 +51,8 @@ pub trait Host {
     fn shared_get(&self, key: &str) -> Option<Vec<u8>>;
     fn shared_set(&mut self, key: &str, value: &[u8]);
     fn now_secs(&self) -> u64;
-    fn random_nonce(&mut self) -> [u8; 24];
+    /// 24 fresh random bytes; `None` when the proxy has no randomness (then no token is sealed).
+    fn random_nonce(&mut self) -> Option<[u8; 24]>;
     /// Makes Envoy pick the route again after routing headers changed.
     fn clear_route_cache(&mut self);
     fn resume_request(&mut self);

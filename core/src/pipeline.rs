@@ -428,7 +428,9 @@ impl Request {
             caps: params.capabilities.map(ToOwned::to_owned),
             info: params.client_info.map(ToOwned::to_owned),
         };
-        let nonce = host.random_nonce();
+        let nonce = host
+            .random_nonce()
+            .ok_or_else(GatewayError::no_randomness)?;
         let (token, _) = self
             .catalog
             .keys

@@ -37,6 +37,8 @@ struct FakeHost {
     /// Request headers the pipeline removed, in order (one entry per host call).
     removed: Vec<String>,
     now: u64,
+    /// The proxy's randomness is broken.
+    no_entropy: bool,
 }
 
 impl FakeHost {
@@ -175,11 +177,14 @@ impl Host for FakeHost {
     fn now_secs(&self) -> u64 {
         self.now
     }
-    fn random_nonce(&mut self) -> [u8; 24] {
+    fn random_nonce(&mut self) -> Option<[u8; 24]> {
+        if self.no_entropy {
+            return None;
+        }
         let mut nonce = [0u8; 24];
         nonce[..8].copy_from_slice(&self.now.to_le_bytes());
         nonce[8] = self.calls.len() as u8;
-        nonce
+        Some(nonce)
     }
     fn clear_route_cache(&mut self) {
         self.route_cache_cleared = true;
@@ -263,6 +268,26 @@ fn initialize_negotiates_and_issues_a_session() {
     run(&catalog, &mut host);
     assert_eq!(host.reply_json()["result"]["protocolVersion"], "2025-11-25");
     assert_eq!(host.reply_json()["id"], "x");
+}
+
+#[test]
+fn without_randomness_no_session_token_is_issued() {
+    let catalog = catalog(10);
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","id":3,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
+        None,
+    );
+    host.no_entropy = true;
+    run(&catalog, &mut host);
+    assert_eq!(host.reply_status(), 503);
+    assert_eq!(host.reply_json()["error"]["code"], -32603);
+    assert_eq!(host.reply_json()["id"], 3);
+    assert!(host.reply_json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no randomness"));
+    assert!(host.reply_header("mcp-session-id").is_none());
+    assert_eq!(host.details, "mcpgw_no_randomness");
 }
 
 #[test]
