@@ -40,6 +40,9 @@ impl ProxyHost {
     }
 }
 
+/// The CAS token of a write that must only create its key (see `shared_set_versioned`).
+const ABSENT: u32 = u32::MAX;
+
 fn report(what: &str, status: abi::Status) {
     if status != abi::OK {
         log::warn!("host call {what} failed with status {status}");
@@ -163,8 +166,33 @@ impl Host for ProxyHost {
         report(key, abi::set_shared_data(key, value, 0));
     }
 
+    fn shared_get_versioned(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        shared_value(key)
+    }
+
+    fn shared_set_versioned(&mut self, key: &str, value: &[u8], version: Option<u32>) -> bool {
+        // The proxy has no "create if absent": a CAS token is checked only against an existing
+        // key, and 0 means "unconditionally". A key seen absent is written with a token no key
+        // holds at that moment (tokens are handed out by a process-wide counter, so only a key
+        // written exactly 2^32 - 1 writes ago could hold this one): the write succeeds only if
+        // the key is still absent, and a concurrent creator's value is never overwritten.
+        let cas = version.unwrap_or(ABSENT);
+        match abi::set_shared_data(key, value, cas) {
+            abi::OK => true,
+            abi::CAS_MISMATCH => false,
+            status => {
+                report(key, status);
+                false
+            }
+        }
+    }
+
     fn now_secs(&self) -> u64 {
         now_nanos() / 1_000_000_000
+    }
+
+    fn now_millis(&self) -> u64 {
+        now_nanos() / 1_000_000
     }
 
     fn random_nonce(&mut self) -> Option<[u8; 24]> {
