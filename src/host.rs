@@ -1,11 +1,8 @@
 //! [`mcpgw_core::Host`] over proxy-wasm: the only place that talks to the proxy for a stream.
 
-use std::time::UNIX_EPOCH;
-
 use mcpgw_core::sync::ControlHost;
 use mcpgw_core::{CallResponse, Host, Level};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType};
 
 use crate::abi;
 
@@ -16,8 +13,9 @@ pub struct ProxyHost;
 impl ProxyHost {
     /// Reads the answer of a dispatched call (inside `on_http_call_response`).
     pub fn call_response(body_size: usize) -> CallResponse {
-        let headers =
-            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let headers = abi::header_map_pairs(abi::CALL_RESPONSE_HEADERS)
+            .inspect_err(|status| report("call response headers", *status))
+            .unwrap_or_default();
         let find = |name: &str| {
             headers
                 .iter()
@@ -29,9 +27,7 @@ impl ProxyHost {
         let body = if body_size == 0 {
             Vec::new()
         } else {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                .ok()
-                .flatten()
+            read_buffer("call response body", abi::CALL_RESPONSE_BODY, body_size)
                 .unwrap_or_default()
         };
         CallResponse {
@@ -44,15 +40,43 @@ impl ProxyHost {
     }
 }
 
+/// The CAS token of a write that must only create its key (see `shared_set_versioned`).
+const ABSENT: u32 = u32::MAX;
+
 fn report(what: &str, status: abi::Status) {
-    if status != 0 {
+    if status != abi::OK {
         log::warn!("host call {what} failed with status {status}");
     }
 }
 
+fn read_buffer(what: &str, buffer: u32, size: usize) -> Option<Vec<u8>> {
+    abi::buffer(buffer, 0, size)
+        .inspect_err(|status| report(what, *status))
+        .ok()
+        .flatten()
+}
+
+/// The proxy's clock, in nanoseconds since the Unix epoch (0 when the host cannot tell: every
+/// token then looks expired or from the future, so nothing is accepted on a broken clock).
+fn now_nanos() -> u64 {
+    abi::current_time_nanos()
+        .inspect_err(|status| report("current time", *status))
+        .unwrap_or(0)
+}
+
+/// A shared-data value, `None` when absent or unreadable (logged).
+fn shared_value(key: &str) -> Option<(Vec<u8>, u32)> {
+    abi::shared_data(key)
+        .inspect_err(|status| report(key, *status))
+        .ok()
+        .flatten()
+}
+
 impl Host for ProxyHost {
     fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
-        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+        abi::header_map_pairs(abi::REQUEST_HEADERS)
+            .inspect_err(|status| report("request headers", *status))
+            .unwrap_or_default()
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) {
@@ -64,9 +88,7 @@ impl Host for ProxyHost {
     }
 
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
-            .ok()
-            .flatten()
+        read_buffer("request body", abi::REQUEST_BODY, size)
     }
 
     fn set_request_body(&mut self, size: usize, body: &[u8]) {
@@ -77,15 +99,14 @@ impl Host for ProxyHost {
     }
 
     fn response_header(&self, name: &str) -> Option<Vec<u8>> {
-        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+        abi::header_map_value(abi::RESPONSE_HEADERS, name)
+            .inspect_err(|status| report(name, *status))
             .ok()
             .flatten()
     }
 
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
-            .ok()
-            .flatten()
+        read_buffer("response body", abi::RESPONSE_BODY, size)
     }
 
     fn set_response_body(&mut self, size: usize, body: &[u8]) {
@@ -138,43 +159,60 @@ impl Host for ProxyHost {
     }
 
     fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
-        hostcalls::get_shared_data(key)
-            .ok()
-            .and_then(|(value, _)| value)
+        shared_value(key).map(|(value, _)| value)
     }
 
     fn shared_set(&mut self, key: &str, value: &[u8]) {
-        if let Err(status) = hostcalls::set_shared_data(key, Some(value), None) {
-            log::warn!("shared data {key}: {status:?}");
+        report(key, abi::set_shared_data(key, value, 0));
+    }
+
+    fn shared_get_versioned(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        shared_value(key)
+    }
+
+    fn shared_set_versioned(&mut self, key: &str, value: &[u8], version: Option<u32>) -> bool {
+        // The proxy has no "create if absent": a CAS token is checked only against an existing
+        // key, and 0 means "unconditionally". A key seen absent is written with a token no key
+        // holds at that moment (tokens are handed out by a process-wide counter, so only a key
+        // written exactly 2^32 - 1 writes ago could hold this one): the write succeeds only if
+        // the key is still absent, and a concurrent creator's value is never overwritten.
+        let cas = version.unwrap_or(ABSENT);
+        match abi::set_shared_data(key, value, cas) {
+            abi::OK => true,
+            abi::CAS_MISMATCH => false,
+            status => {
+                report(key, status);
+                false
+            }
         }
     }
 
     fn now_secs(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs())
+        now_nanos() / 1_000_000_000
     }
 
-    fn random_nonce(&mut self) -> [u8; 24] {
+    fn now_millis(&self) -> u64 {
+        now_nanos() / 1_000_000
+    }
+
+    fn random_nonce(&mut self) -> Option<[u8; 24]> {
         let mut nonce = [0u8; 24];
-        if let Err(e) = getrandom::fill(&mut nonce) {
-            // No entropy must not mean a guessable token: fall back to time, logged loudly.
-            log::error!("getrandom failed: {e}; session nonce falls back to the clock");
-            let now = hostcalls::get_current_time()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
-            let nanos = now.map_or(0, |d| d.as_nanos());
-            for (slot, byte) in nonce.iter_mut().zip(nanos.to_le_bytes()) {
-                *slot ^= byte;
+        match getrandom::fill(&mut nonce) {
+            Ok(()) => Some(nonce),
+            Err(e) => {
+                // No entropy means no token: a clock-derived nonce would be guessable.
+                log::error!("getrandom failed: {e}; no session token can be issued");
+                None
             }
         }
-        nonce
     }
 
     fn clear_route_cache(&mut self) {
-        // Not every Envoy build has it; older ones re-route on their own.
-        let _ = hostcalls::call_foreign_function("clear_route_cache", None);
+        // Not every Envoy build has it (NotFound); older ones re-route on their own.
+        let status = abi::call_foreign_function("clear_route_cache", &[]);
+        if status != abi::NOT_FOUND {
+            report("clear_route_cache", status);
+        }
     }
 
     fn resume_request(&mut self) {
@@ -198,6 +236,31 @@ impl Host for ProxyHost {
     }
 }
 
+/// The `log` crate's logger, over [`abi::log`] (the SDK's own logger unwraps the host's status).
+pub struct HostLogger;
+
+impl log::Log for HostLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            log::Level::Error => abi::LOG_ERROR,
+            log::Level::Warn => abi::LOG_WARN,
+            log::Level::Info => abi::LOG_INFO,
+            log::Level::Debug | log::Level::Trace => abi::LOG_DEBUG,
+        };
+        // Nowhere to report a failed log line.
+        let _ = abi::log(level, &record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
 /// [`ControlHost`] for the root context (configuration sync).
 pub struct ControlProxy;
 
@@ -212,18 +275,25 @@ impl ControlHost for ControlProxy {
     }
 
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        hostcalls::get_shared_data(key).unwrap_or((None, None))
+        match shared_value(key) {
+            Some((value, cas)) => (Some(value), Some(cas)),
+            None => (None, None),
+        }
     }
 
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+        match abi::set_shared_data(key, value, cas.unwrap_or(0)) {
+            abi::OK => true,
+            abi::CAS_MISMATCH => false,
+            status => {
+                report(key, status);
+                false
+            }
+        }
     }
 
     fn now_millis(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        now_nanos() / 1_000_000
     }
 
     fn log(&self, level: Level, message: &str) {
@@ -231,9 +301,18 @@ impl ControlHost for ControlProxy {
     }
 }
 
-/// A random name for this root context in the poller lease.
-pub fn owner_id() -> String {
+/// A random name for this root context (its poller lease): `None` when there is no randomness,
+/// since a name two VMs could share would let both poll as the lease holder.
+pub fn owner_id() -> Option<String> {
     let mut bytes = [0u8; 8];
-    let _ = getrandom::fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => Some(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        Err(e) => {
+            log::error!(
+                "getrandom failed: {e}; this VM takes no poller lease and follows the published \
+                 configuration only"
+            );
+            None
+        }
+    }
 }

@@ -11,17 +11,21 @@ use std::time::Duration;
 use mcpgw_core::sync::ConfigSync;
 use mcpgw_core::{Catalog, LogBudget, PluginConfig};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType};
 
-use crate::host::{ControlProxy, ProxyHost};
+use crate::host::{ControlProxy, HostLogger, ProxyHost};
 
 /// How often each VM looks for a newly published configuration (and the poller renews its lease).
 const TICK: Duration = Duration::from_millis(200);
 
+static LOGGER: HostLogger = HostLogger;
+
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    // Not `proxy_wasm::set_log_level`: the SDK's logger and panic hook unwrap the host's status.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
     std::panic::set_hook(Box::new(|info| {
-        let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("mcpgw panic: {info}"));
+        let _ = abi::log(abi::LOG_CRITICAL, &format!("mcpgw panic: {info}"));
     }));
     proxy_wasm::set_root_context(|_| Box::new(Gateway::default()));
 }}
@@ -62,7 +66,11 @@ impl Context for Gateway {
 
 impl RootContext for Gateway {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let raw = self.get_plugin_configuration().unwrap_or_default();
+        let raw = abi::buffer(abi::PLUGIN_CONFIGURATION, 0, usize::MAX)
+            .inspect_err(|status| log::error!("cannot read the plugin configuration: {status}"))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         match parse_plugin_config(&raw) {
             Ok((catalog, sidecar)) => {
                 if let Some(catalog) = catalog {
@@ -78,7 +86,7 @@ impl RootContext for Gateway {
                 if polls {
                     // Polling starts on the first tick: during configuration the cluster
                     // manager may not be ready for calls yet.
-                    self.set_tick_period(TICK);
+                    set_tick_period(TICK);
                 }
                 true
             }
@@ -147,6 +155,14 @@ impl Gateway {
             catalog.tool_count()
         );
         *self.catalog.borrow_mut() = Some(Rc::new(catalog));
+    }
+}
+
+fn set_tick_period(period: Duration) {
+    let millis = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+    let status = abi::set_tick_period(millis);
+    if status != abi::OK {
+        log::error!("cannot set the tick period: status {status}");
     }
 }
 

@@ -138,6 +138,26 @@ impl GatewayError {
             "gateway has no configuration yet; retry shortly",
         )
     }
+    /// A DELETE whose end could not be recorded (shared data kept changing under it, or the
+    /// proxy refused the write): the session stays valid and the client may retry.
+    pub fn session_not_ended() -> Self {
+        Self::new(
+            "session_not_ended",
+            INTERNAL_ERROR,
+            503,
+            "the session could not be ended; retry the DELETE",
+        )
+    }
+    /// The proxy has no randomness: no session token can be sealed (its nonce would be
+    /// guessable), so `initialize` fails instead.
+    pub fn no_randomness() -> Self {
+        Self::new(
+            "no_randomness",
+            INTERNAL_ERROR,
+            503,
+            "no randomness: the gateway cannot issue a session token; retry shortly",
+        )
+    }
     /// An upstream failed this request: the client's session is fine, so the failure is a
     /// JSON-RPC error for that one request inside HTTP 200.
     pub fn upstream(message: impl Into<Cow<'static, str>>) -> Self {

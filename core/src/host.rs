@@ -50,8 +50,15 @@ pub trait Host {
     ) -> Result<u32, String>;
     fn shared_get(&self, key: &str) -> Option<Vec<u8>>;
     fn shared_set(&mut self, key: &str, value: &[u8]);
+    /// A shared-data value and its version (the proxy's CAS token).
+    fn shared_get_versioned(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Writes `value` only if the key still has `version` or, with `None`, only if the key still
+    /// does not exist. `false` when another write came first (or the write failed).
+    fn shared_set_versioned(&mut self, key: &str, value: &[u8], version: Option<u32>) -> bool;
     fn now_secs(&self) -> u64;
-    fn random_nonce(&mut self) -> [u8; 24];
+    fn now_millis(&self) -> u64;
+    /// 24 fresh random bytes; `None` when the proxy has no randomness (then no token is sealed).
+    fn random_nonce(&mut self) -> Option<[u8; 24]>;
     /// Makes Envoy pick the route again after routing headers changed.
     fn clear_route_cache(&mut self);
     fn resume_request(&mut self);

@@ -4,6 +4,7 @@
 pub mod budget;
 pub mod catalog;
 pub mod config;
+pub mod ended;
 pub mod error;
 pub mod host;
 pub mod jsonrpc;

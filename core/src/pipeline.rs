@@ -460,7 +460,9 @@ impl Request {
             caps: params.capabilities.map(ToOwned::to_owned),
             info: params.client_info.map(ToOwned::to_owned),
         };
-        let nonce = host.random_nonce();
+        let nonce = host
+            .random_nonce()
+            .ok_or_else(GatewayError::no_randomness)?;
         let (token, _) = self
             .catalog
             .keys
@@ -908,12 +910,14 @@ impl Request {
             Ok(None) => return self.fail(host, GatewayError::missing_session()),
             Err(e) => return self.fail(host, e),
         };
+        // Recorded first: a session whose end could not be recorded stays whole (its upstream
+        // sessions too), and the client is told to retry.
+        if crate::ended::record(host, crate::ended::SETS, &session.id, session.claims.iat).is_err()
+        {
+            return self.fail(host, GatewayError::session_not_ended());
+        }
         let catalog = Rc::clone(&self.catalog);
         let slots = catalog.limits.upstream_session_slots;
-        host.shared_set(
-            &upstream::ended_key(&session.id, slots),
-            session.id.as_bytes(),
-        );
         let mut pending = Vec::new();
         for server in &catalog.servers {
             let Some(upstream) = upstream::forget(host, slots, &session.id, &server.name) else {
@@ -1015,9 +1019,7 @@ impl Request {
             .keys
             .open(token, host.now_secs())
             .ok_or_else(GatewayError::session_not_found)?;
-        let ended_key =
-            upstream::ended_key(&session.id, self.catalog.limits.upstream_session_slots);
-        if host.shared_get(&ended_key).as_deref() == Some(session.id.as_bytes()) {
+        if crate::ended::is_ended(host, crate::ended::SETS, &session.id, session.claims.iat) {
             return Err(GatewayError::session_not_found().because("session_ended"));
         }
         Ok(Some(session))

@@ -44,8 +44,9 @@ pub struct ConfigSync {
     source: SidecarSource,
     /// `Bearer <token>`, sent on every poll when the plugin configuration names a token.
     authorization: Option<String>,
-    /// Identifies this VM's root context in the lease.
-    owner: String,
+    /// Identifies this VM's root context in the lease; `None` (no randomness for a name that
+    /// no other VM shares): this VM never polls, it only adopts what others publish.
+    owner: Option<String>,
     /// ETag of the document this VM serves.
     applied_etag: Option<String>,
     in_flight: Option<u32>,
@@ -55,7 +56,7 @@ pub struct ConfigSync {
 }
 
 impl ConfigSync {
-    pub fn new(source: SidecarSource, owner: String) -> Self {
+    pub fn new(source: SidecarSource, owner: Option<String>) -> Self {
         Self {
             authorization: source.authorization(),
             source,
@@ -157,6 +158,9 @@ impl ConfigSync {
     }
 
     fn hold_lease(&mut self, host: &mut dyn ControlHost) -> bool {
+        let Some(owner) = self.owner.as_deref() else {
+            return false;
+        };
         let now = host.now_millis();
         let (lease, cas) = host.shared_get(LEASE_KEY);
         let lease = lease
@@ -164,10 +168,10 @@ impl ConfigSync {
             .unwrap_or_default();
         let (holder, expiry) = lease.split_once('|').unwrap_or(("", "0"));
         let expiry: u64 = expiry.parse().unwrap_or(0);
-        if holder != self.owner && expiry > now {
+        if holder != owner && expiry > now {
             return false;
         }
-        let renewed = format!("{}|{}", self.owner, now + LEASE_MS);
+        let renewed = format!("{owner}|{}", now + LEASE_MS);
         host.shared_set(LEASE_KEY, renewed.as_bytes(), cas)
     }
 
@@ -350,8 +354,8 @@ mod tests {
     fn one_vm_polls_and_every_vm_adopts_the_document() {
         let process = Rc::new(RefCell::new(Process::default()));
         let (mut a, mut b) = (vm(&process), vm(&process));
-        let mut sync_a = ConfigSync::new(source(), "a".into());
-        let mut sync_b = ConfigSync::new(source(), "b".into());
+        let mut sync_a = ConfigSync::new(source(), Some("a".into()));
+        let mut sync_b = ConfigSync::new(source(), Some("b".into()));
         assert!(sync_a.on_tick(&mut a).is_none());
         assert!(sync_b.on_tick(&mut b).is_none());
         assert_eq!(a.calls.len(), 1, "the lease holder polls");
@@ -381,11 +385,27 @@ mod tests {
     }
 
     #[test]
+    fn a_vm_without_a_name_never_polls_but_adopts() {
+        let process = Rc::new(RefCell::new(Process::default()));
+        let (mut a, mut b) = (vm(&process), vm(&process));
+        let mut nameless = ConfigSync::new(source(), None);
+        for _ in 0..3 {
+            assert!(nameless.on_tick(&mut b).is_none());
+        }
+        assert!(b.calls.is_empty(), "no lease, no poll");
+        let mut sync_a = ConfigSync::new(source(), Some("a".into()));
+        sync_a.on_tick(&mut a);
+        sync_a.on_response(&mut a, 1, &ok(document("v1"), "\"e1\""));
+        assert_eq!(nameless.on_tick(&mut b).unwrap().version, "v1");
+        assert!(b.calls.is_empty());
+    }
+
+    #[test]
     fn an_expired_lease_moves_to_another_vm() {
         let process = Rc::new(RefCell::new(Process::default()));
         let (mut a, mut b) = (vm(&process), vm(&process));
-        let mut sync_a = ConfigSync::new(source(), "a".into());
-        let mut sync_b = ConfigSync::new(source(), "b".into());
+        let mut sync_a = ConfigSync::new(source(), Some("a".into()));
+        let mut sync_b = ConfigSync::new(source(), Some("b".into()));
         sync_a.on_tick(&mut a);
         process.borrow_mut().now = LEASE_MS + 1; // a stopped renewing (its VM died)
         sync_b.on_tick(&mut b);
@@ -396,7 +416,7 @@ mod tests {
     fn a_down_sidecar_keeps_the_configuration_and_backs_off() {
         let process = Rc::new(RefCell::new(Process::default()));
         let mut a = vm(&process);
-        let mut sync = ConfigSync::new(source(), "a".into());
+        let mut sync = ConfigSync::new(source(), Some("a".into()));
         sync.set_applied("\"e0\"".into());
         sync.on_tick(&mut a);
         assert!(sync
@@ -421,7 +441,7 @@ mod tests {
     fn an_invalid_document_is_rejected_and_not_published() {
         let process = Rc::new(RefCell::new(Process::default()));
         let mut a = vm(&process);
-        let mut sync = ConfigSync::new(source(), "a".into());
+        let mut sync = ConfigSync::new(source(), Some("a".into()));
         sync.on_tick(&mut a);
         let bad = br#"{"version":"x","session":{"keys":[]}}"#.to_vec();
         assert!(sync.on_response(&mut a, 1, &ok(bad, "\"bad\"")).is_none());
@@ -436,7 +456,7 @@ mod tests {
         let mut with_token = source();
         with_token.token = Some("tok-123".into());
         assert!(with_token.validate().is_ok());
-        let mut sync = ConfigSync::new(with_token, "a".into());
+        let mut sync = ConfigSync::new(with_token, Some("a".into()));
         sync.on_tick(&mut a);
         assert_eq!(header(&a.calls[0], "authorization"), Some("Bearer tok-123"));
         // The next poll (with an ETag) carries it too.
@@ -447,7 +467,7 @@ mod tests {
 
         // Without a token, no authorization header at all.
         let mut b = vm(&Rc::new(RefCell::new(Process::default())));
-        let mut plain = ConfigSync::new(source(), "b".into());
+        let mut plain = ConfigSync::new(source(), Some("b".into()));
         plain.on_tick(&mut b);
         assert_eq!(header(&b.calls[0], "authorization"), None);
     }
@@ -456,7 +476,7 @@ mod tests {
     fn a_refused_token_is_reported_as_such() {
         let process = Rc::new(RefCell::new(Process::default()));
         let mut a = vm(&process);
-        let mut sync = ConfigSync::new(source(), "a".into());
+        let mut sync = ConfigSync::new(source(), Some("a".into()));
         sync.on_tick(&mut a);
         let refused = CallResponse {
             status: Some(401),

@@ -25,7 +25,6 @@ pub struct UpstreamSession {
 
 const WAYS: u32 = 4;
 const SLOT_PREFIX: &str = "mcpgw.us.";
-const ENDED_PREFIX: &str = "mcpgw.ended.";
 
 /// The cached upstream session of (client session, server), if any.
 pub fn lookup(host: &dyn Host, slots: u32, client: &str, server: &str) -> Option<UpstreamSession> {
@@ -93,8 +92,8 @@ pub fn forget(
 const LEVEL_PREFIX: &str = "mcpgw.level.";
 
 /// Remembers the log level a client session asked for (`logging/setLevel`), so that upstream
-/// sessions opened later are told too. A direct-mapped table like the ended-session one: a
-/// collision only means a later upstream session starts at its default level.
+/// sessions opened later are told too. A direct-mapped table: a collision only means a later
+/// upstream session starts at its default level.
 pub fn store_log_level(host: &mut dyn Host, slots: u32, client: &str, level: &str) {
     let key = format!(
         "{LEVEL_PREFIX}{}",
@@ -114,21 +113,13 @@ pub fn log_level(host: &dyn Host, slots: u32, client: &str) -> Option<String> {
     (owner == client).then(|| level.to_owned())
 }
 
-/// Shared-data key that records an ended (DELETEd) client session.
-pub fn ended_key(client_session: &str, slots: u32) -> String {
-    format!(
-        "{ENDED_PREFIX}{}",
-        hash(&[client_session]) % u64::from(slots.max(1))
-    )
-}
-
 fn set_keys(client: &str, server: &str, slots: u32) -> impl Iterator<Item = String> {
     let sets = u64::from((slots / WAYS).max(1));
     let set = hash(&[client, server]) % sets;
     (0..WAYS).map(move |way| format!("{SLOT_PREFIX}{set}.{way}"))
 }
 
-fn hash(parts: &[&str]) -> u64 {
+pub(crate) fn hash(parts: &[&str]) -> u64 {
     // FNV-1a: stable across VMs and restarts, no dependency.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {

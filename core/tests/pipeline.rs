@@ -32,12 +32,20 @@ struct FakeHost {
     details: String,
     logs: std::cell::RefCell<Vec<(Level, String)>>,
     calls: Vec<Call>,
-    shared: HashMap<String, Vec<u8>>,
+    /// Shared data: value and version (CAS), like the proxy's.
+    shared: HashMap<String, (Vec<u8>, u32)>,
+    next_version: u32,
     resumed_request: bool,
     route_cache_cleared: bool,
     /// Request headers the pipeline removed, in order (one entry per host call).
     removed: Vec<String>,
     now: u64,
+    /// The proxy's randomness is broken.
+    no_entropy: bool,
+    /// Every compare-and-swap write loses (another worker always writes first).
+    refuse_versioned_writes: bool,
+    /// Mixed into nonces, so that many sessions issued in one second differ.
+    nonce_seed: u64,
 }
 
 impl FakeHost {
@@ -168,19 +176,38 @@ impl Host for FakeHost {
         Ok(100 + self.calls.len() as u32)
     }
     fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
-        self.shared.get(key).cloned()
+        self.shared.get(key).map(|(value, _)| value.clone())
     }
     fn shared_set(&mut self, key: &str, value: &[u8]) {
-        self.shared.insert(key.into(), value.to_vec());
+        self.next_version += 1;
+        self.shared
+            .insert(key.into(), (value.to_vec(), self.next_version));
+    }
+    fn shared_get_versioned(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.shared.get(key).cloned()
+    }
+    fn shared_set_versioned(&mut self, key: &str, value: &[u8], version: Option<u32>) -> bool {
+        if self.refuse_versioned_writes || self.shared.get(key).map(|(_, v)| *v) != version {
+            return false;
+        }
+        self.shared_set(key, value);
+        true
     }
     fn now_secs(&self) -> u64 {
         self.now
     }
-    fn random_nonce(&mut self) -> [u8; 24] {
+    fn now_millis(&self) -> u64 {
+        self.now * 1000
+    }
+    fn random_nonce(&mut self) -> Option<[u8; 24]> {
+        if self.no_entropy {
+            return None;
+        }
         let mut nonce = [0u8; 24];
         nonce[..8].copy_from_slice(&self.now.to_le_bytes());
         nonce[8] = self.calls.len() as u8;
-        nonce
+        nonce[9..17].copy_from_slice(&self.nonce_seed.to_le_bytes());
+        Some(nonce)
     }
     fn clear_route_cache(&mut self) {
         self.route_cache_cleared = true;
@@ -264,6 +291,26 @@ fn initialize_negotiates_and_issues_a_session() {
     run(&catalog, &mut host);
     assert_eq!(host.reply_json()["result"]["protocolVersion"], "2025-11-25");
     assert_eq!(host.reply_json()["id"], "x");
+}
+
+#[test]
+fn without_randomness_no_session_token_is_issued() {
+    let catalog = catalog(10);
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","id":3,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
+        None,
+    );
+    host.no_entropy = true;
+    run(&catalog, &mut host);
+    assert_eq!(host.reply_status(), 503);
+    assert_eq!(host.reply_json()["error"]["code"], -32603);
+    assert_eq!(host.reply_json()["id"], 3);
+    assert!(host.reply_json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no randomness"));
+    assert!(host.reply_header("mcp-session-id").is_none());
+    assert_eq!(host.details, "mcpgw_no_randomness");
 }
 
 #[test]
@@ -729,6 +776,208 @@ fn delete_closes_upstream_sessions_and_ends_the_session() {
     host.shared = shared;
     run(&catalog, &mut host);
     assert_eq!(host.reply_status(), 404, "an ended session is gone");
+}
+
+/// The process-wide part of the fake proxy (shared data), moved from one stream to the next.
+#[derive(Default)]
+struct Process {
+    shared: HashMap<String, (Vec<u8>, u32)>,
+    next_version: u32,
+    requests: u64,
+}
+
+impl Process {
+    /// Runs one request (`method` on the MCP path, `body` when it has one) at time `now`.
+    fn exchange(
+        &mut self,
+        catalog: &Rc<Catalog>,
+        now: u64,
+        method: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> FakeHost {
+        let mut host = FakeHost::post(body, token);
+        host.now = now;
+        host.request_headers[0].1 = method.as_bytes().to_vec();
+        host.shared = std::mem::take(&mut self.shared);
+        host.next_version = self.next_version;
+        self.requests += 1;
+        host.nonce_seed = self.requests;
+        let mut request = Request::new(Rc::clone(catalog), Rc::default(), None);
+        if request.on_request_headers(&mut host, body.is_empty()) == Action::Pause
+            && host.reply.is_none()
+        {
+            let size = host.request_body.len();
+            request.on_request_body(&mut host, size, true);
+        }
+        self.shared = std::mem::take(&mut host.shared);
+        self.next_version = host.next_version;
+        host
+    }
+
+    fn initialize(&mut self, catalog: &Rc<Catalog>, now: u64) -> String {
+        let host = self.exchange(
+            catalog,
+            now,
+            "POST",
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
+            None,
+        );
+        host.reply_header("mcp-session-id").unwrap()
+    }
+
+    fn ping_status(&mut self, catalog: &Rc<Catalog>, now: u64, token: &str) -> u16 {
+        let ping = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+        self.exchange(catalog, now, "POST", ping, Some(token))
+            .reply_status()
+    }
+}
+
+#[test]
+fn no_ended_session_reopens_whatever_the_number_of_sessions_ended_since() {
+    // The table alone goes through 100,000 cycles in `ended`'s unit tests; here each cycle runs
+    // the whole pipeline (and its AEAD, ~1 ms in a debug build).
+    let catalog = catalog(10);
+    let mut process = Process::default();
+    let start = 1_000_000;
+    let mut now = start;
+    let mut ended_tokens = Vec::new();
+    let mut live = Vec::new();
+    for cycle in 0..2_000u64 {
+        if cycle.is_multiple_of(10) {
+            now += 1;
+        }
+        // Tokens are issued on many workers and replicas: used out of order, up to 10 min old.
+        let issued = now - (cycle * 7919) % 600;
+        let token = process.initialize(&catalog, issued);
+        if cycle.is_multiple_of(100) {
+            live.push(token);
+            continue;
+        }
+        let host = process.exchange(&catalog, now, "DELETE", "", Some(&token));
+        assert_eq!(host.reply_status(), 200);
+        assert_eq!(process.ping_status(&catalog, now, &token), 404);
+        assert_eq!(
+            process
+                .exchange(&catalog, now, "DELETE", "", Some(&token))
+                .reply_status(),
+            404,
+            "ended once"
+        );
+        ended_tokens.push(token);
+    }
+    for token in &ended_tokens {
+        assert_eq!(process.ping_status(&catalog, now, token), 404, "reopened");
+    }
+    for token in &live {
+        assert_eq!(process.ping_status(&catalog, now, token), 200);
+    }
+}
+
+/// Session nonces whose ids fall in the ended table's set `set`.
+fn nonces_in_set(set: &str, count: usize) -> Vec<u64> {
+    use base64::Engine;
+    let mut found = Vec::new();
+    let mut seed = 0u64;
+    while found.len() < count {
+        seed += 1;
+        // The nonce FakeHost draws: now, calls made (none), the seed.
+        let mut nonce = [0u8; 24];
+        nonce[..8].copy_from_slice(&1_000_000u64.to_le_bytes());
+        nonce[9..17].copy_from_slice(&seed.to_le_bytes());
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(nonce);
+        if mcpgw_core::ended::key(&id, mcpgw_core::ended::SETS) == set {
+            found.push(seed);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_full_set_of_the_ended_table_refuses_what_it_evicts_and_nothing_newer() {
+    use mcpgw_core::ended::WAYS;
+    let catalog = catalog(10);
+    let mut process = Process::default();
+    let set = "mcpgw.ended.7";
+    // Sessions of one set, issued a second apart: ids[i] at 1_000_000 - 100 + i.
+    let seeds = nonces_in_set(set, 2 * WAYS + 4);
+    let now = 1_000_000;
+    let mut tokens = Vec::new();
+    for (i, seed) in seeds.iter().enumerate() {
+        let mut host = FakeHost::post(
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+            None,
+        );
+        host.now = now;
+        host.nonce_seed = *seed;
+        host.shared = std::mem::take(&mut process.shared);
+        run(&catalog, &mut host);
+        process.shared = std::mem::take(&mut host.shared);
+        let token = host.reply_header("mcp-session-id").unwrap();
+        // Re-seal with the issue time wanted (the nonce, hence the set, stays).
+        let session = catalog.keys.open(token.as_bytes(), now).unwrap();
+        let mut claims = session.claims.clone();
+        claims.iat = now - 100 + i as u64;
+        let mut nonce = [0u8; 24];
+        nonce[..8].copy_from_slice(&now.to_le_bytes());
+        nonce[9..17].copy_from_slice(&seed.to_le_bytes());
+        let (token, id) = catalog.keys.seal(&claims, nonce).unwrap();
+        assert_eq!(mcpgw_core::ended::key(&id, mcpgw_core::ended::SETS), set);
+        tokens.push(token);
+    }
+    // End the even-numbered ones, in issue order: WAYS + 2 ends overflow the set twice.
+    let ended: Vec<usize> = (0..tokens.len()).filter(|i| i.is_multiple_of(2)).collect();
+    assert!(ended.len() > WAYS + 1);
+    for i in &ended {
+        let host = process.exchange(&catalog, now, "DELETE", "", Some(&tokens[*i]));
+        assert_eq!(host.reply_status(), 200);
+    }
+    for i in &ended {
+        assert_eq!(process.ping_status(&catalog, now, &tokens[*i]), 404, "{i}");
+    }
+    // The set kept the WAYS latest issued; the two earliest were evicted, so the watermark is
+    // the issue time of the second earliest ended (index 2): live sessions issued at or before
+    // it are refused, the others are not.
+    assert_eq!(
+        process
+            .exchange(&catalog, now, "DELETE", "", Some(&tokens[0]))
+            .reply_status(),
+        404,
+        "an evicted session stays ended"
+    );
+    for i in (0..tokens.len()).filter(|i| !i.is_multiple_of(2)) {
+        let status = process.ping_status(&catalog, now, &tokens[i]);
+        assert_eq!(status, if i <= 2 { 404 } else { 200 }, "{i}");
+    }
+}
+
+#[test]
+fn a_delete_that_cannot_be_recorded_leaves_the_session_whole() {
+    let catalog = catalog(10);
+    let mut process = Process::default();
+    let token = process.initialize(&catalog, 1_000_000);
+    let id = catalog
+        .keys
+        .open(token.as_bytes(), 1_000_000)
+        .unwrap()
+        .id
+        .clone();
+    // The ended table's key is held by something the plugin cannot version (no CAS can win).
+    let key = mcpgw_core::ended::key(&id, mcpgw_core::ended::SETS);
+    process.shared.insert(key, (b"0".to_vec(), 0));
+    let mut host = FakeHost::post("", Some(&token));
+    host.now = 1_000_000;
+    host.request_headers[0].1 = b"DELETE".to_vec();
+    host.shared = std::mem::take(&mut process.shared);
+    host.refuse_versioned_writes = true;
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), None);
+    request.on_request_headers(&mut host, true);
+    assert_eq!(host.reply_status(), 503);
+    assert_eq!(host.reply_json()["error"]["code"], -32603);
+    assert_eq!(host.details, "mcpgw_session_not_ended");
+    assert!(host.calls.is_empty(), "no upstream session was closed");
+    process.shared = std::mem::take(&mut host.shared);
+    assert_eq!(process.ping_status(&catalog, 1_000_000, &token), 200);
 }
 
 #[test]

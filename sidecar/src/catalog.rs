@@ -263,6 +263,37 @@ pub fn build(settings: &Settings, health: &HashMap<String, Health>) -> Built {
     }
 }
 
+/// Runs the plugin's own validation (`mcpgw_core::Catalog::build`) on the document these
+/// settings make with every enabled, usable server serving and nothing discovered yet: what the
+/// file alone decides (key id, TTL, limits, gateway, servers) is checked by the rules the plugin
+/// applies, so a file the plugin would refuse is refused when it is loaded. The error is the
+/// plugin's, naming the document's field.
+pub fn check_document(settings: &Settings) -> Result<(), String> {
+    let health = settings
+        .servers
+        .iter()
+        .map(|s| (s.name.clone(), Health::Up(Arc::new(ServerLists::default()))))
+        .collect();
+    let mut document = build(settings, &health).document;
+    for key in &mut document.session.keys {
+        if key.secret.is_empty() {
+            // Not loaded yet (`check` before `run` created the key file): any 32 bytes do.
+            key.secret = PLACEHOLDER_SECRET.into();
+        }
+    }
+    validate(document)
+}
+
+/// Base64 of 32 zero bytes.
+const PLACEHOLDER_SECRET: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+/// The plugin's verdict on a document, as the sidecar reports it.
+pub fn validate(document: GatewayConfig) -> Result<(), String> {
+    mcpgw_core::Catalog::build(document)
+        .map(drop)
+        .map_err(|e| format!("the plugin would refuse the configuration document: {e}"))
+}
+
 fn server_config(
     spec: &ServerSpec,
     headers: Vec<mcpgw_core::config::HeaderValue>,

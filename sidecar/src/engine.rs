@@ -65,6 +65,9 @@ pub struct Status {
     pub config_file: String,
     /// The last rejected edit, while the file still holds it.
     pub config_error: Option<String>,
+    /// Why the current catalog's document was not published (the plugin's own validation
+    /// refused it; the last good document stays published), naming the document's field.
+    pub document_error: Option<String>,
     pub servers: Vec<ServerReport>,
     pub problems: Vec<String>,
     pub prompts: Vec<NamedItem>,
@@ -116,6 +119,8 @@ pub struct Engine {
     xds: Option<xds::Writer>,
     xds_error: Option<String>,
     config_error: Option<String>,
+    /// The hash of the last document the plugin's validation refused, and why.
+    rejected: Option<(String, String)>,
     started: Instant,
     ready: bool,
     start_ms: u128,
@@ -157,6 +162,7 @@ impl Engine {
             http: HashMap::new(),
             xds_error: None,
             config_error: None,
+            rejected: None,
             started: Instant::now(),
             ready: false,
             start_ms,
@@ -390,8 +396,8 @@ impl Engine {
             built.prompts_fingerprint.clone(),
             built.resources_fingerprint.clone(),
         ];
-        if self.ready {
-            self.publish(built.document, &built.hash);
+        // Clients hear of list changes only once the document carrying them is published.
+        if self.ready && self.publish(built.document, &built.hash) {
             if let Some(old) = &self.fingerprints {
                 for (i, kind) in [ListKind::Tools, ListKind::Prompts, ListKind::Resources]
                     .into_iter()
@@ -425,18 +431,33 @@ impl Engine {
         });
     }
 
-    fn publish(&mut self, mut document: mcpgw_core::config::GatewayConfig, hash: &str) {
+    /// Publishes the document unless it is the published one already; false when it was not
+    /// published (the plugin's validation refused it, or it could not be serialized).
+    fn publish(&mut self, mut document: mcpgw_core::config::GatewayConfig, hash: &str) -> bool {
         let current = self.document_tx.borrow().clone();
         if current.as_ref().map(|p| p.hash.as_str()) == Some(hash) {
-            return;
+            self.rejected = None;
+            return true;
         }
+        if self.rejected.as_ref().map(|(h, _)| h.as_str()) == Some(hash) {
+            return false;
+        }
+        // The plugin validates every document it adopts and refuses a bad one: run the same
+        // validation here, so a document the plugin would refuse is never published and the
+        // reason shows here (log, /v1/status) rather than only in Envoy's log.
+        if let Err(e) = crate::catalog::validate(document.clone()) {
+            tracing::error!("configuration not published, the last good one stays in force: {e}");
+            self.rejected = Some((hash.to_string(), e));
+            return false;
+        }
+        self.rejected = None;
         self.counter += 1;
         document.version = format!("{}.{}", self.start_ms, self.counter);
         let body = match serde_json::to_vec(&document) {
             Ok(body) => Bytes::from(body),
             Err(e) => {
                 tracing::error!("cannot serialize the configuration document: {e}");
-                return;
+                return false;
             }
         };
         let tools: usize = document.servers.iter().map(|s| s.tools.len()).sum();
@@ -451,6 +472,7 @@ impl Engine {
             hash: hash.to_string(),
             body,
         })));
+        true
     }
 
     fn status(&self, servers: Vec<ServerReport>, problems: Vec<String>) -> Status {
@@ -469,6 +491,7 @@ impl Engine {
             hash: published.as_ref().map(|p| p.hash.clone()),
             config_file: self.settings.source.display().to_string(),
             config_error: self.config_error.clone(),
+            document_error: self.rejected.as_ref().map(|(_, e)| e.clone()),
             servers,
             problems,
             prompts: named(&self.extras.prompts),
@@ -500,4 +523,61 @@ pub fn http_client(
     builder
         .build()
         .map_err(|e| format!("HTTP client: {}", discovery::describe(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::catalog::{Item, ServerLists};
+
+    fn up(resources: &[&str]) -> Health {
+        Health::Up(Arc::new(ServerLists {
+            tools: vec![Item::new(
+                "echo",
+                RawValue::from_string(r#"{"name":"echo"}"#.into()).unwrap(),
+            )],
+            resources: resources
+                .iter()
+                .map(|r| Item::new(*r, RawValue::from_string((*r).to_string()).unwrap()))
+                .collect(),
+            ..ServerLists::default()
+        }))
+    }
+
+    #[test]
+    fn a_document_the_plugin_would_refuse_is_not_published() {
+        let text = "servers:\n  - {name: alpha, url: 'http://127.0.0.1:1/mcp'}\n";
+        let mut settings =
+            crate::settings::parse(text, Path::new("/tmp"), &|_| Some("t".repeat(40))).unwrap();
+        settings.session_keys.0[0].secret = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=".into();
+        let (mut engine, outputs) = Engine::new(Arc::new(settings));
+        engine.ready = true;
+        engine.health.insert("alpha".into(), up(&[]));
+        engine.rebuild();
+        let good = outputs.document.borrow().clone().expect("published");
+        assert!(outputs.status.borrow().document_error.is_none());
+
+        // A resource without a URI: the plugin's catalog refuses the whole document.
+        engine
+            .health
+            .insert("alpha".into(), up(&[r#"{"name":"no uri"}"#]));
+        engine.rebuild();
+        let still = outputs.document.borrow().clone().unwrap();
+        assert_eq!(still.version, good.version, "the last good document stays");
+        let error = outputs.status.borrow().document_error.clone().unwrap();
+        assert!(
+            error.contains("servers[0].resources[0]: needs uri or uriTemplate"),
+            "{error}"
+        );
+        assert!(error.starts_with("the plugin would refuse the configuration document: "));
+
+        engine.health.insert("alpha".into(), up(&[]));
+        engine.rebuild();
+        assert!(outputs.status.borrow().document_error.is_none());
+        assert_eq!(outputs.document.borrow().clone().unwrap().hash, good.hash);
+    }
 }

@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use mcpgw_core::config::{
-    check_forward_header, GatewayInfo, HeaderValue, Limits, SessionKey, MIN_MAX_JSON_DEPTH,
-};
+use mcpgw_core::config::{check_forward_header, GatewayInfo, HeaderValue, Limits, SessionKey};
 use serde::Deserialize;
 
 /// Name of the Envoy cluster that points at the sidecar (static, in the bootstrap).
@@ -510,20 +508,8 @@ pub fn parse(
             gateway.mcp_path
         ));
     }
-    if session.key_id.is_empty() || !session.key_id.bytes().all(is_token_byte) {
-        return Err("session.key_id: must be non-empty [A-Za-z0-9._-]".into());
-    }
-    if session.ttl_seconds == 0 {
-        return Err("session.ttl_seconds: must be positive".into());
-    }
-    if limits.page_size == 0 {
-        return Err("limits.page_size: must be positive".into());
-    }
-    if limits.max_json_depth < MIN_MAX_JSON_DEPTH {
-        return Err(format!(
-            "limits.max_json_depth: must be at least {MIN_MAX_JSON_DEPTH}"
-        ));
-    }
+    // The session key id, the TTL and the limits are checked once, by the plugin's own rules:
+    // `check_document` below runs them on the document these settings make.
     let positive = |name: &str, v: u64| {
         if v == 0 {
             Err(format!("{name}: must be positive"))
@@ -595,7 +581,7 @@ pub fn parse(
         allowed_origins: gateway.allowed_origins,
     };
     gateway.validate()?;
-    Ok(Settings {
+    let settings = Settings {
         source: PathBuf::new(),
         listen,
         plugin_token_source,
@@ -624,7 +610,9 @@ pub fn parse(
             access_log: envoy.access_log,
         },
         servers: specs,
-    })
+    };
+    crate::catalog::check_document(&settings)?;
+    Ok(settings)
 }
 
 fn server_spec(
@@ -1097,8 +1085,23 @@ servers:
                 "backoff_max_ms",
             ),
             ("listen: nowhere", "listen"),
-            ("limits: {page_size: 0}", "page_size"),
-            ("limits: {max_json_depth: 2}", "limits.max_json_depth"),
+            (
+                "limits: {page_size: 0}",
+                "the plugin would refuse the configuration document: limits.page_size: must be positive",
+            ),
+            (
+                "limits: {max_json_depth: 2}",
+                "the plugin would refuse the configuration document: limits.max_json_depth: must be at least 3, got 2",
+            ),
+            (
+                "limits: {upstream_session_slots: 0}",
+                "limits.upstream_session_slots: must be positive",
+            ),
+            ("session: {ttl_seconds: 0}", "session.ttl_seconds: must be positive"),
+            (
+                "session: {key_id: a.b}",
+                "session.keys[0].id: must be non-empty [A-Za-z0-9_-], got \"a.b\"",
+            ),
             (
                 "servers:\n  - {name: a, url: 'http://h/', forward_headers: [x-ok, Cookie]}",
                 "servers[0].forward_headers[1]: \"cookie\" carries the client's credentials",

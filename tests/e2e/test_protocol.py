@@ -252,6 +252,33 @@ def test_delete_ends_the_session(gateway):
         assert tool_text(msg) == "alpha: again"
 
 
+def test_ended_sessions_stay_ended_on_every_connection(gateway):
+    """Sessions ended concurrently on both workers are all refused afterwards, on either worker."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    # `connection: close`: a new connection per request, which Envoy hands to either worker.
+    close = {"connection": "close"}
+
+    def cycle(_: int) -> str:
+        with Rpc(gateway.url) as c:
+            resp, msg = c.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                                 "clientInfo": {"name": "e2e", "version": "0"}},
+                                  headers=close, session=False)
+            c.session = resp.headers["mcp-session-id"]
+            resp = c.http.delete(c.url, headers=c.headers(close))
+            assert resp.status_code == 200, describe(resp)
+            return c.session
+
+    with ThreadPoolExecutor(8) as pool:
+        ended = list(pool.map(cycle, range(100)))
+    assert len(set(ended)) == 100
+    with Rpc(gateway.url) as c:
+        for token in ended:
+            resp = c.post({"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                          headers={**close, "mcp-session-id": token})
+            assert resp.status_code == 404, describe(resp)
+
+
 def test_json_content_type_with_charset_is_accepted(session: Rpc):
     resp, msg = session.call_tool("beta_echo", {"text": "cs"},
                                   headers={"content-type": "application/json; charset=utf-8"})

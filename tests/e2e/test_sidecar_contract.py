@@ -183,6 +183,52 @@ def test_config_edits_apply_live_and_broken_edits_are_rejected(sidecar_dir, alph
         sc.stop()
 
 
+# A file the plugin would refuse, and the plugin's own error (mcpgw_core::Catalog::build) for it.
+PLUGIN_REFUSES = [
+    ("key-id-with-dot", {"session": {"key_id": "k.1"}},
+     'session.keys[0].id: must be non-empty [A-Za-z0-9_-], got "k.1"'),
+    ("no-session-slots", {"limits": {"upstream_session_slots": 0}},
+     "limits.upstream_session_slots: must be positive"),
+    ("names-differing-in-case", {"extra_server": "ALPHA"},
+     'servers[1].name: duplicate server name "ALPHA" (names are compared case-insensitively)'),
+]
+
+
+@pytest.mark.parametrize("change,expected", [c[1:] for c in PLUGIN_REFUSES], ids=[c[0] for c in PLUGIN_REFUSES])
+def test_check_refuses_what_the_plugin_would_refuse(tmp_path, change, expected):
+    """`mcpgw-sidecar check` runs the plugin's validation on the document the file makes."""
+    import subprocess
+    from sidecar_harness import SIDECAR_BIN, build_sidecar
+
+    build_sidecar()
+    cfg = {"servers": [server("alpha", "http://127.0.0.1:1/mcp")]}
+    change = dict(change)
+    extra = change.pop("extra_server", None)
+    cfg.update(change)
+    if extra:
+        cfg["servers"].append(server(extra, "http://127.0.0.1:2/mcp"))
+    path = tmp_path / "servers.yaml"
+    path.write_text(harness.to_yaml(cfg))
+    r = subprocess.run([str(SIDECAR_BIN), "check", "--config", str(path)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0, r.stdout
+    assert expected in r.stderr, r.stderr
+
+
+def test_an_edit_the_plugin_would_refuse_is_rejected_live(sidecar_dir, alpha):
+    sc = start_sidecar(sidecar_dir, [alpha_entry(alpha)], env=ALPHA_ENV)
+    try:
+        sc.wait_state("alpha", "serving")
+        _, etag, _ = sc.document()
+        sc.edit(lambda c: c.setdefault("limits", {}).update(upstream_session_slots=0))
+        sc.wait_log(r"rejected.*the plugin would refuse the configuration document: "
+                    r"limits\.upstream_session_slots: must be positive")
+        assert "upstream_session_slots" in sc.status()["config_error"]
+        assert sc.document(etag=etag)[0] == 304, "the last good document stays"
+    finally:
+        sc.stop()
+
+
 def read_sse(lines_iter, until, timeout: float) -> list[str]:
     """Raw SSE lines from a streaming response's line iterator until `until(lines)` or `timeout`."""
     lines: list[str] = []
