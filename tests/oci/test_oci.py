@@ -44,23 +44,28 @@ def go_env():
     return env
 
 
-@pytest.fixture(scope="session")
-def oci_check(go_env):
-    """tests/oci/main.go, built once per source and Go version (the first build takes minutes)."""
+def go_tool(src: Path, name: str, go_env) -> Path:
+    """Builds the Go program in src once per source and Go version into ~/.cache/mcpgw/NAME-HASH."""
     h = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        h.update((HERE / name).read_bytes())
+    for f in ("go.mod", "go.sum", "main.go"):
+        h.update((src / f).read_bytes())
     h.update(run(["go", "version"], env=go_env).encode())
-    binary = CACHE / f"oci-check-{h.hexdigest()[:16]}"
+    binary = CACHE / f"{name}-{h.hexdigest()[:16]}"
     if not binary.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = binary.with_suffix(".tmp")
-        run(["go", "build", "-trimpath", "-o", str(tmp), "."], cwd=HERE, env=go_env)
+        run(["go", "build", "-trimpath", "-o", str(tmp), "."], cwd=src, env=go_env)
         tmp.rename(binary)
-        for old in CACHE.glob("oci-check-*"):
+        for old in CACHE.glob(f"{name}-*"):
             if old != binary:
                 old.unlink()
     return binary
+
+
+@pytest.fixture(scope="session")
+def oci_check(go_env):
+    """tests/oci/main.go (Istio's pkg/wasm, kustomize, apiextensions): the first build takes minutes."""
+    return go_tool(HERE, "oci-check", go_env)
 
 
 @pytest.fixture(scope="session")
@@ -370,3 +375,30 @@ def test_sidecar_accepts_its_configmap(rendered, install, tmp_path):
     conf.write_text(cm["data"]["sidecar.yaml"].replace("/var/run/mcpgw/", f"{mount}/"))
     out = run([str(SIDECAR), "check", "--config", str(conf)])
     assert out.strip(), out
+
+
+# ------------------------------------------------------------------------------------------------
+# Containerfile (the sidecar image). No image is built here: no container engine, and the base
+# images' registries are out of reach. BuildKit's own Dockerfile parser and linter check it.
+
+def test_containerfile_parses_and_lints_clean(go_env):
+    tool = go_tool(ROOT / "tests" / "containerfile", "containerfile-check", go_env)
+    out = run([str(tool), str(ROOT / "Containerfile")])
+    assert out.startswith("ok: 2 stages"), out
+
+
+def test_containerfile_matches_the_deployment(oci_check, rendered):
+    text = (ROOT / "Containerfile").read_text()
+    (deploy,) = by_kind(rendered["default"]["docs"], "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (svc,) = by_kind(rendered["default"]["docs"], "Service")
+    assert "cargo build --release --locked -p mcpgw-sidecar" in text
+    assert re.search(r'(?m)^CMD \["run", "--config", "/etc/mcpgw/sidecar.yaml"\]$', text)
+    assert pod["containers"][0]["args"] == ["run", "--config", "/etc/mcpgw/sidecar.yaml"]
+    assert {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]} >= {"/etc/mcpgw"}
+    assert re.search(rf'(?m)^EXPOSE {svc["spec"]["ports"][0]["port"]}$', text)
+    user = pod["securityContext"]["runAsUser"]
+    assert re.search(rf"(?m)^USER {user}:{pod['securityContext']['runAsGroup']}$", text)
+    ignored = (ROOT / ".containerignore").read_text().split()
+    assert "target/" in ignored and ".git/" in ignored
+    assert os.readlink(ROOT / ".dockerignore") == ".containerignore"
