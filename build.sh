@@ -23,10 +23,20 @@ while [ $# -gt 0 ]; do
     --push) push_ref="${2:?--push needs a reference: registry/repository[:tag]}"; shift 2 ;;
     --artifact) variant=artifact; shift ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build.sh: unknown argument $1 (see ./build.sh --help)" >&2; exit 2 ;;
   esac
 done
+
+if [ -n "$push_ref" ]; then
+  ref="${push_ref#docker://}"
+  case "$ref" in
+    *@*) echo "build.sh: --push takes registry/repository[:tag], not a digest: $ref" >&2; exit 2 ;;
+  esac
+  registry="${ref%%/*}"
+  [ "$registry" != "$ref" ] || {
+    echo "build.sh: --push needs registry/repository[:tag], got $ref" >&2; exit 2; }
+fi
 
 out=target/mcpgw.wasm
 if [ "$build" = 1 ]; then
@@ -54,13 +64,6 @@ echo "packed $out as OCI layout $image_dir (tags compat, artifact)"
 
 command -v skopeo >/dev/null || {
   echo "build.sh: --push needs skopeo (scripts/setup.sh --oci installs it)" >&2; exit 1; }
-ref="${push_ref#docker://}"
-case "$ref" in
-  *@*) echo "build.sh: --push takes registry/repository[:tag], not a digest: $ref" >&2; exit 2 ;;
-esac
-registry="${ref%%/*}"
-[ "$registry" != "$ref" ] || {
-  echo "build.sh: --push needs registry/repository[:tag], got $ref" >&2; exit 2; }
 host="${registry%:*}"; [ "${registry#\[}" = "$registry" ] || host="${registry%]*}]"
 tls=()
 case "$host" in
