@@ -4,6 +4,33 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# `scripts/setup.sh --oci`: only what the OCI image and Istio checks need (make oci-test,
+# ./build.sh --push): skopeo (pushes the image), docker-registry (a registry on 127.0.0.1 for the
+# test) and Go (tests/oci: Istio's own image fetcher). Idempotent.
+if [ "${1:-}" = "--oci" ]; then
+  need=()
+  command -v skopeo >/dev/null || need+=(skopeo)
+  command -v docker-registry >/dev/null || need+=(docker-registry)
+  if [ ${#need[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    # policy-rc.d 101: the package must not start its system-wide registry (it would listen on
+    # :5000 on every interface); the test starts its own on 127.0.0.1.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+      $SUDO chmod 755 /usr/sbin/policy-rc.d
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" || { $SUDO rm -f /usr/sbin/policy-rc.d; exit 1; }
+      $SUDO rm -f /usr/sbin/policy-rc.d
+    else
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+    fi
+  fi
+  command -v go >/dev/null || { echo "setup: Go >= 1.26 is needed for tests/oci (not found)" >&2; exit 1; }
+  go_minor=$(go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
+  [ "${go_minor:-0}" -ge 26 ] || { echo "setup: Go >= 1.26 is needed for tests/oci (found $(go env GOVERSION))" >&2; exit 1; }
+  exit 0
+fi
+
 ENVOY_VERSION=1.40.0
 VENV=.venv
 
