@@ -22,6 +22,7 @@ const PARAMS_MEMBERS: &[&str] = &[
     "ref",
     "argument",
     "level",
+    "requestId",
     "arguments",
     "_meta",
     "task",
@@ -38,6 +39,8 @@ pub struct Params<'a> {
     pub name: Option<&'a RawValue>,
     pub uri: Option<&'a RawValue>,
     pub level: Option<&'a RawValue>,
+    /// `notifications/cancelled`'s request id.
+    pub request_id: Option<&'a RawValue>,
     /// `completion/complete`'s reference (a prompt or a resource template).
     pub reference: Option<Reference<'a>>,
     pub cursor: Option<&'a RawValue>,
@@ -66,11 +69,10 @@ pub enum Message<'a> {
     },
     Notification {
         method: Cow<'a, str>,
+        params: Params<'a>,
     },
     /// The client's answer to a server-to-client request.
-    Response {
-        id: &'a RawValue,
-    },
+    Response { id: &'a RawValue },
 }
 
 /// An object key, decoded (escapes resolved): borrowed when it had no escape.
@@ -226,7 +228,7 @@ pub fn parse_message(body: &str, max_depth: usize) -> Result<Message<'_>, Gatewa
             })?;
             Ok(match id {
                 Some(id) => Message::Request { id, method, params },
-                None => Message::Notification { method },
+                None => Message::Notification { method, params },
             })
         }
         (None, Some(id)) if present("result") != present("error") => Ok(Message::Response { id }),
@@ -269,6 +271,7 @@ fn read_params(raw: &RawValue) -> Result<Params<'_>, GatewayError> {
         name: members.get("name"),
         uri: members.get("uri"),
         level: members.get("level"),
+        request_id: members.get("requestId"),
         reference,
         cursor: members.get("cursor"),
         protocol_version: members.get("protocolVersion"),

@@ -26,6 +26,23 @@ pub enum Action {
     Pause,
 }
 
+/// What a request answers once the gateway's own calls are done.
+#[derive(Debug, Clone, Copy)]
+enum Then {
+    /// This status, no body (DELETE: 200; relayed notifications: 202).
+    Empty(u16),
+    /// A JSON-RPC result `{}` (logging/setLevel).
+    Result,
+}
+
+/// The relayed notifications' `x-mcp-method` (a static string for the header).
+fn method_header(method: &str) -> &'static str {
+    match method {
+        "notifications/cancelled" => "notifications/cancelled",
+        _ => "notifications/roots/list_changed",
+    }
+}
+
 /// RFC 5424 severities, as MCP names them.
 const LOG_LEVELS: [&str; 8] = [
     "debug",
@@ -90,10 +107,9 @@ enum Stage {
         token: u32,
         retry: bool,
     },
-    /// Closing upstream sessions for a DELETE.
-    Closing { pending: Vec<u32> },
-    /// Telling the session's upstream sessions a new log level (`logging/setLevel`).
-    SettingLevel { pending: Vec<u32> },
+    /// Waiting for the gateway's own calls to upstreams (DELETE of upstream sessions, a log
+    /// level, relayed notifications), then answering `then`.
+    Awaiting { pending: Vec<u32>, then: Then },
     /// A local answer was sent.
     Answered,
 }
@@ -352,20 +368,12 @@ impl Request {
                     self.fail(host, e);
                 }
             }
-            Stage::Closing { mut pending } => {
+            Stage::Awaiting { mut pending, then } => {
                 pending.retain(|t| *t != token);
                 if pending.is_empty() {
-                    self.reply(host, 200, &[]);
+                    self.answer(host, then);
                 } else {
-                    self.stage = Stage::Closing { pending };
-                }
-            }
-            Stage::SettingLevel { mut pending } => {
-                pending.retain(|t| *t != token);
-                if pending.is_empty() {
-                    self.reply_result(host, "{}");
-                } else {
-                    self.stage = Stage::SettingLevel { pending };
+                    self.stage = Stage::Awaiting { pending, then };
                 }
             }
             other => {
@@ -386,11 +394,7 @@ impl Request {
             self.id = jsonrpc::salvage_id(text).map(|id| id.get().to_owned());
         })?;
         match message {
-            Message::Notification { method } => {
-                self.open_session(host)?;
-                host.log(Level::Debug, &format!("notification {method} accepted"));
-                Ok(self.reply(host, 202, &[]))
-            }
+            Message::Notification { method, params } => self.notify(host, text, &method, &params),
             Message::Response { id } => {
                 let session = self
                     .open_session(host)?
@@ -473,6 +477,81 @@ impl Request {
         Ok(self.reply_result(host, &result))
     }
 
+    /// A client notification: `notifications/cancelled` goes to the upstream that can know the
+    /// request (an upstream's own request, by its gateway id) or to every upstream session of
+    /// the client session (an upstream ignores an id it does not know);
+    /// `notifications/roots/list_changed` goes to every upstream session; the rest (initialized,
+    /// progress of the client's own requests) stays here. 202 once the upstreams took them.
+    fn notify(
+        &mut self,
+        host: &mut dyn Host,
+        text: &str,
+        method: &str,
+        params: &Params<'_>,
+    ) -> Result<Action, GatewayError> {
+        let session = self.open_session(host)?;
+        let relayed = matches!(
+            method,
+            "notifications/cancelled" | "notifications/roots/list_changed"
+        );
+        let Some(session) = session.filter(|_| relayed) else {
+            host.log(Level::Debug, &format!("notification {method} accepted"));
+            return Ok(self.reply(host, 202, &[]));
+        };
+        // An upstream's own request: its server alone, with the original id.
+        let upstream_request = params
+            .request_id
+            .and_then(|raw| Some((raw, jsonrpc::raw_str(raw)?)))
+            .and_then(|(raw, id)| {
+                let (server, original) = crate::relay::decode_id(&id)?;
+                let span = jsonrpc::span_in(text, raw.get())?;
+                Some((server.to_owned(), jsonrpc::splice(text, span, original)?))
+            });
+        let catalog = Rc::clone(&self.catalog);
+        let slots = catalog.limits.upstream_session_slots;
+        let mut pending = Vec::new();
+        for server in &catalog.servers {
+            let body = match &upstream_request {
+                Some((name, body)) if *name == server.name => body.as_str(),
+                Some(_) => continue,
+                None => text,
+            };
+            let Some(upstream) = upstream::lookup(host, slots, &session.id, &server.name) else {
+                continue;
+            };
+            let mut headers = upstream::call_headers(server, "POST", Some(&upstream));
+            headers.push(("x-mcp-method", method_header(method)));
+            match host.dispatch(
+                &server.cluster,
+                &headers,
+                body.as_bytes(),
+                catalog.limits.upstream_timeout_ms,
+            ) {
+                Ok(token) => pending.push(token),
+                Err(e) => host.log(
+                    Level::Warn,
+                    &format!("cannot relay {method} to {}: {e}", server.name),
+                ),
+            }
+        }
+        if pending.is_empty() {
+            return Ok(self.reply(host, 202, &[]));
+        }
+        self.stage = Stage::Awaiting {
+            pending,
+            then: Then::Empty(202),
+        };
+        Ok(Action::Pause)
+    }
+
+    /// The answer a finished [`Stage::Awaiting`] gives.
+    fn answer(&mut self, host: &mut dyn Host, then: Then) -> Action {
+        match then {
+            Then::Empty(status) => self.reply(host, status, &[]),
+            Then::Result => self.reply_result(host, "{}"),
+        }
+    }
+
     /// `logging/setLevel`: remembered for the session (upstream sessions opened later are told
     /// on opening) and sent now to every open upstream session of a server that logs.
     fn set_level(
@@ -513,7 +592,10 @@ impl Request {
         if pending.is_empty() {
             return Ok(self.reply_result(host, "{}"));
         }
-        self.stage = Stage::SettingLevel { pending };
+        self.stage = Stage::Awaiting {
+            pending,
+            then: Then::Result,
+        };
         Ok(Action::Pause)
     }
 
@@ -943,7 +1025,10 @@ impl Request {
         if pending.is_empty() {
             self.reply(host, 200, &[])
         } else {
-            self.stage = Stage::Closing { pending };
+            self.stage = Stage::Awaiting {
+                pending,
+                then: Then::Empty(200),
+            };
             Action::Pause
         }
     }

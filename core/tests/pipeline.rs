@@ -2180,3 +2180,51 @@ fn set_level_reaches_open_upstream_sessions_and_is_remembered() {
     run(&catalog, &mut host);
     assert_eq!(host.reply_json()["error"]["code"], -32602);
 }
+
+#[test]
+fn cancellations_reach_the_upstream_sessions_and_other_notifications_stay() {
+    let catalog = federated_catalog();
+    let token = initialize(&catalog);
+    // The client cancels one of its own requests: every upstream session of its session hears it.
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":9,"reason":"user"}}"#,
+        Some(&token),
+    );
+    cache_alpha_session(&catalog, &mut host, &token);
+    let (mut request, action) = run(&catalog, &mut host);
+    assert_eq!(action, Action::Pause);
+    let (cluster, headers, body) = host.calls[0].clone();
+    assert_eq!(cluster, "alpha");
+    assert!(headers.contains(&("mcp-session-id".into(), "up-1".into())));
+    let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(sent["params"]["requestId"], 9);
+    request.on_call_response(
+        &mut host,
+        101,
+        CallResponse {
+            status: Some(202),
+            ..Default::default()
+        },
+    );
+    assert_eq!(host.reply_status(), 202);
+
+    // It cancels an upstream's request it was relayed: that upstream, with its own id.
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"mcpgw:alpha:5"}}"#,
+        Some(&token),
+    );
+    cache_alpha_session(&catalog, &mut host, &token);
+    run(&catalog, &mut host);
+    let sent: serde_json::Value = serde_json::from_slice(&host.calls[0].2).unwrap();
+    assert_eq!(sent["params"]["requestId"], 5);
+
+    // notifications/initialized stays with the gateway.
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        Some(&token),
+    );
+    cache_alpha_session(&catalog, &mut host, &token);
+    run(&catalog, &mut host);
+    assert_eq!(host.reply_status(), 202);
+    assert!(host.calls.is_empty());
+}
