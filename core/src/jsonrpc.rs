@@ -238,6 +238,48 @@ pub fn parse_message(body: &str, max_depth: usize) -> Result<Message<'_>, Gatewa
     }
 }
 
+/// Largest JSON-RPC batch the gateway serves (elements, of any kind).
+pub const MAX_BATCH: usize = 64;
+
+/// The body is a JSON-RPC batch (an array), which [`parse_message`] refuses.
+pub fn is_batch(body: &str) -> bool {
+    body.trim_start().starts_with('[')
+}
+
+/// Splits a batch into its elements, raw (each is then read with [`parse_message`], so every
+/// element gets the one-meaning checks of a single message). The whole body is checked for depth
+/// first: the array is one level more than its elements, so the limit is `max_depth + 1`.
+/// An empty batch, or one of more than `max_len` elements, is refused (-32600, HTTP 400).
+pub fn parse_batch(
+    body: &str,
+    max_depth: usize,
+    max_len: usize,
+) -> Result<Vec<&RawValue>, GatewayError> {
+    if nesting_deeper_than(body.as_bytes(), max_depth.saturating_add(1)) {
+        return Err(GatewayError::invalid_request(format!(
+            "Invalid Request: JSON nesting deeper than {max_depth}"
+        ))
+        .because("json_depth"));
+    }
+    let elements: Vec<&RawValue> = serde_json::from_str(body).map_err(|e| {
+        if e.is_data() {
+            GatewayError::invalid_request(format!("Invalid Request: {e}"))
+        } else {
+            GatewayError::parse(format!("Parse error: {e}"))
+        }
+    })?;
+    if elements.is_empty() {
+        return Err(GatewayError::invalid_request("Invalid Request: empty batch").because("batch"));
+    }
+    if elements.len() > max_len {
+        return Err(GatewayError::invalid_request(format!(
+            "Invalid Request: a batch may hold at most {max_len} messages"
+        ))
+        .because("batch"));
+    }
+    Ok(elements)
+}
+
 /// Checks the top level of `params` (see [`parse_message`]) and picks the members the gateway reads.
 fn read_params(raw: &RawValue) -> Result<Params<'_>, GatewayError> {
     if !raw.get().starts_with('{') {
@@ -463,6 +505,39 @@ mod tests {
     use crate::error::{INVALID_REQUEST, PARSE_ERROR};
 
     const DEPTH: usize = 64;
+
+    #[test]
+    fn batches_are_split_into_raw_elements_within_limits() {
+        let body =
+            r#" [{"jsonrpc":"2.0","id":1,"method":"ping"}, 7, {"jsonrpc":"2.0","method":"n"}]"#;
+        assert!(is_batch(body));
+        let elements = parse_batch(body, DEPTH, MAX_BATCH).unwrap();
+        assert_eq!(elements.len(), 3);
+        assert!(matches!(
+            parse_message(elements[0].get(), DEPTH),
+            Ok(Message::Request { .. })
+        ));
+        assert_eq!(
+            parse_message(elements[1].get(), DEPTH)
+                .err()
+                .map(|e| e.code),
+            Some(INVALID_REQUEST)
+        );
+        assert_eq!(
+            parse_batch("[]", DEPTH, MAX_BATCH).unwrap_err().code,
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            parse_batch("[1,2,3]", DEPTH, 2).unwrap_err().code,
+            INVALID_REQUEST
+        );
+        assert_eq!(parse_batch("[1,", DEPTH, 2).unwrap_err().code, PARSE_ERROR);
+        // Elements may nest as deep as a single message, not deeper.
+        let deep = |n: usize| format!("[{}1{}]", "[".repeat(n), "]".repeat(n));
+        assert!(parse_batch(&deep(DEPTH), DEPTH, MAX_BATCH).is_ok());
+        let err = parse_batch(&deep(DEPTH + 1), DEPTH, MAX_BATCH).unwrap_err();
+        assert_eq!(err.check, "json_depth");
+    }
 
     fn parse(body: &str) -> Result<Message<'_>, GatewayError> {
         parse_message(body, DEPTH)

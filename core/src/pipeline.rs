@@ -4,6 +4,7 @@
 
 use std::rc::Rc;
 
+use crate::batch::{self, Batch, Progress};
 use crate::budget::LogBudget;
 use crate::catalog::{Catalog, ForwardHeaders, ListKind};
 use crate::config::{
@@ -110,6 +111,8 @@ enum Stage {
     /// Waiting for the gateway's own calls to upstreams (DELETE of upstream sessions, a log
     /// level, relayed notifications), then answering `then`.
     Awaiting { pending: Vec<u32>, then: Then },
+    /// A JSON-RPC batch (MCP 2025-03-26), with its own sub-state (see [`Batch`]).
+    Batch(Batch),
     /// A local answer was sent.
     Answered,
 }
@@ -376,6 +379,15 @@ impl Request {
                     self.stage = Stage::Awaiting { pending, then };
                 }
             }
+            Stage::Batch(mut batch) => {
+                let ctx = batch::Context {
+                    catalog: &self.catalog,
+                    headers: &self.headers,
+                    sidecar: self.sidecar.as_deref(),
+                };
+                let progress = batch.on_call_response(&ctx, host, token, &response);
+                self.batch_progress(host, batch, progress);
+            }
             other => {
                 host.log(
                     Level::Debug,
@@ -390,6 +402,9 @@ impl Request {
         let text = std::str::from_utf8(body)
             .map_err(|_| GatewayError::parse("Parse error: body is not UTF-8"))?;
         let max_depth = self.catalog.limits.max_json_depth;
+        if jsonrpc::is_batch(text) {
+            return self.batch(host, text);
+        }
         let message = jsonrpc::parse_message(text, max_depth).inspect_err(|_| {
             self.id = jsonrpc::salvage_id(text).map(|id| id.get().to_owned());
         })?;
@@ -399,7 +414,7 @@ impl Request {
                 let session = self
                     .open_session(host)?
                     .ok_or_else(GatewayError::missing_session)?;
-                let call = self.answer_call(text, body.len(), id, session)?;
+                let call = answer_call(&self.catalog, text, body.len(), id, session)?;
                 self.route(host, call)
             }
             Message::Request { id, method, params } => {
@@ -436,6 +451,32 @@ impl Request {
                     }
                 }
             }
+        }
+    }
+
+    /// A JSON-RPC batch: only on a session negotiated at 2025-03-26.
+    fn batch(&mut self, host: &mut dyn Host, text: &str) -> Result<Action, GatewayError> {
+        let catalog = Rc::clone(&self.catalog);
+        let elements =
+            jsonrpc::parse_batch(text, catalog.limits.max_json_depth, jsonrpc::MAX_BATCH)?;
+        let session = batch::admit(self.open_session(host)?)?;
+        let ctx = batch::Context {
+            catalog: &catalog,
+            headers: &self.headers,
+            sidecar: self.sidecar.as_deref(),
+        };
+        let (batch, progress) = Batch::start(&ctx, host, session, &elements);
+        Ok(self.batch_progress(host, batch, progress))
+    }
+
+    fn batch_progress(&mut self, host: &mut dyn Host, batch: Batch, progress: Progress) -> Action {
+        match progress {
+            Progress::Waiting => {
+                self.stage = Stage::Batch(batch);
+                Action::Pause
+            }
+            Progress::Done(None) => self.reply(host, 202, &[]),
+            Progress::Done(Some(body)) => self.reply(host, 200, &body),
         }
     }
 
@@ -562,13 +603,7 @@ impl Request {
         let session = self
             .open_session(host)?
             .ok_or_else(GatewayError::missing_session)?;
-        let (_, level) = required_str(params.level, "params.level")?;
-        if !LOG_LEVELS.contains(&level.as_ref()) {
-            return Err(GatewayError::invalid_params(format!(
-                "Invalid params: level must be one of {}",
-                LOG_LEVELS.join(", ")
-            )));
-        }
+        let level = log_level_of(params)?;
         let catalog = Rc::clone(&self.catalog);
         let slots = catalog.limits.upstream_session_slots;
         upstream::store_log_level(host, slots, &session.id, &level);
@@ -584,7 +619,13 @@ impl Request {
             let Some(upstream) = upstream::lookup(host, slots, &session.id, &server.name) else {
                 continue;
             };
-            match self.dispatch_level(host, server, &upstream, &level) {
+            match dispatch_level(
+                catalog.limits.upstream_timeout_ms,
+                host,
+                server,
+                &upstream,
+                &level,
+            ) {
                 Ok(token) => pending.push(token),
                 Err(e) => host.log(Level::Warn, &e.message),
             }
@@ -599,66 +640,6 @@ impl Request {
         Ok(Action::Pause)
     }
 
-    fn dispatch_level(
-        &self,
-        host: &mut dyn Host,
-        server: &ServerConfig,
-        upstream: &UpstreamSession,
-        level: &str,
-    ) -> Result<u32, GatewayError> {
-        let mut headers = upstream::call_headers(server, "POST", Some(upstream));
-        headers.push(("x-mcp-method", "logging/setLevel"));
-        let body = format!(
-            "{{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"logging/setLevel\",\"params\":{{\"level\":{}}}}}",
-            jsonrpc::json_string(level)
-        );
-        host.dispatch(
-            &server.cluster,
-            &headers,
-            body.as_bytes(),
-            self.catalog.limits.upstream_timeout_ms,
-        )
-        .map_err(|e| upstream_failure(server, &format!("logging/setLevel: {e}")))
-    }
-
-    /// The client's answer to an upstream's request (sampling, elicitation, roots): its id says
-    /// which upstream asked and with which id (see [`crate::relay`]).
-    fn answer_call(
-        &self,
-        text: &str,
-        received_len: usize,
-        id: &RawValue,
-        session: Rc<Session>,
-    ) -> Result<Call, GatewayError> {
-        let unknown = || {
-            GatewayError::invalid_request(format!(
-                "Invalid Request: no request with id {} is awaiting an answer",
-                id.get()
-            ))
-            .because("unknown_response")
-        };
-        let gateway_id = jsonrpc::raw_str(id).ok_or_else(unknown)?;
-        let (server_name, original) = crate::relay::decode_id(&gateway_id).ok_or_else(unknown)?;
-        let server = self
-            .catalog
-            .servers
-            .iter()
-            .position(|s| s.name == server_name)
-            .ok_or_else(unknown)?;
-        let span = jsonrpc::span_in(text, id.get()).ok_or_else(unknown)?;
-        let body = jsonrpc::splice(text, span, original)
-            .ok_or_else(unknown)?
-            .into_bytes();
-        Ok(Call {
-            server,
-            method: None,
-            tool: None,
-            body,
-            received_len,
-            session,
-        })
-    }
-
     /// A list answered from the catalog, page by page.
     fn list(
         &mut self,
@@ -667,13 +648,7 @@ impl Request {
         params: &Params<'_>,
     ) -> Result<Action, GatewayError> {
         self.open_session(host)?;
-        let cursor = match params.cursor {
-            None => None,
-            Some(raw) if raw.get() == "null" => None,
-            Some(raw) => Some(jsonrpc::raw_str(raw).ok_or_else(|| {
-                GatewayError::invalid_params("Invalid params: cursor must be a string")
-            })?),
-        };
+        let cursor = cursor_of(params)?;
         let catalog = Rc::clone(&self.catalog);
         let page = catalog.page(kind, cursor.as_deref())?;
         Ok(self.reply_result(host, page))
@@ -804,36 +779,7 @@ impl Request {
     ) -> Result<(), GatewayError> {
         let catalog = Rc::clone(&self.catalog);
         let server = server_of(&catalog, call.server)?;
-        let message = match response.status {
-            Some(200) => {
-                upstream::response_message(response.content_type.as_deref(), &response.body)
-            }
-            Some(status) => {
-                return Err(upstream_failure(
-                    server,
-                    &format!("initialize answered HTTP {status}"),
-                ))
-            }
-            None => {
-                return Err(upstream_failure(
-                    server,
-                    "initialize got no answer (reset or timeout)",
-                ))
-            }
-        }
-        .ok_or_else(|| upstream_failure(server, "initialize answer has no JSON-RPC response"))?;
-        let protocol_version =
-            upstream::initialize_outcome(&message).map_err(|e| upstream_failure(server, &e))?;
-        let session_id = response
-            .session_id
-            .as_deref()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default()
-            .into_owned();
-        let upstream = UpstreamSession {
-            session_id,
-            protocol_version,
-        };
+        let upstream = opened_session(server, response)?;
         let headers = upstream::call_headers(server, "POST", Some(&upstream));
         let token = host
             .dispatch(
@@ -862,24 +808,17 @@ impl Request {
     ) -> Result<(), GatewayError> {
         let catalog = Rc::clone(&self.catalog);
         let server = server_of(&catalog, call.server)?;
-        match response.status {
-            Some(200..=299) => {}
-            Some(status) => {
-                return Err(upstream_failure(
-                    server,
-                    &format!("notifications/initialized answered HTTP {status}"),
-                ))
-            }
-            None => {
-                return Err(upstream_failure(
-                    server,
-                    "notifications/initialized got no answer",
-                ))
-            }
-        }
+        acknowledged(server, response)?;
         let slots = catalog.limits.upstream_session_slots;
         upstream::store(host, slots, &call.session.id, &server.name, &upstream);
-        self.register_stream(host, &call.session, server, &upstream);
+        register_stream(
+            self.sidecar.as_deref(),
+            catalog.limits.upstream_timeout_ms,
+            host,
+            &call.session,
+            server,
+            &upstream,
+        );
         host.log(
             Level::Debug,
             &format!(
@@ -895,7 +834,13 @@ impl Request {
             .then(|| upstream::log_level(host, slots, &call.session.id))
             .flatten()
         {
-            let token = self.dispatch_level(host, server, &upstream, &level)?;
+            let token = dispatch_level(
+                catalog.limits.upstream_timeout_ms,
+                host,
+                server,
+                &upstream,
+                &level,
+            )?;
             self.stage = Stage::Leveling {
                 call,
                 upstream,
@@ -1048,49 +993,6 @@ impl Request {
         if let Some(sidecar) = &self.sidecar {
             host.set_request_header("authorization", sidecar.authorization.as_bytes());
             host.set_request_header(SESSION_HEADER, session.id.as_bytes());
-        }
-    }
-
-    /// Tells the sidecar, fire-and-forget, about an upstream session opened for a client
-    /// session, so it can follow the upstream's GET stream on the client's notification stream.
-    /// Nothing waits for the answer: it arrives as a call answer no stage awaits, logged at debug
-    /// and ignored. No sidecar (a static setup), or an upstream without sessions: nothing to do.
-    fn register_stream(
-        &self,
-        host: &mut dyn Host,
-        session: &Session,
-        server: &ServerConfig,
-        upstream: &UpstreamSession,
-    ) {
-        let Some(sidecar) = &self.sidecar else {
-            return;
-        };
-        if upstream.session_id.is_empty() {
-            return;
-        }
-        let body = format!(
-            "{{\"session\":{},\"server\":{},\"upstream_session\":{},\"protocol_version\":{}}}",
-            jsonrpc::json_string(&session.id),
-            jsonrpc::json_string(&server.name),
-            jsonrpc::json_string(&upstream.session_id),
-            jsonrpc::json_string(&upstream.protocol_version),
-        );
-        let headers = [
-            (":method", "POST"),
-            (":path", SIDECAR_STREAMS_PATH),
-            (":authority", sidecar.authority.as_str()),
-            ("authorization", sidecar.authorization.as_str()),
-            ("content-type", "application/json"),
-        ];
-        let timeout_ms = self.catalog.limits.upstream_timeout_ms;
-        if let Err(e) = host.dispatch(&sidecar.cluster, &headers, body.as_bytes(), timeout_ms) {
-            host.log(
-                Level::Warn,
-                &format!(
-                    "cannot register the upstream session of {} with the sidecar: {e}",
-                    server.name
-                ),
-            );
         }
     }
 
@@ -1319,7 +1221,7 @@ fn speaks_mcp(host: &dyn Host) -> bool {
     })
 }
 
-fn is_event_stream(content_type: Option<&[u8]>) -> bool {
+pub(crate) fn is_event_stream(content_type: Option<&[u8]>) -> bool {
     content_type.is_some_and(|ct| media_type_is(ct, b"text/event-stream"))
 }
 
@@ -1334,11 +1236,11 @@ fn server_left() -> GatewayError {
 }
 
 /// The server a call is for, in the catalog the request started with.
-fn server_of(catalog: &Catalog, index: usize) -> Result<&ServerConfig, GatewayError> {
+pub(crate) fn server_of(catalog: &Catalog, index: usize) -> Result<&ServerConfig, GatewayError> {
     catalog.server(index).ok_or_else(server_left)
 }
 
-fn upstream_failure(server: &ServerConfig, detail: &str) -> GatewayError {
+pub(crate) fn upstream_failure(server: &ServerConfig, detail: &str) -> GatewayError {
     GatewayError::upstream(format!("upstream {} failed: {detail}", server.name))
 }
 
@@ -1355,7 +1257,7 @@ const REPLAY_SETS: [&str; 5] = [
 /// Headers of a replayed call, mirroring what [`Request::forward`] lets through for the routed
 /// one: the gateway's own, then the client's headers the server's allow-list admits (trace
 /// context, `forward_headers`), nothing else.
-fn replay_headers<'a>(
+pub(crate) fn replay_headers<'a>(
     server: &'a ServerConfig,
     allowed: &ForwardHeaders,
     call: &'a Call,
@@ -1385,4 +1287,187 @@ fn replay_headers<'a>(
         }
     }
     headers
+}
+
+/// Tells the sidecar, fire-and-forget, about an upstream session opened for a client
+/// session, so it can follow the upstream's GET stream on the client's notification stream.
+/// Nothing waits for the answer: it arrives as a call answer no stage awaits, logged at debug
+/// and ignored. No sidecar (a static setup), or an upstream without sessions: nothing to do.
+pub(crate) fn register_stream(
+    sidecar: Option<&SidecarLink>,
+    timeout_ms: u64,
+    host: &mut dyn Host,
+    session: &Session,
+    server: &ServerConfig,
+    upstream: &UpstreamSession,
+) {
+    let Some(sidecar) = sidecar else {
+        return;
+    };
+    if upstream.session_id.is_empty() {
+        return;
+    }
+    let body = format!(
+        "{{\"session\":{},\"server\":{},\"upstream_session\":{},\"protocol_version\":{}}}",
+        jsonrpc::json_string(&session.id),
+        jsonrpc::json_string(&server.name),
+        jsonrpc::json_string(&upstream.session_id),
+        jsonrpc::json_string(&upstream.protocol_version),
+    );
+    let headers = [
+        (":method", "POST"),
+        (":path", SIDECAR_STREAMS_PATH),
+        (":authority", sidecar.authority.as_str()),
+        ("authorization", sidecar.authorization.as_str()),
+        ("content-type", "application/json"),
+    ];
+    if let Err(e) = host.dispatch(&sidecar.cluster, &headers, body.as_bytes(), timeout_ms) {
+        host.log(
+            Level::Warn,
+            &format!(
+                "cannot register the upstream session of {} with the sidecar: {e}",
+                server.name
+            ),
+        );
+    }
+}
+
+/// The client's answer to an upstream's request (sampling, elicitation, roots): its id says
+/// which upstream asked and with which id (see [`crate::relay`]).
+pub(crate) fn answer_call(
+    catalog: &Catalog,
+    text: &str,
+    received_len: usize,
+    id: &RawValue,
+    session: Rc<Session>,
+) -> Result<Call, GatewayError> {
+    let unknown = || {
+        GatewayError::invalid_request(format!(
+            "Invalid Request: no request with id {} is awaiting an answer",
+            id.get()
+        ))
+        .because("unknown_response")
+    };
+    let gateway_id = jsonrpc::raw_str(id).ok_or_else(unknown)?;
+    let (server_name, original) = crate::relay::decode_id(&gateway_id).ok_or_else(unknown)?;
+    let server = catalog
+        .servers
+        .iter()
+        .position(|s| s.name == server_name)
+        .ok_or_else(unknown)?;
+    let span = jsonrpc::span_in(text, id.get()).ok_or_else(unknown)?;
+    let body = jsonrpc::splice(text, span, original)
+        .ok_or_else(unknown)?
+        .into_bytes();
+    Ok(Call {
+        server,
+        method: None,
+        tool: None,
+        body,
+        received_len,
+        session,
+    })
+}
+
+pub(crate) fn dispatch_level(
+    timeout_ms: u64,
+    host: &mut dyn Host,
+    server: &ServerConfig,
+    upstream: &UpstreamSession,
+    level: &str,
+) -> Result<u32, GatewayError> {
+    let mut headers = upstream::call_headers(server, "POST", Some(upstream));
+    headers.push(("x-mcp-method", "logging/setLevel"));
+    let body = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"logging/setLevel\",\"params\":{{\"level\":{}}}}}",
+        jsonrpc::json_string(level)
+    );
+    host.dispatch(&server.cluster, &headers, body.as_bytes(), timeout_ms)
+        .map_err(|e| upstream_failure(server, &format!("logging/setLevel: {e}")))
+}
+
+/// `params.level` of `logging/setLevel`, checked.
+pub(crate) fn log_level_of<'a>(
+    params: &Params<'a>,
+) -> Result<std::borrow::Cow<'a, str>, GatewayError> {
+    let (_, level) = required_str(params.level, "params.level")?;
+    if !LOG_LEVELS.contains(&level.as_ref()) {
+        return Err(GatewayError::invalid_params(format!(
+            "Invalid params: level must be one of {}",
+            LOG_LEVELS.join(", ")
+        )));
+    }
+    Ok(level)
+}
+
+/// The `cursor` of a list request (`null` counts as none).
+pub(crate) fn cursor_of<'a>(
+    params: &Params<'a>,
+) -> Result<Option<std::borrow::Cow<'a, str>>, GatewayError> {
+    match params.cursor {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) => jsonrpc::raw_str(raw)
+            .map(Some)
+            .ok_or_else(|| GatewayError::invalid_params("Invalid params: cursor must be a string")),
+    }
+}
+
+/// The upstream session an `initialize` answer opened (its session id, if any, and the version
+/// it negotiated), or the upstream's failure.
+pub(crate) fn opened_session(
+    server: &ServerConfig,
+    response: &CallResponse,
+) -> Result<UpstreamSession, GatewayError> {
+    let message = match response.status {
+        Some(200) => upstream::response_message(response.content_type.as_deref(), &response.body),
+        Some(status) => {
+            return Err(upstream_failure(
+                server,
+                &format!("initialize answered HTTP {status}"),
+            ))
+        }
+        None => {
+            return Err(upstream_failure(
+                server,
+                "initialize got no answer (reset or timeout)",
+            ))
+        }
+    }
+    .ok_or_else(|| upstream_failure(server, "initialize answer has no JSON-RPC response"))?;
+    let protocol_version =
+        upstream::initialize_outcome(&message).map_err(|e| upstream_failure(server, &e))?;
+    let session_id = response
+        .session_id
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default()
+        .into_owned();
+    Ok(UpstreamSession {
+        session_id,
+        protocol_version,
+    })
+}
+
+/// The upstream took `notifications/initialized`.
+pub(crate) fn acknowledged(
+    server: &ServerConfig,
+    response: &CallResponse,
+) -> Result<(), GatewayError> {
+    match response.status {
+        Some(200..=299) => {}
+        Some(status) => {
+            return Err(upstream_failure(
+                server,
+                &format!("notifications/initialized answered HTTP {status}"),
+            ))
+        }
+        None => {
+            return Err(upstream_failure(
+                server,
+                "notifications/initialized got no answer",
+            ))
+        }
+    }
+    Ok(())
 }

@@ -2228,3 +2228,277 @@ fn cancellations_reach_the_upstream_sessions_and_other_notifications_stay() {
     assert_eq!(host.reply_status(), 202);
     assert!(host.calls.is_empty());
 }
+
+// ---------------------------------------------------------------------------------- batches
+
+/// A client session negotiated at `version`.
+fn initialize_at(catalog: &Rc<Catalog>, version: &str) -> String {
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"{version}","capabilities":{{}},"clientInfo":{{"name":"t","version":"1"}}}}}}"#
+    );
+    let mut host = FakeHost::post(&body, None);
+    run(catalog, &mut host);
+    assert_eq!(host.reply_json()["result"]["protocolVersion"], version);
+    host.reply_header("mcp-session-id")
+        .expect("a session token")
+}
+
+fn json_response(body: &str) -> CallResponse {
+    CallResponse {
+        status: Some(200),
+        content_type: Some(b"application/json".to_vec()),
+        body: body.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+fn call_json(host: &FakeHost, index: usize) -> serde_json::Value {
+    serde_json::from_slice(&host.calls[index].2).unwrap()
+}
+
+fn call_header(host: &FakeHost, index: usize, name: &str) -> Option<String> {
+    host.calls[index]
+        .1
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+}
+
+const PING_BATCH: &str =
+    r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#;
+
+#[test]
+fn a_batch_is_refused_without_a_2025_03_26_session() {
+    let catalog = catalog(10);
+    for session in [None, Some(initialize_at(&catalog, "2025-06-18"))] {
+        let mut host = FakeHost::post(PING_BATCH, session.as_deref());
+        run(&catalog, &mut host);
+        assert_eq!(host.reply_status(), 400);
+        let answer = host.reply_json();
+        assert_eq!(answer["error"]["code"], -32600, "{answer}");
+        assert!(answer["id"].is_null());
+        assert_eq!(host.details, "mcpgw_batch");
+        assert!(host.calls.is_empty());
+    }
+    // An initialize cannot open a session inside a batch.
+    let init = r#"[{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-03-26"}}]"#;
+    let mut host = FakeHost::post(init, None);
+    run(&catalog, &mut host);
+    assert_eq!(host.reply_status(), 400);
+    assert!(host.reply_header("mcp-session-id").is_none());
+
+    let token = initialize_at(&catalog, "2025-03-26");
+    let too_many = format!(
+        "[{}]",
+        vec![r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#; 65].join(",")
+    );
+    for body in ["[]", " [ ] ", too_many.as_str()] {
+        let mut host = FakeHost::post(body, Some(&token));
+        run(&catalog, &mut host);
+        assert_eq!(host.reply_status(), 400, "{body}");
+        assert_eq!(host.reply_json()["error"]["code"], -32600);
+    }
+    // On a 2025-03-26 session an initialize element gets its own error.
+    let mut host = FakeHost::post(init, Some(&token));
+    run(&catalog, &mut host);
+    assert_eq!(host.reply_status(), 200);
+    let answer = host.reply_json();
+    assert_eq!(answer[0]["id"], 1);
+    assert_eq!(answer[0]["error"]["code"], -32600);
+    assert!(answer[0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("initialize must not be part of a batch"));
+}
+
+#[test]
+fn a_mixed_batch_is_answered_in_order() {
+    let catalog = catalog(10);
+    let token = initialize_at(&catalog, "2025-03-26");
+    let body = r#"[
+        {"jsonrpc":"2.0","id":1,"method":"ping"},
+        {"jsonrpc":"2.0","id":"two","method":"tools/list"},
+        {"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"alpha_echo","arguments":{"text":"a"}}},
+        {"jsonrpc":"2.0","method":"notifications/progress","params":{}},
+        {"jsonrpc":"2.0","id":"mcpgw:alpha:7","result":{"roots":[]}},
+        {"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"beta_echo","arguments":{"text":"b"}}},
+        {"jsonrpc":"2.0","id":5,"method":"frobnicate"},
+        7
+    ]"#;
+    let mut host = FakeHost::post(body, Some(&token));
+    host.request_headers
+        .push(("x-tenant".into(), b"acme".to_vec()));
+    cache_alpha_session(&catalog, &mut host, &token);
+    let (mut request, action) = run(&catalog, &mut host);
+    assert_eq!(action, Action::Pause);
+    assert!(host.reply.is_none());
+    assert!(
+        !host.resumed_request,
+        "the batch itself never goes upstream"
+    );
+
+    // 101: alpha's call on the cached session, name rewritten, with alpha's allow-listed headers.
+    assert_eq!(host.calls[0].0, "alpha");
+    let sent = call_json(&host, 0);
+    assert_eq!(sent["id"], 3);
+    assert_eq!(sent["params"]["name"], "echo");
+    assert_eq!(sent["params"]["arguments"]["text"], "a");
+    assert_eq!(call_header(&host, 0, "mcp-session-id").unwrap(), "up-1");
+    assert_eq!(call_header(&host, 0, "x-mcp-toolname").unwrap(), "echo");
+    assert_eq!(call_header(&host, 0, "x-tenant").unwrap(), "acme");
+    assert_eq!(
+        call_header(&host, 0, "authorization").unwrap(),
+        "Bearer alpha-secret"
+    );
+    // 102: the client's answer to alpha's request, with alpha's own id back.
+    assert_eq!(host.calls[1].0, "alpha");
+    assert_eq!(call_json(&host, 1)["id"], 7);
+    // 103: beta has no upstream session yet: initialize first.
+    assert_eq!(host.calls[2].0, "beta");
+    assert_eq!(call_json(&host, 2)["method"], "initialize");
+    assert_eq!(
+        call_json(&host, 2)["params"]["protocolVersion"],
+        "2025-03-26"
+    );
+    assert_eq!(host.calls.len(), 3);
+
+    request.on_call_response(
+        &mut host,
+        101,
+        json_response(
+            r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"a"}]}}"#,
+        ),
+    );
+    request.on_call_response(
+        &mut host,
+        102,
+        CallResponse {
+            status: Some(202),
+            ..Default::default()
+        },
+    );
+    let mut init =
+        json_response(r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-03-26"}}"#);
+    init.session_id = Some(b"up-beta".to_vec());
+    request.on_call_response(&mut host, 103, init);
+    assert_eq!(
+        String::from_utf8(host.calls[3].2.clone()).unwrap(),
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#
+    );
+    request.on_call_response(
+        &mut host,
+        104,
+        CallResponse {
+            status: Some(202),
+            ..Default::default()
+        },
+    );
+    // 105: beta's call, on the session just opened (and cached).
+    assert_eq!(host.calls[4].0, "beta");
+    assert_eq!(call_json(&host, 4)["params"]["name"], "echo");
+    assert_eq!(call_header(&host, 4, "mcp-session-id").unwrap(), "up-beta");
+    assert_eq!(call_header(&host, 4, ":path").unwrap(), "/v1/mcp");
+    let session = catalog.keys.open(token.as_bytes(), host.now).unwrap();
+    let slots = catalog.limits.upstream_session_slots;
+    assert_eq!(
+        upstream::lookup(&host, slots, &session.id, "beta")
+            .unwrap()
+            .session_id,
+        "up-beta"
+    );
+    assert!(host.reply.is_none());
+    let sse = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{}}\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":4,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"b\"}]}}\n\n";
+    request.on_call_response(
+        &mut host,
+        105,
+        CallResponse {
+            status: Some(200),
+            content_type: Some(b"text/event-stream".to_vec()),
+            body: sse.as_bytes().to_vec(),
+            ..Default::default()
+        },
+    );
+
+    assert_eq!(host.reply_status(), 200);
+    assert_eq!(host.reply_header("mcp-session-id").unwrap(), token);
+    assert_eq!(
+        host.reply_header("content-type").unwrap(),
+        "application/json"
+    );
+    let answers = host.reply_json();
+    let answers = answers.as_array().unwrap();
+    let ids: Vec<&serde_json::Value> = answers.iter().map(|a| &a["id"]).collect();
+    assert_eq!(
+        ids,
+        [
+            &serde_json::json!(1),
+            &serde_json::json!("two"),
+            &serde_json::json!(3),
+            &serde_json::json!(4),
+            &serde_json::json!(5),
+            &serde_json::Value::Null
+        ]
+    );
+    assert_eq!(answers[0]["result"], serde_json::json!({}));
+    assert_eq!(answers[1]["result"]["tools"][0]["name"], "alpha_echo");
+    assert_eq!(answers[2]["result"]["content"][0]["text"], "a");
+    assert_eq!(answers[3]["result"]["content"][0]["text"], "b");
+    assert_eq!(answers[4]["error"]["code"], -32601);
+    assert_eq!(answers[5]["error"]["code"], -32600);
+}
+
+#[test]
+fn an_upstream_failure_fails_only_its_own_element() {
+    let catalog = catalog(10);
+    let token = initialize_at(&catalog, "2025-03-26");
+    let body = r#"[
+        {"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"alpha_echo"}},
+        {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"alpha_add"}},
+        {"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"beta_echo"}},
+        {"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"alpha_nope"}}
+    ]"#;
+    let mut host = FakeHost::post(body, Some(&token));
+    cache_alpha_session(&catalog, &mut host, &token);
+    let (mut request, _) = run(&catalog, &mut host);
+    assert_eq!(host.calls.len(), 3, "two alpha calls, one beta initialize");
+    // Alpha's first call: reset; beta cannot be opened; alpha's second call answers.
+    request.on_call_response(&mut host, 101, CallResponse::default());
+    request.on_call_response(
+        &mut host,
+        103,
+        CallResponse {
+            status: Some(503),
+            body: b"upstream connect error".to_vec(),
+            ..Default::default()
+        },
+    );
+    assert!(host.reply.is_none());
+    request.on_call_response(
+        &mut host,
+        102,
+        json_response(r#"{"jsonrpc":"2.0","id":2,"result":{"content":[]}}"#),
+    );
+    assert_eq!(host.reply_status(), 200);
+    let answers = host.reply_json();
+    assert_eq!(answers[0]["id"], 1);
+    assert_eq!(answers[0]["error"]["code"], -32603);
+    assert_eq!(answers[1]["id"], 2);
+    assert_eq!(answers[1]["result"]["content"], serde_json::json!([]));
+    assert_eq!(answers[2]["id"], 3);
+    assert_eq!(answers[2]["error"]["code"], -32603);
+    assert_eq!(answers[3]["id"], 4);
+    assert_eq!(answers[3]["error"]["code"], -32602);
+    assert_eq!(answers.as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn a_batch_without_requests_is_accepted_with_202() {
+    let catalog = catalog(10);
+    let token = initialize_at(&catalog, "2025-03-26");
+    let body = r#"[{"jsonrpc":"2.0","method":"notifications/initialized"},{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}]"#;
+    let mut host = FakeHost::post(body, Some(&token));
+    let (_, action) = run(&catalog, &mut host);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.reply_status(), 202);
+    assert!(host.reply.as_ref().unwrap().2.is_empty());
+}

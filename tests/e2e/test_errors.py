@@ -22,6 +22,7 @@ MALFORMED = [
     ("id-bool", {"jsonrpc": "2.0", "id": True, "method": "ping"}, 400, -32600, None),
     ("method-number", {"jsonrpc": "2.0", "id": 1, "method": 42}, 400, -32600, ANY_ID),
     ("json-string", "\"just a string\"", 400, -32600, None),
+    # Batches exist only in MCP 2025-03-26 (test_batches.py); this session negotiated the latest.
     ("batch", [{"jsonrpc": "2.0", "id": 1, "method": "ping"}, {"jsonrpc": "2.0", "id": 2, "method": "ping"}],
      400, -32600, None),
     ("empty-batch", [], 400, -32600, None),
