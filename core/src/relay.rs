@@ -119,6 +119,11 @@ struct UriParam<'a> {
 
 /// One upstream message, as the client must see it.
 pub fn rewrite<'d>(data: &'d str, server: &str, mapped: bool) -> Cow<'d, str> {
+    // A message is an object: serde would also read a struct from an array by position, taking
+    // a batch's first element for the id and its second for the method.
+    if !data.trim_start().starts_with('{') {
+        return Cow::Borrowed(data);
+    }
     let Ok(peek) = serde_json::from_str::<Peek>(data) else {
         return Cow::Borrowed(data);
     };
@@ -252,6 +257,20 @@ mod tests {
             .contains("mcpgw://srv/test://b"));
         let error = r#"{"jsonrpc":"2.0","id":2,"error":{"code":-32002,"message":"no"}}"#;
         assert_eq!(read_result_uris(error, "srv"), error);
+    }
+
+    #[test]
+    fn only_objects_are_rewritten() {
+        // Found by `cargo fuzz` (target `relay`): a batch (MCP 2025-03-26) had its first request
+        // turned into a string id, `["mcpgw:alpha:{\"jsonrpc\"...}", ...]`.
+        for unchanged in [
+            r#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","id":2,"method":"b"}]"#,
+            r#"[7,"sampling/createMessage"]"#,
+        ] {
+            assert_eq!(rewrite(unchanged, "alpha", true), unchanged);
+        }
+        let spaced = " \n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"roots/list\"}";
+        assert!(rewrite(spaced, "alpha", false).contains("\"mcpgw:alpha:1\""));
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //!   as the id the upstream reads);
 //! - mode 1, round trip: for a valid server name (`[A-Za-z0-9._-]+`, as the catalog requires) and
 //!   a valid id (a JSON string or an integer), `decode_id(encode_id(server, id))` gives both back;
-//! - mode 2, `rewrite` of arbitrary event data never panics; when it changes the data the result
-//!   is JSON, the same message but for the id (`mcpgw:<server>:<id>`) or the mapped URI.
+//! - mode 2, `rewrite` of arbitrary event data never panics; it changes only a JSON object (a
+//!   message, not a batch or any other value), and then the result is JSON, the same message but for the id (`mcpgw:<server>:<id>`) or the mapped URI.
 //!
 //! Input: `mode (byte % 3; bit 2: the server's URIs are mapped) | rest`; mode 1's rest is
 //! `server 0x00 id`.
 #![no_main]
+
+use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 use mcpgw_core::relay;
@@ -95,6 +97,10 @@ fn rewrite(rest: &[u8], mapped: bool) {
     if out == data {
         return;
     }
+    assert!(
+        serde_json::from_str::<BTreeMap<String, &RawValue>>(data).is_ok(),
+        "rewrote {data:?}, which is no JSON-RPC message (not an object), into {out:?}"
+    );
     assert!(
         serde_json::from_str::<&RawValue>(&out).is_ok(),
         "rewritten data is not JSON: {out:?}"
