@@ -23,6 +23,7 @@ const PARAMS_MEMBERS: &[&str] = &[
     "argument",
     "level",
     "requestId",
+    "progressToken",
     "arguments",
     "_meta",
     "task",
@@ -41,6 +42,8 @@ pub struct Params<'a> {
     pub level: Option<&'a RawValue>,
     /// `notifications/cancelled`'s request id.
     pub request_id: Option<&'a RawValue>,
+    /// `notifications/progress`'s token.
+    pub progress_token: Option<&'a RawValue>,
     /// `completion/complete`'s reference (a prompt or a resource template).
     pub reference: Option<Reference<'a>>,
     pub cursor: Option<&'a RawValue>,
@@ -314,6 +317,7 @@ fn read_params(raw: &RawValue) -> Result<Params<'_>, GatewayError> {
         uri: members.get("uri"),
         level: members.get("level"),
         request_id: members.get("requestId"),
+        progress_token: members.get("progressToken"),
         reference,
         cursor: members.get("cursor"),
         protocol_version: members.get("protocolVersion"),

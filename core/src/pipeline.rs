@@ -40,6 +40,7 @@ enum Then {
 fn method_header(method: &str) -> &'static str {
     match method {
         "notifications/cancelled" => "notifications/cancelled",
+        "notifications/progress" => "notifications/progress",
         _ => "notifications/roots/list_changed",
     }
 }
@@ -521,8 +522,9 @@ impl Request {
     /// A client notification: `notifications/cancelled` goes to the upstream that can know the
     /// request (an upstream's own request, by its gateway id) or to every upstream session of
     /// the client session (an upstream ignores an id it does not know);
-    /// `notifications/roots/list_changed` goes to every upstream session; the rest (initialized,
-    /// progress of the client's own requests) stays here. 202 once the upstreams took them.
+    /// `notifications/progress` for an upstream's request (its token mapped like ids) goes to
+    /// that upstream; `notifications/roots/list_changed` goes to every upstream session; the
+    /// rest (initialized) stays here. 202 once the upstreams took them.
     fn notify(
         &mut self,
         host: &mut dyn Host,
@@ -531,23 +533,28 @@ impl Request {
         params: &Params<'_>,
     ) -> Result<Action, GatewayError> {
         let session = self.open_session(host)?;
-        let relayed = matches!(
-            method,
-            "notifications/cancelled" | "notifications/roots/list_changed"
-        );
-        let Some(session) = session.filter(|_| relayed) else {
-            host.log(Level::Debug, &format!("notification {method} accepted"));
-            return Ok(self.reply(host, 202, &[]));
+        let mapped_field = match method {
+            "notifications/cancelled" => params.request_id,
+            "notifications/progress" => params.progress_token,
+            _ => None,
         };
-        // An upstream's own request: its server alone, with the original id.
-        let upstream_request = params
-            .request_id
+        // An upstream's own request (or progress token): its server alone, its own value restored.
+        let upstream_request = mapped_field
             .and_then(|raw| Some((raw, jsonrpc::raw_str(raw)?)))
             .and_then(|(raw, id)| {
                 let (server, original) = crate::relay::decode_id(&id)?;
                 let span = jsonrpc::span_in(text, raw.get())?;
                 Some((server.to_owned(), jsonrpc::splice(text, span, original)?))
             });
+        let relayed = match method {
+            "notifications/cancelled" | "notifications/roots/list_changed" => true,
+            "notifications/progress" => upstream_request.is_some(),
+            _ => false,
+        };
+        let Some(session) = session.filter(|_| relayed) else {
+            host.log(Level::Debug, &format!("notification {method} accepted"));
+            return Ok(self.reply(host, 202, &[]));
+        };
         let catalog = Rc::clone(&self.catalog);
         let slots = catalog.limits.upstream_session_slots;
         let mut pending = Vec::new();

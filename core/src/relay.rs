@@ -128,7 +128,20 @@ pub fn rewrite<'d>(data: &'d str, server: &str, mapped: bool) -> Cow<'d, str> {
         return Cow::Borrowed(data);
     };
     let replacement = match (peek.id, peek.method) {
-        (Some(id), Some(_)) => Some((id.get(), encode_id(server, id.get()))),
+        (Some(id), Some(_)) => {
+            // The request's own progress token, if it asked for progress, is the upstream's too:
+            // the client's progress notifications for it come back mapped the same way.
+            let token = peek
+                .params
+                .and_then(|p| serde_json::from_str::<ParamsMeta>(p.get()).ok())
+                .and_then(|p| p.meta)
+                .and_then(|m| m.progress_token);
+            let edits = [
+                Some((id.get(), encode_id(server, id.get()))),
+                token.map(|t| (t.get(), encode_id(server, t.get()))),
+            ];
+            return apply(data, edits.into_iter().flatten());
+        }
         (None, Some(method)) if mapped && method.get() == "\"notifications/resources/updated\"" => {
             peek.params
                 .and_then(|p| serde_json::from_str::<UriParam>(p.get()).ok())
@@ -145,6 +158,36 @@ pub fn rewrite<'d>(data: &'d str, server: &str, mapped: bool) -> Cow<'d, str> {
         Some(rewritten) => Cow::Owned(rewritten),
         None => Cow::Borrowed(data),
     }
+}
+
+#[derive(Deserialize)]
+struct ParamsMeta<'a> {
+    #[serde(default, borrow, rename = "_meta")]
+    meta: Option<Meta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Meta<'a> {
+    #[serde(default, borrow, rename = "progressToken")]
+    progress_token: Option<&'a RawValue>,
+}
+
+/// `data` with each (raw value inside it, replacement) applied, back to front.
+fn apply<'d>(data: &'d str, edits: impl Iterator<Item = (&'d str, String)>) -> Cow<'d, str> {
+    let mut spans: Vec<(std::ops::Range<usize>, String)> = edits
+        .filter_map(|(raw, new)| Some((span_in(data, raw)?, new)))
+        .collect();
+    if spans.is_empty() {
+        return Cow::Borrowed(data);
+    }
+    spans.sort_by_key(|(span, _)| std::cmp::Reverse(span.start));
+    let mut out = data.to_owned();
+    for (span, replacement) in spans {
+        if out.get(span.clone()).is_some() {
+            out.replace_range(span, &replacement);
+        }
+    }
+    Cow::Owned(out)
 }
 
 #[derive(Deserialize)]
@@ -257,6 +300,16 @@ mod tests {
             .contains("mcpgw://srv/test://b"));
         let error = r#"{"jsonrpc":"2.0","id":2,"error":{"code":-32002,"message":"no"}}"#;
         assert_eq!(read_result_uris(error, "srv"), error);
+    }
+
+    #[test]
+    fn an_upstream_requests_progress_token_is_mapped_like_its_id() {
+        let request = r#"{"jsonrpc":"2.0","id":3,"method":"sampling/createMessage","params":{"_meta":{"progressToken":"t-1"},"messages":[]}}"#;
+        let v: serde_json::Value = serde_json::from_str(&rewrite(request, "alpha", false)).unwrap();
+        assert_eq!(v["id"], "mcpgw:alpha:3");
+        assert_eq!(v["params"]["_meta"]["progressToken"], "mcpgw:alpha:\"t-1\"");
+        let token = v["params"]["_meta"]["progressToken"].as_str().unwrap();
+        assert_eq!(decode_id(token), Some(("alpha", "\"t-1\"")));
     }
 
     #[test]

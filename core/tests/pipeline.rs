@@ -2218,6 +2218,25 @@ fn cancellations_reach_the_upstream_sessions_and_other_notifications_stay() {
     let sent: serde_json::Value = serde_json::from_slice(&host.calls[0].2).unwrap();
     assert_eq!(sent["params"]["requestId"], 5);
 
+    // Progress for an upstream's request goes to that upstream with its own token; progress
+    // with a token the gateway did not map stays here.
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"mcpgw:alpha:\"t-1\"","progress":1}}"#,
+        Some(&token),
+    );
+    cache_alpha_session(&catalog, &mut host, &token);
+    run(&catalog, &mut host);
+    let sent: serde_json::Value = serde_json::from_slice(&host.calls[0].2).unwrap();
+    assert_eq!(sent["params"]["progressToken"], "t-1");
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":7,"progress":1}}"#,
+        Some(&token),
+    );
+    cache_alpha_session(&catalog, &mut host, &token);
+    run(&catalog, &mut host);
+    assert_eq!(host.reply_status(), 202);
+    assert!(host.calls.is_empty());
+
     // notifications/initialized stays with the gateway.
     let mut host = FakeHost::post(
         r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
