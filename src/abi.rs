@@ -14,6 +14,7 @@ pub type Status = u32;
 
 pub const OK: Status = 0;
 pub const NOT_FOUND: Status = 1;
+pub const EMPTY: Status = 7;
 pub const CAS_MISMATCH: Status = 8;
 
 pub const REQUEST_HEADERS: u32 = 0;
@@ -103,6 +104,22 @@ mod ffi {
         ) -> u32;
         pub fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
         pub fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+        pub fn proxy_set_effective_context(context_id: u32) -> u32;
+        pub fn proxy_register_shared_queue(
+            name_data: *const u8,
+            name_size: usize,
+            return_id: *mut u32,
+        ) -> u32;
+        pub fn proxy_enqueue_shared_queue(
+            queue_id: u32,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        pub fn proxy_dequeue_shared_queue(
+            queue_id: u32,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
     }
 }
 
@@ -227,6 +244,42 @@ pub fn log(level: u32, message: &str) -> Status {
 pub fn set_tick_period(milliseconds: u32) -> Status {
     // SAFETY: no pointers.
     unsafe { ffi::proxy_set_tick_period_milliseconds(milliseconds) }
+}
+
+/// Makes the following host calls act on context `id` (a stream of this VM, or its root).
+pub fn set_effective_context(id: u32) -> Status {
+    // SAFETY: no pointers.
+    unsafe { ffi::proxy_set_effective_context(id) }
+}
+
+/// Registers (or reopens) this VM's shared queue `name`; its messages reach the root context's
+/// `on_queue_ready` on this VM's thread.
+pub fn register_shared_queue(name: &str) -> Result<u32, Status> {
+    let mut id = 0;
+    // SAFETY: pointer and length of a live slice; out-pointer to a live local.
+    match unsafe { ffi::proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id) } {
+        OK => Ok(id),
+        status => Err(status),
+    }
+}
+
+pub fn enqueue_shared_queue(id: u32, value: &[u8]) -> Status {
+    // SAFETY: pointer and length of a live slice; the host copies it.
+    unsafe { ffi::proxy_enqueue_shared_queue(id, value.as_ptr(), value.len()) }
+}
+
+/// The next message of a shared queue; `Ok(None)` when it is empty.
+pub fn dequeue_shared_queue(id: u32) -> Result<Option<Vec<u8>>, Status> {
+    let mut data = std::ptr::null_mut();
+    let mut size = 0;
+    // SAFETY: out-pointers to live locals; the returned buffer is taken over by `owned`.
+    let status = unsafe { ffi::proxy_dequeue_shared_queue(id, &mut data, &mut size) };
+    let bytes = owned(data, size);
+    match status {
+        OK => Ok(Some(bytes.unwrap_or_default())),
+        EMPTY => Ok(None),
+        status => Err(status),
+    }
 }
 
 pub fn replace_header(map: u32, name: &str, value: &[u8]) -> Status {

@@ -6,11 +6,31 @@ use proxy_wasm::hostcalls;
 
 use crate::abi;
 
-/// Stateless: every call goes to the stream the host is currently dispatching.
+/// The proxy, for one stream: its calls go to the effective context (the stream itself, or the
+/// stream the root context drives, see lib.rs).
 #[derive(Default)]
-pub struct ProxyHost;
+pub struct ProxyHost {
+    /// The stream's context.
+    context: u32,
+    /// The VM's root context: detached calls are made on it, so that they outlive the stream.
+    root_context: u32,
+    /// The VM's wake-up queue.
+    wake_queue: Option<u32>,
+    /// Calls dispatched through this host since the last look: when the root context drives a
+    /// stream, their answers reach the root, which routes them to the stream.
+    pub dispatched: Vec<u32>,
+}
 
 impl ProxyHost {
+    pub fn new(context: u32, root_context: u32, wake_queue: Option<u32>) -> Self {
+        Self {
+            context,
+            root_context,
+            wake_queue,
+            dispatched: Vec::new(),
+        }
+    }
+
     /// Reads the answer of a dispatched call (inside `on_http_call_response`).
     pub fn call_response(body_size: usize) -> CallResponse {
         let headers = abi::header_map_pairs(abi::CALL_RESPONSE_HEADERS)
@@ -42,6 +62,24 @@ impl ProxyHost {
 
 /// The CAS token of a write that must only create its key (see `shared_set_versioned`).
 const ABSENT: u32 = u32::MAX;
+
+/// An HTTP call through the SDK, which registers its token to route the answer (see abi.rs).
+fn dispatch(
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout_ms: u64,
+) -> Result<u32, String> {
+    let body = (!body.is_empty()).then_some(body);
+    hostcalls::dispatch_http_call(
+        cluster,
+        headers.to_vec(),
+        body,
+        Vec::new(),
+        std::time::Duration::from_millis(timeout_ms),
+    )
+    .map_err(|status| format!("{status:?}"))
+}
 
 fn report(what: &str, status: abi::Status) {
     if status != abi::OK {
@@ -147,15 +185,9 @@ impl Host for ProxyHost {
         body: &[u8],
         timeout_ms: u64,
     ) -> Result<u32, String> {
-        let body = (!body.is_empty()).then_some(body);
-        hostcalls::dispatch_http_call(
-            cluster,
-            headers.to_vec(),
-            body,
-            Vec::new(),
-            std::time::Duration::from_millis(timeout_ms),
-        )
-        .map_err(|status| format!("{status:?}"))
+        let token = dispatch(cluster, headers, body, timeout_ms)?;
+        self.dispatched.push(token);
+        Ok(token)
     }
 
     fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
@@ -205,6 +237,42 @@ impl Host for ProxyHost {
                 None
             }
         }
+    }
+
+    fn wake_address(&self) -> Option<u32> {
+        self.wake_queue
+    }
+
+    fn wake(&mut self, address: u32, message: &[u8]) {
+        match abi::enqueue_shared_queue(address, message) {
+            abi::OK => {}
+            // The queue of a VM that is gone: its streams went with it.
+            abi::NOT_FOUND => log::debug!("wake-up queue {address} is gone"),
+            status => report("enqueue wake-up", status),
+        }
+    }
+
+    fn dispatch_detached(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<(), String> {
+        // Made on the root context, so the call is not cancelled with the stream; its answer
+        // goes unread.
+        let status = abi::set_effective_context(self.root_context);
+        if status != abi::OK {
+            return Err(format!(
+                "cannot switch to the root context (status {status})"
+            ));
+        }
+        let result = dispatch(cluster, headers, body, timeout_ms).map(drop);
+        report(
+            "back to the stream",
+            abi::set_effective_context(self.context),
+        );
+        result
     }
 
     fn clear_route_cache(&mut self) {
@@ -271,7 +339,7 @@ impl ControlHost for ControlProxy {
         headers: &[(&str, &str)],
         timeout_ms: u64,
     ) -> Result<u32, String> {
-        ProxyHost.dispatch(cluster, headers, b"", timeout_ms)
+        dispatch(cluster, headers, b"", timeout_ms)
     }
 
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
@@ -297,7 +365,7 @@ impl ControlHost for ControlProxy {
     }
 
     fn log(&self, level: Level, message: &str) {
-        ProxyHost.log(level, message);
+        ProxyHost::default().log(level, message);
     }
 }
 

@@ -4,8 +4,9 @@
 mod abi;
 mod host;
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use mcpgw_core::sync::ConfigSync;
@@ -27,14 +28,51 @@ proxy_wasm::main! {{
     std::panic::set_hook(Box::new(|info| {
         let _ = abi::log(abi::LOG_CRITICAL, &format!("mcpgw panic: {info}"));
     }));
-    proxy_wasm::set_root_context(|_| Box::new(Gateway::default()));
+    proxy_wasm::set_root_context(|context_id| Box::new(Gateway::new(context_id)));
 }}
+
+/// A stream's request, as its stream and the root context hold it.
+type Shared = RefCell<mcpgw_core::Request>;
+
+/// What the root context and the streams of one VM share, to wake streams that wait for another
+/// stream's upstream session opening (see `mcpgw_core::opening` and docs/architecture.md,
+/// "One opening per upstream session").
+///
+/// Proxy-wasm has no way to call a stream back from elsewhere: only the root context hears of
+/// the VM's shared queue (`on_queue_ready`) and ticks. So the root drives waiting streams
+/// itself, with the stream as the effective context. Calls it dispatches then are registered by
+/// the SDK under the root (its dispatcher keys a call's answer by the context that was running),
+/// so their answers reach the root too, which routes them back to the stream.
+#[derive(Default)]
+struct Vm {
+    root_context: Cell<u32>,
+    wake_queue: Cell<Option<u32>>,
+    /// Streams waiting for another stream's opening, by context id.
+    waiting: RefCell<HashMap<u32, Weak<Shared>>>,
+    /// Calls dispatched while the root drove a stream: their token, that stream.
+    routed: RefCell<HashMap<u32, (u32, Weak<Shared>)>>,
+}
+
+impl Vm {
+    fn host(&self, context: u32) -> ProxyHost {
+        ProxyHost::new(context, self.root_context.get(), self.wake_queue.get())
+    }
+
+    /// Keeps the waiting list in step with a stream's stage.
+    fn note(&self, context: u32, request: &Rc<Shared>, waiting: bool) {
+        let mut list = self.waiting.borrow_mut();
+        if waiting {
+            list.insert(context, Rc::downgrade(request));
+        } else {
+            list.remove(&context);
+        }
+    }
+}
 
 /// One per plugin per VM: holds the catalog built from the current configuration, and keeps it
 /// in step with the sidecar when one is configured.
 /// Interior mutability because streams are created through `&self`: a VM that has no catalog
 /// yet adopts the published one when its first stream arrives.
-#[derive(Default)]
 struct Gateway {
     catalog: RefCell<Option<Rc<Catalog>>>,
     sync: RefCell<Option<ConfigSync>>,
@@ -42,6 +80,93 @@ struct Gateway {
     /// The sidecar (with `Bearer <sidecar.token>`): what the streams it lets through to the
     /// sidecar carry, and where upstream sessions are registered.
     sidecar: Option<Rc<mcpgw_core::config::SidecarLink>>,
+    vm: Rc<Vm>,
+    /// This VM's random name (poller lease, wake-up queue): drawn once, `None` without
+    /// randomness.
+    identity: Option<Option<String>>,
+}
+
+impl Gateway {
+    fn new(context_id: u32) -> Self {
+        let vm = Vm::default();
+        vm.root_context.set(context_id);
+        Self {
+            catalog: RefCell::default(),
+            sync: RefCell::default(),
+            log_budget: Rc::default(),
+            sidecar: None,
+            vm: Rc::new(vm),
+            identity: None,
+        }
+    }
+
+    /// This VM's name, and its wake-up queue registered under it, once.
+    fn identity(&mut self) -> Option<String> {
+        if let Some(identity) = &self.identity {
+            return identity.clone();
+        }
+        let identity = host::owner_id();
+        if let Some(id) = &identity {
+            match abi::register_shared_queue(&format!("mcpgw.wake.{id}")) {
+                Ok(queue) => self.vm.wake_queue.set(Some(queue)),
+                Err(status) => log::warn!(
+                    "cannot register the wake-up queue (status {status}): streams waiting for an \
+                     upstream session look again on every tick instead"
+                ),
+            }
+        }
+        self.identity = Some(identity.clone());
+        identity
+    }
+
+    /// Drives a stream from the root context, the stream being the effective context; calls it
+    /// dispatches meanwhile are routed back to it when answered.
+    fn drive(
+        &self,
+        context: u32,
+        request: &Weak<Shared>,
+        f: impl FnOnce(&mut mcpgw_core::Request, &mut ProxyHost),
+    ) {
+        let Some(rc) = request.upgrade() else {
+            self.vm.waiting.borrow_mut().remove(&context);
+            return;
+        };
+        if abi::set_effective_context(context) != abi::OK {
+            // The stream is gone.
+            self.vm.waiting.borrow_mut().remove(&context);
+            return;
+        }
+        if let Ok(mut stream) = rc.try_borrow_mut() {
+            let mut host = self.vm.host(context);
+            f(&mut stream, &mut host);
+            let mut routed = self.vm.routed.borrow_mut();
+            for token in host.dispatched.drain(..) {
+                routed.insert(token, (context, Weak::clone(request)));
+            }
+            drop(routed);
+            self.vm.note(context, &rc, stream.is_waiting());
+        }
+        let status = abi::set_effective_context(self.vm.root_context.get());
+        if status != abi::OK {
+            log::warn!("cannot return to the root context (status {status})");
+        }
+    }
+
+    /// Wakes this VM's waiting streams: with an opening's outcome, or (`None`) on the tick.
+    fn wake_waiting(&self, message: Option<&[u8]>) {
+        let waiting: Vec<(u32, Weak<Shared>)> = self
+            .vm
+            .waiting
+            .borrow()
+            .iter()
+            .map(|(context, request)| (*context, Weak::clone(request)))
+            .collect();
+        for (context, request) in waiting {
+            self.drive(context, &request, |stream, host| {
+                stream.on_wake(host, message)
+            });
+        }
+    }
 }
 
 impl Context for Gateway {
@@ -52,6 +177,14 @@ impl Context for Gateway {
         body_size: usize,
         _trailers: usize,
     ) {
+        let routed = self.vm.routed.borrow_mut().remove(&token);
+        if let Some((context, request)) = routed {
+            self.drive(context, &request, |stream, host| {
+                let response = ProxyHost::call_response(body_size);
+                stream.on_call_response(host, token, response);
+            });
+            return;
+        }
         let response = ProxyHost::call_response(body_size);
         let catalog = self
             .sync
@@ -80,14 +213,11 @@ impl RootContext for Gateway {
                     .as_ref()
                     .and_then(|source| source.link())
                     .map(Rc::new);
-                let sync = sidecar.map(|source| ConfigSync::new(source, host::owner_id()));
-                let polls = sync.is_some();
-                *self.sync.get_mut() = sync;
-                if polls {
-                    // Polling starts on the first tick: during configuration the cluster
-                    // manager may not be ready for calls yet.
-                    set_tick_period(TICK);
-                }
+                let identity = self.identity();
+                *self.sync.get_mut() = sidecar.map(|source| ConfigSync::new(source, identity));
+                // Polling starts on the first tick: during configuration the cluster manager may
+                // not be ready for calls yet. The tick also looks after waiting streams.
+                set_tick_period(TICK);
                 true
             }
             Err(e) => {
@@ -98,24 +228,47 @@ impl RootContext for Gateway {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         if self.catalog.borrow().is_none() {
             self.adopt_published();
         }
         Some(match self.catalog.borrow().as_ref() {
             Some(catalog) => Box::new(McpStream {
-                request: mcpgw_core::Request::new(
+                request: Rc::new(RefCell::new(mcpgw_core::Request::new(
                     Rc::clone(catalog),
                     Rc::clone(&self.log_budget),
                     self.sidecar.clone(),
-                ),
-                host: ProxyHost,
+                ))),
+                host: self.vm.host(context_id),
+                context: context_id,
+                vm: Rc::clone(&self.vm),
             }),
             None => Box::new(Unconfigured::default()),
         })
     }
 
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        loop {
+            match abi::dequeue_shared_queue(queue_id) {
+                Ok(Some(message)) => self.wake_waiting(Some(&message)),
+                Ok(None) => break,
+                Err(status) => {
+                    log::debug!("wake-up queue {queue_id}: status {status}");
+                    break;
+                }
+            }
+        }
+    }
+
     fn on_tick(&mut self) {
+        if !self.vm.waiting.borrow().is_empty() {
+            self.wake_waiting(None);
+        }
+        // Calls of streams that went away are never answered.
+        self.vm
+            .routed
+            .borrow_mut()
+            .retain(|_, (_, request)| request.strong_count() > 0);
         let catalog = self
             .sync
             .get_mut()
@@ -182,10 +335,38 @@ fn parse_plugin_config(
     Ok((catalog, config.sidecar))
 }
 
-/// A stream of an MCP request.
+/// A stream of an MCP request. The request is shared (weakly) with the root context, which
+/// drives it while it waits for another stream's upstream session opening.
 struct McpStream {
-    request: mcpgw_core::Request,
+    request: Rc<Shared>,
     host: ProxyHost,
+    context: u32,
+    vm: Rc<Vm>,
+}
+
+impl McpStream {
+    fn drive<T>(
+        &mut self,
+        f: impl FnOnce(&mut mcpgw_core::Request, &mut ProxyHost) -> T,
+    ) -> Option<T> {
+        let Ok(mut request) = self.request.try_borrow_mut() else {
+            log::error!("stream {} is already being driven", self.context);
+            return None;
+        };
+        let out = f(&mut request, &mut self.host);
+        // The SDK routes the answers of this stream's own calls to it.
+        self.host.dispatched.clear();
+        self.vm
+            .note(self.context, &self.request, request.is_waiting());
+        Some(out)
+    }
+
+    fn act(
+        &mut self,
+        f: impl FnOnce(&mut mcpgw_core::Request, &mut ProxyHost) -> mcpgw_core::Action,
+    ) -> Action {
+        self.drive(f).map_or(Action::Continue, action)
+    }
 }
 
 impl Context for McpStream {
@@ -197,35 +378,31 @@ impl Context for McpStream {
         _trailers: usize,
     ) {
         let response = ProxyHost::call_response(body_size);
-        self.request
-            .on_call_response(&mut self.host, token, response);
+        self.drive(|request, host| request.on_call_response(host, token, response));
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.drive(|request, host| request.on_done(host));
+        self.vm.waiting.borrow_mut().remove(&self.context);
+        true
     }
 }
 
 impl HttpContext for McpStream {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        action(
-            self.request
-                .on_request_headers(&mut self.host, end_of_stream),
-        )
+        self.act(|request, host| request.on_request_headers(host, end_of_stream))
     }
 
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        action(
-            self.request
-                .on_request_body(&mut self.host, size, end_of_stream),
-        )
+        self.act(|request, host| request.on_request_body(host, size, end_of_stream))
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        action(self.request.on_response_headers(&mut self.host))
+        self.act(|request, host| request.on_response_headers(host))
     }
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        action(
-            self.request
-                .on_response_body(&mut self.host, size, end_of_stream),
-        )
+        self.act(|request, host| request.on_response_body(host, size, end_of_stream))
     }
 }
 

@@ -24,8 +24,8 @@ use crate::error::GatewayError;
 use crate::host::{CallResponse, Host, Level};
 use crate::jsonrpc::{self, Message};
 use crate::pipeline::{
-    acknowledged, answer_call, cursor_of, dispatch_level, is_event_stream, log_level_of,
-    opened_session, register_stream, replay_headers, server_of, upstream_failure,
+    acknowledged, answer_call, close_evicted, cursor_of, dispatch_level, is_event_stream,
+    log_level_of, opened_session, register_stream, replay_headers, server_of, upstream_failure,
 };
 use crate::route::{Call, Destination};
 use crate::session::Session;
@@ -387,7 +387,11 @@ impl Batch {
             }
             Phase::Acknowledging(upstream) => {
                 acknowledged(server, response)?;
-                upstream::store(host, slots, &self.session.id, &server.name, &upstream);
+                if let Some(evicted) =
+                    upstream::store(host, slots, &self.session.id, &server.name, &upstream)
+                {
+                    close_evicted(catalog, host, &evicted);
+                }
                 register_stream(
                     ctx.sidecar,
                     timeout_ms,

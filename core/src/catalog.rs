@@ -181,6 +181,9 @@ impl Catalog {
         if limits.upstream_session_slots == 0 {
             return Err("limits.upstream_session_slots: must be positive".into());
         }
+        if limits.max_session_opens_per_second == 0 {
+            return Err("limits.max_session_opens_per_second: must be positive".into());
+        }
         let keys = SessionKeys::new(&session)?;
         let mut warnings = Vec::new();
         let mut tools = Named::index(&servers, "tools", |s| &s.tools, &mut warnings)?;

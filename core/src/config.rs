@@ -125,6 +125,9 @@ pub struct Limits {
     pub upstream_session_slots: u32,
     /// Timeout of the gateway's own calls to upstreams (initialize, DELETE, retries).
     pub upstream_timeout_ms: u64,
+    /// Upstream sessions one client session may open per second (all servers together); more
+    /// get HTTP 429 with `Retry-After: 1`.
+    pub max_session_opens_per_second: u32,
 }
 
 impl Default for Limits {
@@ -135,6 +138,7 @@ impl Default for Limits {
             page_size: 500,
             upstream_session_slots: 16384,
             upstream_timeout_ms: 10_000,
+            max_session_opens_per_second: 20,
         }
     }
 }

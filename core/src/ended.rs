@@ -227,6 +227,19 @@ mod tests {
         fn resume_request(&mut self) {}
         fn resume_response(&mut self) {}
         fn log(&self, _: Level, _: &str) {}
+        fn wake_address(&self) -> Option<u32> {
+            None
+        }
+        fn wake(&mut self, _: u32, _: &[u8]) {}
+        fn dispatch_detached(
+            &mut self,
+            _: &str,
+            _: &[(&str, &str)],
+            _: &[u8],
+            _: u64,
+        ) -> Result<(), String> {
+            Err("no calls".into())
+        }
     }
 
     /// A small deterministic generator (xorshift), so the test needs no dependency.

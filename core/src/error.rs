@@ -148,6 +148,19 @@ impl GatewayError {
             "the session could not be ended; retry the DELETE",
         )
     }
+    /// A client session opened upstream sessions faster than `limits.max_session_opens_per_second`:
+    /// HTTP 429 with `Retry-After`, since the client's pace is at fault and not an upstream; the
+    /// session stays usable.
+    pub fn too_many_openings(limit: u32) -> Self {
+        Self::new(
+            "session_open_rate",
+            INTERNAL_ERROR,
+            429,
+            format!(
+                "Too many upstream session openings for this session (at most {limit} a second); retry later"
+            ),
+        )
+    }
     /// The proxy has no randomness: no session token can be sealed (its nonce would be
     /// guessable), so `initialize` fails instead.
     pub fn no_randomness() -> Self {

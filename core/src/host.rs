@@ -59,6 +59,19 @@ pub trait Host {
     fn now_millis(&self) -> u64;
     /// 24 fresh random bytes; `None` when the proxy has no randomness (then no token is sealed).
     fn random_nonce(&mut self) -> Option<[u8; 24]>;
+    /// This VM's wake-up address (see [`Host::wake`]), if it has one.
+    fn wake_address(&self) -> Option<u32>;
+    /// Wakes the streams of the VM at `address` that wait for an upstream session opening; they
+    /// are driven with [`crate::Request::on_wake`] and `message` later, not from within this call.
+    fn wake(&mut self, address: u32, message: &[u8]);
+    /// An HTTP call whose answer nobody awaits, made so that it outlives this stream.
+    fn dispatch_detached(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<(), String>;
     /// Makes Envoy pick the route again after routing headers changed.
     fn clear_route_cache(&mut self);
     fn resume_request(&mut self);

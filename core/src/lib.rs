@@ -9,6 +9,7 @@ pub mod ended;
 pub mod error;
 pub mod host;
 pub mod jsonrpc;
+pub mod opening;
 pub mod origin;
 pub mod pipeline;
 pub mod relay;

@@ -14,6 +14,7 @@ use crate::config::{
 use crate::error::GatewayError;
 use crate::host::{CallResponse, Host, Level};
 use crate::jsonrpc::{self, Message, Params};
+use crate::opening::{self, Attempt, Claim, Outcome};
 use crate::relay::SseRelay;
 use crate::route::{required_str, Call, Destination};
 use crate::session::{Claims, Session};
@@ -34,6 +35,40 @@ enum Then {
     Empty(u16),
     /// A JSON-RPC result `{}` (logging/setLevel).
     Result,
+}
+
+/// What a call does once it has an upstream session: an explicit continuation, carried by every
+/// stage that obtains the session.
+#[derive(Debug)]
+enum AfterOpening {
+    /// Go on through Envoy's routes (the request is held in its body phase).
+    Forward,
+    /// Replay through `dispatch` and answer with the replay's result: the routed attempt found
+    /// the cached upstream session `stale` gone (its answer is held back meanwhile).
+    Replay { stale: String },
+}
+
+impl AfterOpening {
+    /// A cached upstream session this continuation can use.
+    fn accepts(&self, upstream: &UpstreamSession) -> bool {
+        match self {
+            AfterOpening::Forward => true,
+            AfterOpening::Replay { stale } => upstream.session_id != *stale,
+        }
+    }
+}
+
+/// A call waiting for its upstream session, and what it does with it.
+#[derive(Debug)]
+struct Pending {
+    call: Call,
+    then: AfterOpening,
+}
+
+/// The session is there, or the stage says what the call waits for.
+enum Obtained {
+    Ready(Pending, UpstreamSession),
+    Underway,
 }
 
 /// The relayed notifications' `x-mcp-method` (a static string for the header).
@@ -81,17 +116,39 @@ enum Stage {
     Bypass,
     /// A POST whose body is being buffered.
     ReadingBody,
-    /// Opening an upstream session before forwarding the call.
-    Initializing { call: Call, token: u32, retry: bool },
+    /// Another stream is opening this upstream session (see [`crate::opening`]): woken by
+    /// [`Request::on_wake`] when it is cached or failed, or when the opening went stale.
+    WaitingForSession {
+        pending: Pending,
+        since_ms: u64,
+        /// The opening waited for (its tag), to match its outcome.
+        opener: String,
+    },
+    /// Opening an upstream session: `initialize` sent. `claim`: the opening this stream holds
+    /// (released once the session is cached or failed).
+    Initializing {
+        pending: Pending,
+        token: u32,
+        claim: Option<Claim>,
+    },
     /// Sent `notifications/initialized`; the session is usable once it is acknowledged.
     Acknowledging {
+        pending: Pending,
+        upstream: UpstreamSession,
+        token: u32,
+        claim: Option<Claim>,
+    },
+    /// Woken with a cached session, on the VM's root context, where clearing this stream's
+    /// route cache is not possible: a `ping` on the upstream session brings the stream back to a
+    /// callback of its own, where the call is forwarded.
+    Resuming {
         call: Call,
         upstream: UpstreamSession,
         token: u32,
-        retry: bool,
     },
-    /// The call went upstream, through Envoy's routes.
-    Forwarded { call: Call, cached_session: bool },
+    /// The call went upstream, through Envoy's routes; `cached`: the upstream session id it
+    /// used when it came from the cache (a 404 then means that session is gone).
+    Forwarded { call: Call, cached: Option<String> },
     /// The upstream answers with an SSE stream, relayed event by event (see [`SseRelay`]).
     Relaying { relay: SseRelay },
     /// Replaying the call on a fresh upstream session, after the cached one was gone.
@@ -104,10 +161,9 @@ enum Stage {
     MappingReadResult { server: usize },
     /// The new upstream session is told the client's log level before the call goes on.
     Leveling {
-        call: Call,
+        pending: Pending,
         upstream: UpstreamSession,
         token: u32,
-        retry: bool,
     },
     /// Waiting for the gateway's own calls to upstreams (DELETE of upstream sessions, a log
     /// level, relayed notifications), then answering `then`.
@@ -219,15 +275,11 @@ impl Request {
     }
 
     pub fn on_response_headers(&mut self, host: &mut dyn Host) -> Action {
-        let Stage::Forwarded {
-            call,
-            cached_session,
-        } = &self.stage
-        else {
+        let Stage::Forwarded { call, cached } = &self.stage else {
             return Action::Continue;
         };
         let status = host.response_header(":status");
-        if status.as_deref() == Some(b"404") && *cached_session {
+        if status.as_deref() == Some(b"404") && cached.is_some() {
             // The upstream forgot the session (restart, expiry): open a new one and replay.
             host.log(
                 Level::Info,
@@ -236,11 +288,25 @@ impl Request {
                     self.server_name(call.server)
                 ),
             );
-            let Stage::Forwarded { call, .. } = std::mem::replace(&mut self.stage, Stage::Answered)
+            let Stage::Forwarded {
+                call,
+                cached: Some(stale),
+            } = std::mem::replace(&mut self.stage, Stage::Answered)
             else {
                 return Action::Continue;
             };
-            return match self.start_initialize(host, call, true) {
+            let pending = Pending {
+                call,
+                then: AfterOpening::Replay { stale },
+            };
+            let replayed = match self.obtain_session(host, pending, None) {
+                Ok(Obtained::Ready(pending, upstream)) => {
+                    self.session_ready(host, pending, upstream)
+                }
+                Ok(Obtained::Underway) => Ok(()),
+                Err(e) => Err(e),
+            };
+            return match replayed {
                 Ok(()) => Action::Pause,
                 Err(e) => self.fail(host, e),
             };
@@ -292,6 +358,9 @@ impl Request {
         size: usize,
         end_of_stream: bool,
     ) -> Action {
+        if self.holds_upstream_answer() {
+            return Action::Pause;
+        }
         match &mut self.stage {
             Stage::Relaying { relay } => {
                 let chunk = host.response_body(size).unwrap_or_default();
@@ -319,32 +388,110 @@ impl Request {
                 self.stage = Stage::Answered;
                 Action::Continue
             }
-            Stage::Initializing { retry: true, .. }
-            | Stage::Acknowledging { retry: true, .. }
-            | Stage::Replaying { .. } => Action::Pause,
             _ => Action::Continue,
+        }
+    }
+
+    /// A replay is under way: the upstream's own (404) answer is held back until it is done.
+    fn holds_upstream_answer(&self) -> bool {
+        let replaying = |pending: &Pending| matches!(pending.then, AfterOpening::Replay { .. });
+        match &self.stage {
+            Stage::WaitingForSession { pending, .. }
+            | Stage::Initializing { pending, .. }
+            | Stage::Acknowledging { pending, .. }
+            | Stage::Leveling { pending, .. } => replaying(pending),
+            Stage::Replaying { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether this stream waits for another stream's opening: the edge then drives it with
+    /// [`Request::on_wake`] when its VM is woken (see [`Host::wake`]) and on the VM's tick.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.stage, Stage::WaitingForSession { .. })
+    }
+
+    /// A waiting stream is woken: by the outcome of an opening (`message`, maybe another
+    /// one's), or by the VM's tick (`None`). On the VM's root context, with this stream as the
+    /// effective context.
+    pub fn on_wake(&mut self, host: &mut dyn Host, message: Option<&[u8]>) {
+        let Stage::WaitingForSession {
+            pending, opener, ..
+        } = &self.stage
+        else {
+            return;
+        };
+        let catalog = Rc::clone(&self.catalog);
+        let Some(server) = catalog.server(pending.call.server) else {
+            self.fail(host, server_left());
+            return;
+        };
+        // A wake-up about another opening (of this VM's other waiters) is not for this one;
+        // the tick (no message) makes every waiter look again.
+        let outcome = match message {
+            None => Ok(()),
+            Some(message) => {
+                match opening::outcome(message, &pending.call.session.id, &server.name, opener) {
+                    None => return,
+                    Some(outcome) => outcome,
+                }
+            }
+        };
+        let Stage::WaitingForSession {
+            pending, since_ms, ..
+        } = std::mem::replace(&mut self.stage, Stage::Answered)
+        else {
+            return;
+        };
+        if let Err(failed) = outcome {
+            self.fail(host, GatewayError::upstream(failed));
+            return;
+        }
+        let woken = match self.obtain_session(host, pending, Some(since_ms)) {
+            Ok(Obtained::Ready(pending, upstream)) => self.resume_woken(host, pending, upstream),
+            Ok(Obtained::Underway) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = woken {
+            self.fail(host, e);
+        }
+    }
+
+    /// The stream is going away (done, or reset by its client): an opening it holds is handed
+    /// over to its waiters.
+    pub fn on_done(&mut self, host: &mut dyn Host) {
+        if let Stage::Initializing {
+            claim: Some(claim), ..
+        }
+        | Stage::Acknowledging {
+            claim: Some(claim), ..
+        } = &self.stage
+        {
+            opening::release(host, claim, Outcome::Abandoned);
         }
     }
 
     pub fn on_call_response(&mut self, host: &mut dyn Host, token: u32, response: CallResponse) {
         match std::mem::replace(&mut self.stage, Stage::Answered) {
             Stage::Initializing {
-                call,
+                pending,
                 token: t,
-                retry,
+                claim,
             } if t == token => {
-                if let Err(e) = self.on_initialized(host, call, retry, &response) {
-                    self.fail(host, e);
+                let held = claim.clone();
+                if let Err(e) = self.on_initialized(host, pending, claim, &response) {
+                    self.opening_failed(host, held.as_ref(), e);
                 }
             }
             Stage::Acknowledging {
-                call,
+                pending,
                 upstream,
                 token: t,
-                retry,
+                claim,
             } if t == token => {
-                if let Err(e) = self.on_acknowledged(host, call, upstream, retry, &response) {
-                    self.fail(host, e);
+                let held = claim.clone();
+                if let Err(e) = self.on_acknowledged(host, pending, upstream, claim, &response) {
+                    self.opening_failed(host, held.as_ref(), e);
                 }
             }
             Stage::Replaying {
@@ -353,24 +500,33 @@ impl Request {
                 method,
             } if t == token => self.relay_replay(host, server, method, response),
             Stage::Leveling {
-                call,
+                pending,
                 upstream,
                 token: t,
-                retry,
             } if t == token => {
                 if response.status.is_none_or(|s| !(200..300).contains(&s)) {
                     host.log(
                         Level::Info,
                         &format!(
                             "upstream {} did not take the log level (HTTP {:?})",
-                            self.server_name(call.server),
+                            self.server_name(pending.call.server),
                             response.status
                         ),
                     );
                 }
-                if let Err(e) = self.session_ready(host, call, upstream, retry) {
+                if let Err(e) = self.session_ready(host, pending, upstream) {
                     self.fail(host, e);
                 }
+            }
+            Stage::Resuming {
+                call,
+                upstream,
+                token: t,
+            } if t == token => {
+                // Whatever the ping's answer: a session gone by now gets the routed call a 404,
+                // which replays it.
+                self.forward(host, call, &upstream, true);
+                host.resume_request();
             }
             Stage::Awaiting { mut pending, then } => {
                 pending.retain(|t| *t != token);
@@ -663,19 +819,112 @@ impl Request {
 
     /// Forwards a call on the client session's upstream session, opening one first if needed.
     fn route(&mut self, host: &mut dyn Host, call: Call) -> Result<Action, GatewayError> {
-        let catalog = Rc::clone(&self.catalog);
-        let server = server_of(&catalog, call.server)?;
-        let slots = catalog.limits.upstream_session_slots;
-        match upstream::lookup(host, slots, &call.session.id, &server.name) {
-            Some(upstream) => {
-                self.forward(host, call, &upstream, true);
+        let pending = Pending {
+            call,
+            then: AfterOpening::Forward,
+        };
+        match self.obtain_session(host, pending, None)? {
+            Obtained::Ready(pending, upstream) => {
+                self.forward(host, pending.call, &upstream, true);
                 Ok(Action::Continue)
             }
-            None => {
-                self.start_initialize(host, call, false)?;
-                Ok(Action::Pause)
+            Obtained::Underway => Ok(Action::Pause),
+        }
+    }
+
+    /// The upstream session of a call: the cached one, or one being opened, by this stream (the
+    /// opening claimed) or by another one (waited for). `waited_since`: when this stream began
+    /// to wait, if it did; past the opening's staleness it opens on its own instead.
+    fn obtain_session(
+        &mut self,
+        host: &mut dyn Host,
+        pending: Pending,
+        waited_since: Option<u64>,
+    ) -> Result<Obtained, GatewayError> {
+        let catalog = Rc::clone(&self.catalog);
+        let server = server_of(&catalog, pending.call.server)?;
+        let slots = catalog.limits.upstream_session_slots;
+        let client = &pending.call.session.id;
+        let cached = |host: &dyn Host| {
+            upstream::lookup(host, slots, client, &server.name)
+                .filter(|upstream| pending.then.accepts(upstream))
+        };
+        if let Some(upstream) = cached(host) {
+            return Ok(Obtained::Ready(pending, upstream));
+        }
+        let timeout = catalog.limits.upstream_timeout_ms;
+        let now = host.now_millis();
+        let may_wait = waited_since
+            .is_none_or(|since| now.saturating_sub(since) <= opening::stale_after_ms(timeout));
+        let attempt = if may_wait {
+            opening::claim(host, slots, client, &server.name, timeout)
+        } else {
+            Attempt::OpenAlone
+        };
+        match attempt {
+            Attempt::Wait { opener } => {
+                self.stage = Stage::WaitingForSession {
+                    pending,
+                    since_ms: waited_since.unwrap_or(now),
+                    opener,
+                };
+                Ok(Obtained::Underway)
+            }
+            Attempt::Open(claim) => {
+                // Cached between the look-up and the claim: nothing to open.
+                if let Some(upstream) = cached(host) {
+                    opening::release(host, &claim, Outcome::Opened);
+                    return Ok(Obtained::Ready(pending, upstream));
+                }
+                self.start_initialize(host, pending, Some(claim))?;
+                Ok(Obtained::Underway)
+            }
+            Attempt::OpenAlone => {
+                self.start_initialize(host, pending, None)?;
+                Ok(Obtained::Underway)
             }
         }
+    }
+
+    /// A woken stream has its session. Running on the root context, it cannot clear its own
+    /// route cache, so a call to forward first pings the upstream session (see
+    /// [`Stage::Resuming`]); a replay is a dispatch anyway.
+    fn resume_woken(
+        &mut self,
+        host: &mut dyn Host,
+        pending: Pending,
+        upstream: UpstreamSession,
+    ) -> Result<(), GatewayError> {
+        let Pending { call, then } = pending;
+        if let AfterOpening::Replay { .. } = then {
+            return self.session_ready(host, Pending { call, then }, upstream);
+        }
+        let catalog = Rc::clone(&self.catalog);
+        let server = server_of(&catalog, call.server)?;
+        let mut headers = upstream::call_headers(server, "POST", Some(&upstream));
+        headers.push(("x-mcp-method", "ping"));
+        let token = host
+            .dispatch(
+                &server.cluster,
+                &headers,
+                upstream::PING_BODY.as_bytes(),
+                catalog.limits.upstream_timeout_ms,
+            )
+            .map_err(|e| upstream_failure(server, &format!("ping: {e}")))?;
+        self.stage = Stage::Resuming {
+            call,
+            upstream,
+            token,
+        };
+        Ok(())
+    }
+
+    /// An opening failed: its waiters learn why, and so does the client.
+    fn opening_failed(&mut self, host: &mut dyn Host, claim: Option<&Claim>, error: GatewayError) {
+        if let Some(claim) = claim {
+            opening::release(host, claim, Outcome::Failed(&error.message));
+        }
+        self.fail(host, error);
     }
 
     /// Rewrites the held request for its upstream and lets Envoy's routes carry it.
@@ -744,48 +993,71 @@ impl Request {
             host.remove_request_header("mcp-session-id");
         }
         host.clear_route_cache();
-        self.stage = Stage::Forwarded {
-            call,
-            cached_session: cached,
-        };
+        let cached = cached.then(|| upstream.session_id.clone());
+        self.stage = Stage::Forwarded { call, cached };
     }
 
     fn start_initialize(
         &mut self,
         host: &mut dyn Host,
-        call: Call,
-        retry: bool,
+        pending: Pending,
+        claim: Option<Claim>,
     ) -> Result<(), GatewayError> {
         let catalog = Rc::clone(&self.catalog);
-        let server = server_of(&catalog, call.server)?;
-        let body = upstream::initialize_body(&call.session.claims);
-        let headers = upstream::call_headers(server, "POST", None);
-        let token = host
-            .dispatch(
-                &server.cluster,
-                &headers,
-                body.as_bytes(),
-                catalog.limits.upstream_timeout_ms,
-            )
-            .map_err(|e| {
-                upstream_failure(
-                    server,
-                    &format!("cannot call cluster {}: {e}", server.cluster),
+        let server = server_of(&catalog, pending.call.server)?;
+        let limit = catalog.limits.max_session_opens_per_second;
+        let slots = catalog.limits.upstream_session_slots;
+        let refused = if opening::admit(host, slots, &pending.call.session.id, limit) {
+            None
+        } else {
+            Some(GatewayError::too_many_openings(limit))
+        };
+        let dispatched = match refused {
+            Some(error) => Err(error),
+            None => {
+                let body = upstream::initialize_body(&pending.call.session.claims);
+                let headers = upstream::call_headers(server, "POST", None);
+                host.dispatch(
+                    &server.cluster,
+                    &headers,
+                    body.as_bytes(),
+                    catalog.limits.upstream_timeout_ms,
                 )
-            })?;
-        self.stage = Stage::Initializing { call, token, retry };
-        Ok(())
+                .map_err(|e| {
+                    upstream_failure(
+                        server,
+                        &format!("cannot call cluster {}: {e}", server.cluster),
+                    )
+                })
+            }
+        };
+        match dispatched {
+            Ok(token) => {
+                self.stage = Stage::Initializing {
+                    pending,
+                    token,
+                    claim,
+                };
+                Ok(())
+            }
+            Err(error) => {
+                if let Some(claim) = &claim {
+                    opening::release(host, claim, Outcome::Failed(&error.message));
+                }
+                Err(error)
+            }
+        }
     }
 
     fn on_initialized(
         &mut self,
         host: &mut dyn Host,
-        call: Call,
-        retry: bool,
+        pending: Pending,
+        claim: Option<Claim>,
         response: &CallResponse,
     ) -> Result<(), GatewayError> {
         let catalog = Rc::clone(&self.catalog);
-        let server = server_of(&catalog, call.server)?;
+        let server = server_of(&catalog, pending.call.server)?;
         let upstream = opened_session(server, response)?;
         let headers = upstream::call_headers(server, "POST", Some(&upstream));
         let token = host
@@ -797,10 +1069,10 @@ impl Request {
             )
             .map_err(|e| upstream_failure(server, &e))?;
         self.stage = Stage::Acknowledging {
-            call,
+            pending,
             upstream,
             token,
-            retry,
+            claim,
         };
         Ok(())
     }
@@ -808,37 +1080,43 @@ impl Request {
     fn on_acknowledged(
         &mut self,
         host: &mut dyn Host,
-        call: Call,
+        pending: Pending,
         upstream: UpstreamSession,
-        retry: bool,
+        claim: Option<Claim>,
         response: &CallResponse,
     ) -> Result<(), GatewayError> {
         let catalog = Rc::clone(&self.catalog);
-        let server = server_of(&catalog, call.server)?;
+        let server = server_of(&catalog, pending.call.server)?;
         acknowledged(server, response)?;
         let slots = catalog.limits.upstream_session_slots;
-        upstream::store(host, slots, &call.session.id, &server.name, &upstream);
+        let client = &pending.call.session.id;
+        if let Some(evicted) = upstream::store(host, slots, client, &server.name, &upstream) {
+            close_evicted(&catalog, host, &evicted);
+        }
+        if let Some(claim) = &claim {
+            opening::release(host, claim, Outcome::Opened);
+        }
         register_stream(
             self.sidecar.as_deref(),
             catalog.limits.upstream_timeout_ms,
             host,
-            &call.session,
+            &pending.call.session,
             server,
             &upstream,
         );
         host.log(
             Level::Debug,
             &format!(
-                "opened upstream session on {} for session {}",
-                server.name, call.session.id
+                "opened upstream session on {} for session {client}",
+                server.name
             ),
         );
         let logs = catalog
             .server_capabilities
-            .get(call.server)
+            .get(pending.call.server)
             .is_some_and(|c| c.logging);
         if let Some(level) = logs
-            .then(|| upstream::log_level(host, slots, &call.session.id))
+            .then(|| upstream::log_level(host, slots, client))
             .flatten()
         {
             let token = dispatch_level(
@@ -849,27 +1127,26 @@ impl Request {
                 &level,
             )?;
             self.stage = Stage::Leveling {
-                call,
+                pending,
                 upstream,
                 token,
-                retry,
             };
             return Ok(());
         }
-        self.session_ready(host, call, upstream, retry)
+        self.session_ready(host, pending, upstream)
     }
 
     /// The upstream session is usable: forward the held call, or replay it.
     fn session_ready(
         &mut self,
         host: &mut dyn Host,
-        call: Call,
+        pending: Pending,
         upstream: UpstreamSession,
-        retry: bool,
     ) -> Result<(), GatewayError> {
+        let Pending { call, then } = pending;
         let catalog = Rc::clone(&self.catalog);
         let server = server_of(&catalog, call.server)?;
-        if retry {
+        if let AfterOpening::Replay { .. } = then {
             let allowed = catalog
                 .forward_headers(call.server)
                 .ok_or_else(server_left)?;
@@ -1049,6 +1326,9 @@ impl Request {
             };
             headers.push(("allow", allow));
         }
+        if error.http_status == 429 {
+            headers.push(("retry-after", b"1"));
+        }
         let details = format!("mcpgw_{}", error.check);
         host.send_response(error.http_status, &headers, &body, &details);
         self.stage = Stage::Answered;
@@ -1061,7 +1341,10 @@ impl Request {
         let Some(suppressed) = self.log_budget.admit(host.now_secs()) else {
             return;
         };
-        let level = if error.http_status >= 500 || error.code == crate::error::INTERNAL_ERROR {
+        // Upstream failures (-32603 inside HTTP 200) and the gateway's own (5xx) at warn; the
+        // client's mistakes and pace (4xx) at info.
+        let upstream = error.code == crate::error::INTERNAL_ERROR && error.http_status < 400;
+        let level = if error.http_status >= 500 || upstream {
             Level::Warn
         } else {
             Level::Info
@@ -1245,6 +1528,28 @@ fn server_left() -> GatewayError {
 /// The server a call is for, in the catalog the request started with.
 pub(crate) fn server_of(catalog: &Catalog, index: usize) -> Result<&ServerConfig, GatewayError> {
     catalog.server(index).ok_or_else(server_left)
+}
+
+/// Closes an upstream session the cache pushed out: nobody will use it again.
+pub(crate) fn close_evicted(catalog: &Catalog, host: &mut dyn Host, evicted: &upstream::Evicted) {
+    let Some(server) = catalog.servers.iter().find(|s| s.name == evicted.server) else {
+        return;
+    };
+    if evicted.session.session_id.is_empty() {
+        return;
+    }
+    let headers = upstream::call_headers(server, "DELETE", Some(&evicted.session));
+    if let Err(e) = host.dispatch_detached(
+        &server.cluster,
+        &headers,
+        b"",
+        catalog.limits.upstream_timeout_ms,
+    ) {
+        host.log(
+            Level::Warn,
+            &format!("cannot close evicted session on {}: {e}", server.name),
+        );
+    }
 }
 
 pub(crate) fn upstream_failure(server: &ServerConfig, detail: &str) -> GatewayError {

@@ -35,40 +35,77 @@ pub fn lookup(host: &dyn Host, slots: u32, client: &str, server: &str) -> Option
     })
 }
 
-/// Caches the upstream session of (client session, server).
+/// An upstream session a store pushed out of the cache: nobody will use it again, so it should
+/// be closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evicted {
+    pub server: String,
+    pub session: UpstreamSession,
+}
+
+/// A shared-data value and its version.
+type Versioned = (Vec<u8>, u32);
+
+/// Compare-and-swap attempts of a store (each failure means another worker changed the way).
+const STORE_ATTEMPTS: usize = 4;
+
+/// Caches the upstream session of (client session, server), in the pair's way or a free one,
+/// else in place of the entry stored longest ago; returns that entry when it belonged to another
+/// pair. Every write is a compare-and-swap against the value read, so a concurrent store on
+/// another worker is never overwritten unseen (the evicted entry is exactly the one replaced).
 pub fn store(
     host: &mut dyn Host,
     slots: u32,
     client: &str,
     server: &str,
     session: &UpstreamSession,
-) {
-    let now = host.now_secs();
-    let mut victim: Option<(String, u64)> = None;
-    for key in set_keys(client, server, slots) {
-        let value = host.shared_get(&key);
-        let age = match value.as_deref().and_then(Slot::decode) {
-            None => {
-                victim = Some((key, 0));
-                break;
-            }
-            Some(slot) if slot.owned_by(client, server) => {
-                victim = Some((key, 0));
-                break;
-            }
-            Some(slot) => slot.stored_at,
-        };
-        if victim.as_ref().is_none_or(|(_, oldest)| age < *oldest) {
-            victim = Some((key, age));
+) -> Option<Evicted> {
+    let value = format!(
+        "{client}\n{server}\n{}\n{}\n{}",
+        session.session_id,
+        session.protocol_version,
+        host.now_millis()
+    );
+    for _ in 0..STORE_ATTEMPTS {
+        let ways: Vec<(String, Option<Versioned>)> = set_keys(client, server, slots)
+            .map(|key| {
+                let current = host.shared_get_versioned(&key);
+                (key, current)
+            })
+            .collect();
+        let decoded: Vec<(&str, Option<u32>, Option<Slot>)> = ways
+            .iter()
+            .map(|(key, current)| {
+                let version = current.as_ref().map(|(_, version)| *version);
+                let slot = current.as_ref().and_then(|(value, _)| Slot::decode(value));
+                (key.as_str(), version, slot)
+            })
+            .collect();
+        // The pair's own way, else a free one, else the one stored longest ago.
+        let own = decoded
+            .iter()
+            .find(|(_, _, slot)| slot.as_ref().is_some_and(|s| s.owned_by(client, server)));
+        let free = decoded.iter().find(|(_, _, slot)| slot.is_none());
+        let oldest = decoded
+            .iter()
+            .min_by_key(|(_, _, slot)| slot.as_ref().map_or(0, |s| s.stored_at));
+        let (key, version, slot) = own.or(free).or(oldest)?;
+        let evicted = slot
+            .as_ref()
+            .filter(|s| !s.owned_by(client, server))
+            .map(|s| Evicted {
+                server: s.server.to_owned(),
+                session: s.session.clone(),
+            });
+        if host.shared_set_versioned(key, value.as_bytes(), *version) {
+            return evicted;
         }
     }
-    if let Some((key, _)) = victim {
-        let value = format!(
-            "{client}\n{server}\n{}\n{}\n{now}",
-            session.session_id, session.protocol_version
-        );
-        host.shared_set(&key, value.as_bytes());
-    }
+    host.log(
+        crate::host::Level::Debug,
+        &format!("upstream session of {client} on {server} not cached: its set kept changing"),
+    );
+    None
 }
 
 /// Removes and returns the cached upstream session of (client session, server).
@@ -131,7 +168,8 @@ pub(crate) fn hash(parts: &[&str]) -> u64 {
     hash
 }
 
-/// A slot's value: `client session \n server \n upstream session \n protocol version \n stored at`.
+/// A slot's value: `client session \n server \n upstream session \n protocol version \n stored at
+/// (ms)`.
 struct Slot<'a> {
     client: &'a str,
     server: &'a str,
@@ -196,6 +234,9 @@ fn relayed_capabilities(capabilities: &str) -> Option<String> {
 }
 
 pub const INITIALIZED_BODY: &str = "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}";
+
+/// Body of the gateway's `ping` on an upstream session (see `Stage::Resuming` in the pipeline).
+pub const PING_BODY: &str = "{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"ping\"}";
 
 /// Headers of a gateway call to an upstream (besides the body-related ones).
 pub fn call_headers<'a>(

@@ -46,6 +46,11 @@ struct FakeHost {
     refuse_versioned_writes: bool,
     /// Mixed into nonces, so that many sessions issued in one second differ.
     nonce_seed: u64,
+    /// This VM's wake-up address, and the wake-ups sent (address, message).
+    wake_address: Option<u32>,
+    woken: Vec<(u32, Vec<u8>)>,
+    /// Calls made to outlive the stream (cluster, headers).
+    detached: Vec<(String, Vec<(String, String)>)>,
 }
 
 impl FakeHost {
@@ -218,6 +223,26 @@ impl Host for FakeHost {
     fn resume_response(&mut self) {}
     fn log(&self, level: Level, message: &str) {
         self.logs.borrow_mut().push((level, message.into()));
+    }
+    fn wake_address(&self) -> Option<u32> {
+        self.wake_address
+    }
+    fn wake(&mut self, address: u32, message: &[u8]) {
+        self.woken.push((address, message.to_vec()));
+    }
+    fn dispatch_detached(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        _body: &[u8],
+        _timeout: u64,
+    ) -> Result<(), String> {
+        let headers = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        self.detached.push((cluster.into(), headers));
+        Ok(())
     }
 }
 
@@ -2520,4 +2545,286 @@ fn a_batch_without_requests_is_accepted_with_202() {
     assert_eq!(action, Action::Pause);
     assert_eq!(host.reply_status(), 202);
     assert!(host.reply.as_ref().unwrap().2.is_empty());
+}
+
+// ------------------------------------------------------------------------------------------
+// One upstream session opening per (client session, server)
+
+/// Moves the process-wide shared data from one stream's host to another's.
+fn hand_over(from: &mut FakeHost, to: &mut FakeHost) {
+    to.shared = std::mem::take(&mut from.shared);
+    to.next_version = from.next_version;
+    to.now = from.now;
+}
+
+const ECHO: &str = r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"alpha_echo","arguments":{}}}"#;
+
+fn init_answer(session: &str) -> CallResponse {
+    CallResponse {
+        status: Some(200),
+        content_type: Some(b"application/json".to_vec()),
+        session_id: Some(session.as_bytes().to_vec()),
+        body: br#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-06-18"}}"#.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn accepted() -> CallResponse {
+    CallResponse {
+        status: Some(202),
+        ..Default::default()
+    }
+}
+
+/// A stream on the VM whose wake-up address is `vm`, its first call of `body` run.
+fn stream(
+    catalog: &Rc<Catalog>,
+    token: &str,
+    body: &str,
+    vm: u32,
+    shared_from: &mut FakeHost,
+) -> (Request, FakeHost) {
+    let mut host = FakeHost::post(body, Some(token));
+    host.wake_address = Some(vm);
+    hand_over(shared_from, &mut host);
+    let (request, _) = run(catalog, &mut host);
+    (request, host)
+}
+
+#[test]
+fn concurrent_first_calls_share_one_opening() {
+    let catalog = catalog(10);
+    let token = initialize(&catalog);
+    let mut shared = FakeHost::post("", None);
+    shared.now = 1_000_000;
+    // The opener, on VM 1.
+    let (mut opener, mut a) = stream(&catalog, &token, ECHO, 1, &mut shared);
+    assert_eq!(a.calls.len(), 1, "initialize");
+    assert!(!opener.is_waiting());
+    // Two more first calls, on VM 1 and VM 2: they wait, opening nothing.
+    let (mut w1, mut b) = stream(&catalog, &token, ECHO, 1, &mut a);
+    let (mut w2, mut c) = stream(&catalog, &token, ECHO, 2, &mut b);
+    for (waiter, host) in [(&w1, &b), (&w2, &c)] {
+        assert!(waiter.is_waiting());
+        assert!(host.calls.is_empty() && host.reply.is_none());
+    }
+    // The opener finishes: it forwards, and wakes each VM once.
+    hand_over(&mut c, &mut a);
+    opener.on_call_response(&mut a, 101, init_answer("up-1"));
+    opener.on_call_response(&mut a, 102, accepted());
+    assert!(a.resumed_request);
+    assert_eq!(a.header("mcp-session-id").unwrap(), "up-1");
+    let vms: Vec<u32> = a.woken.iter().map(|(vm, _)| *vm).collect();
+    assert_eq!(vms, [1, 2]);
+    let message = a.woken[0].1.clone();
+    // Woken (on the root context): a ping on the session brings each back to its own callback,
+    // where the call is forwarded on the one session.
+    for (waiter, host) in [(&mut w1, &mut b), (&mut w2, &mut c)] {
+        hand_over(&mut a, host);
+        waiter.on_wake(host, Some(&message));
+        assert!(!waiter.is_waiting());
+        let (_, headers, body) = host.calls.last().unwrap().clone();
+        assert_eq!(String::from_utf8(body).unwrap(), upstream::PING_BODY);
+        assert!(headers.contains(&("mcp-session-id".into(), "up-1".into())));
+        assert!(!host.resumed_request);
+        let ping = 100 + host.calls.len() as u32;
+        waiter.on_call_response(
+            host,
+            ping,
+            CallResponse {
+                status: Some(200),
+                ..Default::default()
+            },
+        );
+        assert!(host.resumed_request && host.route_cache_cleared);
+        assert_eq!(host.header("mcp-session-id").unwrap(), "up-1");
+        assert_eq!(host.header("x-mcp-toolname").unwrap(), "echo");
+        hand_over(host, &mut a);
+    }
+    let initializes = [&a, &b, &c]
+        .iter()
+        .flat_map(|h| h.calls.iter())
+        .filter(|(_, _, body)| String::from_utf8_lossy(body).contains(r#""method":"initialize""#))
+        .count();
+    assert_eq!(initializes, 1, "one upstream session opened");
+}
+
+#[test]
+fn a_failed_opening_fails_its_waiters_with_the_same_error() {
+    let catalog = catalog(10);
+    let token = initialize(&catalog);
+    let mut shared = FakeHost::post("", None);
+    let (mut opener, mut a) = stream(&catalog, &token, ECHO, 1, &mut shared);
+    let (mut waiter, mut b) = stream(&catalog, &token, ECHO, 2, &mut a);
+    assert!(waiter.is_waiting());
+    hand_over(&mut b, &mut a);
+    opener.on_call_response(
+        &mut a,
+        101,
+        CallResponse {
+            status: Some(500),
+            ..Default::default()
+        },
+    );
+    assert_eq!(a.reply_json()["error"]["code"], -32603);
+    let (vm, message) = a.woken[0].clone();
+    assert_eq!(vm, 2);
+    // A wake-up about another opening, or the tick, changes nothing for it yet.
+    hand_over(&mut a, &mut b);
+    waiter.on_wake(&mut b, Some(b"other\nalpha\n1.1\nfailed\nno"));
+    assert!(b.reply.is_none());
+    waiter.on_wake(&mut b, Some(&message));
+    assert_eq!(b.reply_json()["error"], a.reply_json()["error"]);
+    assert!(b.calls.is_empty(), "no opening of its own");
+}
+
+#[test]
+fn an_abandoned_opening_is_taken_over_by_a_waiter() {
+    let catalog = catalog(10);
+    let token = initialize(&catalog);
+    let mut shared = FakeHost::post("", None);
+    let (mut opener, mut a) = stream(&catalog, &token, ECHO, 1, &mut shared);
+    let (mut waiter, mut b) = stream(&catalog, &token, ECHO, 2, &mut a);
+    // The opener's client goes away mid-opening.
+    hand_over(&mut b, &mut a);
+    opener.on_done(&mut a);
+    let (_, message) = a.woken[0].clone();
+    hand_over(&mut a, &mut b);
+    waiter.on_wake(&mut b, Some(&message));
+    assert!(!waiter.is_waiting());
+    let (_, _, body) = b.calls[0].clone();
+    assert!(
+        String::from_utf8(body)
+            .unwrap()
+            .contains(r#""method":"initialize""#),
+        "the waiter opens"
+    );
+    finish_upstream_handshake(&mut waiter, &mut b);
+    assert_eq!(b.header("mcp-session-id").unwrap(), "up-1");
+}
+
+#[test]
+fn a_stale_opening_does_not_hold_its_waiters_forever() {
+    let catalog = catalog(10);
+    let token = initialize(&catalog);
+    let mut shared = FakeHost::post("", None);
+    let (_opener, mut a) = stream(&catalog, &token, ECHO, 1, &mut shared);
+    let (mut waiter, mut b) = stream(&catalog, &token, ECHO, 2, &mut a);
+    // The opener's VM died: no wake-up comes; the tick finds the opening stale.
+    waiter.on_wake(&mut b, None);
+    assert!(waiter.is_waiting(), "not stale yet");
+    b.now += mcpgw_core::opening::stale_after_ms(catalog.limits.upstream_timeout_ms) / 1000 + 1;
+    waiter.on_wake(&mut b, None);
+    assert!(!waiter.is_waiting());
+    assert!(String::from_utf8(b.calls[0].2.clone())
+        .unwrap()
+        .contains("initialize"));
+}
+
+#[test]
+fn concurrent_replays_after_a_lost_session_share_one_opening() {
+    let catalog = catalog(10);
+    let token = initialize(&catalog);
+    let session = catalog
+        .keys
+        .open(token.as_bytes(), 1_000_000)
+        .unwrap()
+        .id
+        .clone();
+    let mut shared = FakeHost::post("", None);
+    shared.now = 1_000_000;
+    let stale = upstream::UpstreamSession {
+        session_id: "old".into(),
+        protocol_version: "2025-06-18".into(),
+    };
+    let slots = catalog.limits.upstream_session_slots;
+    upstream::store(&mut shared, slots, &session, "alpha", &stale);
+    let lost = |request: &mut Request, host: &mut FakeHost| {
+        host.response_headers = vec![(":status".into(), b"404".to_vec())];
+        assert_eq!(request.on_response_headers(host), Action::Pause);
+    };
+    let (mut first, mut a) = stream(&catalog, &token, ECHO, 1, &mut shared);
+    let (mut second, mut b) = stream(&catalog, &token, ECHO, 2, &mut a);
+    hand_over(&mut b, &mut a);
+    lost(&mut first, &mut a);
+    hand_over(&mut a, &mut b);
+    lost(&mut second, &mut b);
+    assert!(second.is_waiting());
+    assert_eq!(
+        second.on_response_body(&mut b, 0, false),
+        Action::Pause,
+        "its 404 is held"
+    );
+    hand_over(&mut b, &mut a);
+    first.on_call_response(&mut a, 101, init_answer("new"));
+    first.on_call_response(&mut a, 102, accepted());
+    let (_, message) = a.woken[0].clone();
+    hand_over(&mut a, &mut b);
+    second.on_wake(&mut b, Some(&message));
+    let (_, headers, body) = b.calls[0].clone();
+    assert!(headers.contains(&("mcp-session-id".into(), "new".into())));
+    assert!(
+        String::from_utf8(body).unwrap().contains("tools/call"),
+        "replayed at once"
+    );
+}
+
+#[test]
+fn session_openings_are_capped_per_client_session() {
+    let catalog = catalog_with_limits(
+        serde_json::json!({"max_session_opens_per_second": 1}),
+        false,
+    );
+    let token = initialize(&catalog);
+    let beta = r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"beta_echo"}}"#;
+    let mut shared = FakeHost::post("", None);
+    shared.now = 1_000_000;
+    let (_, mut a) = stream(&catalog, &token, ECHO, 1, &mut shared);
+    assert_eq!(a.calls.len(), 1, "the first opening of the second passes");
+    let (refused, mut b) = stream(&catalog, &token, beta, 1, &mut a);
+    assert!(!refused.is_waiting());
+    assert!(b.calls.is_empty(), "nothing opened");
+    assert_eq!(b.reply_status(), 429);
+    assert_eq!(b.reply_header("retry-after").as_deref(), Some("1"));
+    assert_eq!(b.reply_json()["error"]["code"], -32603);
+    assert_eq!(b.reply_json()["id"], 6);
+    assert_eq!(b.details, "mcpgw_session_open_rate");
+    // The session stays: the next second, it opens.
+    b.now += 1;
+    let (_, c) = stream(&catalog, &token, beta, 1, &mut b);
+    assert_eq!(c.calls.len(), 1);
+}
+
+#[test]
+fn an_upstream_session_pushed_out_of_the_cache_is_closed() {
+    // 4 slots: one set of 4 ways, so the fifth client session's upstream session evicts the
+    // first one's.
+    let catalog = catalog_with_limits(serde_json::json!({"upstream_session_slots": 4}), false);
+    let mut shared = FakeHost::post("", None);
+    shared.now = 1_000_000;
+    for i in 0..5u64 {
+        shared.now += 1;
+        shared.nonce_seed = i;
+        let mut host = FakeHost::post(
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+            None,
+        );
+        hand_over(&mut shared, &mut host);
+        host.nonce_seed = i;
+        run(&catalog, &mut host);
+        let token = host.reply_header("mcp-session-id").unwrap();
+        let (mut request, mut call) = stream(&catalog, &token, ECHO, 1, &mut host);
+        request.on_call_response(&mut call, 101, init_answer(&format!("up-{i}")));
+        request.on_call_response(&mut call, 102, accepted());
+        assert!(call.resumed_request);
+        if i < 4 {
+            assert!(call.detached.is_empty());
+        } else {
+            let (cluster, headers) = call.detached[0].clone();
+            assert_eq!(cluster, "alpha");
+            assert!(headers.contains(&(":method".into(), "DELETE".into())));
+            assert!(headers.contains(&("mcp-session-id".into(), "up-0".into())));
+        }
+        hand_over(&mut call, &mut shared);
+    }
 }

@@ -95,6 +95,18 @@ def wait_tcp(port: int, host: str = HOST, timeout: float = 10.0, proc: "Process 
         time.sleep(0.05)
 
 
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Polls `predicate` until it returns something truthy (returned), or raises HarnessError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise HarnessError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(0.02)
+
+
 def http_get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """GET `url`; returns (status, body); HTTP error statuses are returned, not raised."""
     req = urllib.request.Request(url, headers=headers or {})
@@ -225,7 +237,8 @@ class DemoServer(Process):
     """
 
     def __init__(self, name: str, log_dir: Path, *, port: int | None = None, json_response: bool = False,
-                 extra_tools: int = 0, credential: str | None = None, slow_tool: bool = False):
+                 extra_tools: int = 0, credential: str | None = None, slow_tool: bool = False,
+                 initialize_delay_ms: int = 0):
         self.server_name = name
         self.port = port or free_port()
         self.credential = credential
@@ -238,6 +251,8 @@ class DemoServer(Process):
             argv += ["--require-bearer", credential]
         if slow_tool:
             argv.append("--slow-tool")
+        if initialize_delay_ms:
+            argv += ["--initialize-delay-ms", str(initialize_delay_ms)]
         super().__init__(f"server-{name}", argv, log_dir)
 
     @property

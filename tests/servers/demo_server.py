@@ -3,6 +3,7 @@
 upstream behind the gateway in `make run` and the end-to-end tests.
 
     demo_server.py --name alpha --port 18081 [--json] [--extra-tools N] [--require-bearer TOKEN]
+                   [--initialize-delay-ms MS]
 
 Serves MCP on http://127.0.0.1:PORT/mcp. Tools:
   echo(text)   -> "<NAME>: <text>"
@@ -14,11 +15,13 @@ Serves MCP on http://127.0.0.1:PORT/mcp. Tools:
 Besides /mcp, `GET /_log` returns the JSON list of the last requests that reached /mcp
 (`http_method`, `rpc_method`, `headers`, `status`, `issued_session_id`), `DELETE /_log` clears it, and `GET /_health`
 answers 200. `--require-bearer TOKEN` makes /mcp answer 401 unless `Authorization: Bearer TOKEN`.
+`--initialize-delay-ms MS` holds every `initialize` that long before answering (a slow upstream).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import json
 import sys
@@ -89,10 +92,11 @@ def build(name: str, extra_tools: int, slow: bool = False) -> MCPServer:
 class Recorder:
     """ASGI middleware: records requests to /mcp, optionally enforces a bearer token."""
 
-    def __init__(self, app: Any, mcp_path: str, bearer: str | None):
+    def __init__(self, app: Any, mcp_path: str, bearer: str | None, initialize_delay_ms: int = 0):
         self.app = app
         self.mcp_path = mcp_path
         self.bearer = bearer
+        self.initialize_delay_ms = initialize_delay_ms
         self.log: collections.deque[dict[str, Any]] = collections.deque(maxlen=LOG_MAX)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -148,6 +152,9 @@ class Recorder:
             )(scope, receive, send)
             return
 
+        if rpc_method == "initialize" and self.initialize_delay_ms:
+            await asyncio.sleep(self.initialize_delay_ms / 1000)
+
         sent = False
 
         async def replay() -> dict:
@@ -177,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra-tools", type=int, default=0, metavar="N", help="also register tools t0001..tN")
     p.add_argument("--require-bearer", metavar="TOKEN", help="answer 401 without 'Authorization: Bearer TOKEN'")
     p.add_argument("--slow-tool", action="store_true", help="also register `sleep(seconds)`")
+    p.add_argument("--initialize-delay-ms", type=int, default=0, metavar="MS",
+                   help="hold every initialize this long before answering")
     args = p.parse_args(argv)
 
     server = build(args.name, args.extra_tools, args.slow_tool)
@@ -186,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         stateless_http=False,
         host=args.host,
     )
-    wrapped = Recorder(app, "/mcp", args.require_bearer)
+    wrapped = Recorder(app, "/mcp", args.require_bearer, args.initialize_delay_ms)
     config = uvicorn.Config(wrapped, host=args.host, port=args.port, log_level="warning", lifespan="on")
     uvicorn.Server(config).run()
     return 0
