@@ -738,14 +738,16 @@ impl Request {
                 ),
             }
         }
+        Ok(self.await_calls(host, pending, Then::Empty(202)))
+    }
+
+    /// Waits for the gateway's own calls `pending` (none: answers at once), then answers `then`.
+    fn await_calls(&mut self, host: &mut dyn Host, pending: Vec<u32>, then: Then) -> Action {
         if pending.is_empty() {
-            return Ok(self.reply(host, 202, &[]));
+            return self.answer(host, then);
         }
-        self.stage = Stage::Awaiting {
-            pending,
-            then: Then::Empty(202),
-        };
-        Ok(Action::Pause)
+        self.stage = Stage::Awaiting { pending, then };
+        Action::Pause
     }
 
     /// The answer a finished [`Stage::Awaiting`] gives.
@@ -793,14 +795,7 @@ impl Request {
                 Err(e) => host.log(Level::Warn, &e.message),
             }
         }
-        if pending.is_empty() {
-            return Ok(self.reply_result(host, "{}"));
-        }
-        self.stage = Stage::Awaiting {
-            pending,
-            then: Then::Result,
-        };
-        Ok(Action::Pause)
+        Ok(self.await_calls(host, pending, Then::Result))
     }
 
     /// A list answered from the catalog, page by page.
@@ -1251,15 +1246,7 @@ impl Request {
                 ),
             }
         }
-        if pending.is_empty() {
-            self.reply(host, 200, &[])
-        } else {
-            self.stage = Stage::Awaiting {
-                pending,
-                then: Then::Empty(200),
-            };
-            Action::Pause
-        }
+        self.await_calls(host, pending, Then::Empty(200))
     }
 
     /// Marks a GET whose session checked out as vouched for: the sidecar serves its notification
