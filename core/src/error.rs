@@ -95,6 +95,24 @@ impl GatewayError {
             "Unsupported Media Type: Content-Type must be application/json",
         )
     }
+    /// A body the gateway and an upstream could decode differently: another charset, or a
+    /// content coding the gateway does not undo.
+    pub fn unsupported_encoding(what: &str) -> Self {
+        Self::new(
+            "unsupported_encoding",
+            INVALID_REQUEST,
+            415,
+            format!("Unsupported Media Type: {what}"),
+        )
+    }
+    pub fn repeated_header(name: &str) -> Self {
+        Self::new(
+            "repeated_header",
+            INVALID_REQUEST,
+            400,
+            format!("Bad Request: header {name} must appear once"),
+        )
+    }
     pub fn not_acceptable() -> Self {
         Self::new(
             "not_acceptable",

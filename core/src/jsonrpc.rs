@@ -214,7 +214,7 @@ pub fn parse_message(body: &str, max_depth: usize) -> Result<Message<'_>, Gatewa
     if let Some(id) = id {
         if !valid_id(id) {
             return Err(GatewayError::invalid_request(
-                "Invalid Request: id must be a string or an integer",
+                "Invalid Request: id must be a string or an integer of at most 2^53 - 1",
             ));
         }
     }
@@ -448,11 +448,17 @@ pub fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     serde_json::from_str(raw.get()).ok()
 }
 
+/// Largest integer id: every JSON parser reads integers up to 2^53 - 1 exactly (JavaScript's
+/// `Number.MAX_SAFE_INTEGER`); a larger one would mean another id to a JavaScript upstream.
+const MAX_INTEGER_ID: i64 = (1 << 53) - 1;
+
 fn valid_id(id: &RawValue) -> bool {
     let text = id.get();
     match text.as_bytes().first() {
         Some(b'"') => true,
-        Some(b'-' | b'0'..=b'9') => !text.contains(['.', 'e', 'E']),
+        Some(b'-' | b'0'..=b'9') => text
+            .parse::<i64>()
+            .is_ok_and(|n| (-MAX_INTEGER_ID..=MAX_INTEGER_ID).contains(&n)),
         _ => false,
     }
 }
@@ -613,6 +619,19 @@ mod tests {
             code(r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#),
             INVALID_REQUEST
         );
+        // Integers every upstream parser reads as the same number (JavaScript's safe range).
+        for huge in [
+            "9007199254740992",
+            "-9007199254740992",
+            "1111111111111111111111",
+        ] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{huge},"method":"ping"}}"#);
+            assert_eq!(code(&body), INVALID_REQUEST, "{huge}");
+        }
+        for fine in ["9007199254740991", "-9007199254740991", "0", "-0"] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{fine},"method":"ping"}}"#);
+            assert_eq!(code(&body), 0, "{fine}");
+        }
         assert_eq!(
             code(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#),
             INVALID_REQUEST

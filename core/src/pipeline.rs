@@ -215,6 +215,9 @@ impl Request {
             return Action::Continue;
         }
         self.headers = headers;
+        if let Some(name) = repeated_header(&self.headers) {
+            return self.fail(host, GatewayError::repeated_header(name));
+        }
         if let Some(origin) = self.header("origin") {
             if !crate::origin::allowed(origin, &self.catalog.gateway.allowed_origins) {
                 let origin = String::from_utf8_lossy(origin).into_owned();
@@ -642,9 +645,13 @@ impl Request {
         host: &mut dyn Host,
         params: Params<'_>,
     ) -> Result<Action, GatewayError> {
-        let requested = params.protocol_version.and_then(jsonrpc::raw_str);
-        let version = requested
-            .as_deref()
+        let Some(requested) = params.protocol_version.and_then(jsonrpc::raw_str) else {
+            return Err(GatewayError::invalid_params(
+                "Invalid params: initialize needs params.protocolVersion (a string)",
+            ));
+        };
+        // An unknown version is negotiated, not refused: the answer names the newest we speak.
+        let version = Some(requested.as_ref())
             .and_then(|v| SUPPORTED_PROTOCOL_VERSIONS.iter().find(|s| **s == v))
             .or(SUPPORTED_PROTOCOL_VERSIONS.first())
             .copied()
@@ -1436,6 +1443,22 @@ impl Unconfigured {
     }
 }
 
+/// Headers that carry one value each: sent twice, the gateway and an upstream could each read
+/// another one.
+const SINGLE_HEADERS: [&str; 5] = [
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "content-type",
+    "origin",
+    "last-event-id",
+];
+
+fn repeated_header(headers: &[(String, Vec<u8>)]) -> Option<&'static str> {
+    SINGLE_HEADERS
+        .into_iter()
+        .find(|name| headers.iter().filter(|(n, _)| n == name).nth(1).is_some())
+}
+
 fn find_header<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h [u8]> {
     headers
         .iter()
@@ -1453,17 +1476,31 @@ fn check_post<'h>(
     if !media_type_is(content_type, b"application/json") {
         return Err(GatewayError::unsupported_media_type());
     }
+    // One meaning per body: the gateway reads UTF-8 JSON as sent, so a body declared in another
+    // charset or content coding (which an upstream might decode) is refused.
+    if charset(content_type).is_some_and(|c| !c.eq_ignore_ascii_case(b"utf-8")) {
+        return Err(GatewayError::unsupported_encoding(
+            "the body must be UTF-8 (charset=utf-8 or none)",
+        ));
+    }
+    if header("content-encoding").is_some_and(|c| !c.trim_ascii().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(GatewayError::unsupported_encoding(
+            "Content-Encoding is not accepted; send the body uncompressed",
+        ));
+    }
     if let Some(accept) = header("accept") {
-        // Lenient: clients that send no Accept (plain curl) are served; one that excludes JSON is not.
-        let accepts = [
-            &b"application/json"[..],
-            b"text/event-stream",
-            b"*/*",
-            b"application/*",
-        ];
-        if !accept
-            .split(|b| *b == b',')
-            .any(|item| accepts.iter().any(|a| media_type_is(item, a)))
+        // Clients that send no Accept (plain curl) are served; one that sends it must allow both
+        // answers an MCP server may give (an upstream chooses JSON or SSE).
+        let allows = |kind: &[u8], family: &[u8]| {
+            accept.split(|b| *b == b',').any(|item| {
+                [kind, family, b"*/*"]
+                    .iter()
+                    .any(|a| media_type_is(item, a))
+            })
+        };
+        if !allows(b"application/json", b"application/*")
+            || !allows(b"text/event-stream", b"text/*")
         {
             return Err(GatewayError::not_acceptable());
         }
@@ -1500,6 +1537,19 @@ fn speaks_mcp(host: &dyn Host) -> bool {
 
 pub(crate) fn is_event_stream(content_type: Option<&[u8]>) -> bool {
     content_type.is_some_and(|ct| media_type_is(ct, b"text/event-stream"))
+}
+
+/// The `charset` parameter of a media type, unquoted.
+fn charset(value: &[u8]) -> Option<&[u8]> {
+    value.split(|b| *b == b';').skip(1).find_map(|param| {
+        let (name, v) = param.split_at(param.iter().position(|b| *b == b'=')?);
+        let v = v.get(1..)?.trim_ascii();
+        name.trim_ascii().eq_ignore_ascii_case(b"charset").then(|| {
+            v.strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(v)
+        })
+    })
 }
 
 /// `value` (a header value, maybe with parameters) names the media type `expected`.

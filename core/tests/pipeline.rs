@@ -930,7 +930,7 @@ fn a_full_set_of_the_ended_table_refuses_what_it_evicts_and_nothing_newer() {
     let mut tokens = Vec::new();
     for (i, seed) in seeds.iter().enumerate() {
         let mut host = FakeHost::post(
-            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
             None,
         );
         host.now = now;
@@ -2806,7 +2806,7 @@ fn an_upstream_session_pushed_out_of_the_cache_is_closed() {
         shared.now += 1;
         shared.nonce_seed = i;
         let mut host = FakeHost::post(
-            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
             None,
         );
         hand_over(&mut shared, &mut host);

@@ -11,8 +11,9 @@
 //! after checking the client's session. The status page and `/healthz` hold no secret and stay
 //! open.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -23,7 +24,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -46,6 +47,66 @@ struct AppState {
     outputs: Outputs,
     auth: Arc<Auth>,
     streams: Arc<Registry>,
+    open_streams: Arc<Mutex<OpenStreams>>,
+}
+
+/// Notification streams open at once, in all and per client session.
+#[derive(Default)]
+struct OpenStreams {
+    total: usize,
+    per_session: HashMap<String, usize>,
+}
+
+/// Streams one client session may hold open at once (one per tab or agent is the usual case).
+const STREAMS_PER_SESSION: usize = 4;
+
+/// One open notification stream, counted in `AppState::open_streams` while it lives.
+struct StreamSlot {
+    open: Arc<Mutex<OpenStreams>>,
+    session: Option<String>,
+}
+
+impl StreamSlot {
+    /// A slot when fewer than `max` streams are open, and fewer than `STREAMS_PER_SESSION` of
+    /// `session`'s; otherwise which limit was reached.
+    fn take(
+        open: &Arc<Mutex<OpenStreams>>,
+        max: usize,
+        session: Option<&str>,
+    ) -> Result<Self, &'static str> {
+        let mut guard = open.lock().unwrap_or_else(PoisonError::into_inner);
+        let o = &mut *guard;
+        if o.total >= max {
+            return Err("too many notification streams are open; retry later");
+        }
+        if let Some(session) = session {
+            let n = o.per_session.entry(session.to_owned()).or_default();
+            if *n >= STREAMS_PER_SESSION {
+                return Err("this session has too many notification streams open");
+            }
+            *n += 1;
+        }
+        o.total += 1;
+        Ok(Self {
+            open: Arc::clone(open),
+            session: session.map(str::to_owned),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut o = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        o.total = o.total.saturating_sub(1);
+        if let Some(session) = &self.session {
+            if let Some(n) = o.per_session.get_mut(session) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    o.per_session.remove(session);
+                }
+            }
+        }
+    }
 }
 
 /// Checks `authorization: Bearer <plugin token>`. Only the token's SHA-256 is kept; a presented
@@ -123,6 +184,7 @@ fn router_with(outputs: Outputs, token: &PluginToken, streams: Arc<Registry>) ->
             outputs,
             auth: Arc::new(Auth::new(token)),
             streams,
+            open_streams: Arc::default(),
         })
 }
 
@@ -304,22 +366,37 @@ async fn mcp_stream(State(state): State<AppState>, request: Request) -> Response
         return unauthorized("the notification stream");
     }
     // The plugin names the client session it vouched for: its upstream GET streams are merged in.
-    let upstream = request
+    let session = request
         .headers()
         .get(streams::SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 512)
-        .map(|session| {
-            streams::follow(
-                Arc::clone(&state.streams),
-                outputs.settings.clone(),
-                session.to_owned(),
-            )
-        });
+        .filter(|v| !v.is_empty() && v.len() <= 512);
+    let slot = match StreamSlot::take(&state.open_streams, settings.max_streams, session) {
+        Ok(slot) => slot,
+        Err(why) => {
+            tracing::debug!("refused a notification stream: {why}");
+            let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", why);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return r;
+        }
+    };
+    let upstream = session.map(|session| {
+        streams::follow(
+            Arc::clone(&state.streams),
+            outputs.settings.clone(),
+            session.to_owned(),
+        )
+    });
     let merged = stream::select(
         notifications(outputs.notices.subscribe()),
         upstream_events(upstream),
-    );
+    )
+    // The slot is freed when the client goes (axum drops the stream).
+    .map(move |event| {
+        let _held = &slot;
+        event
+    });
     let mut response = Sse::new(merged)
         .keep_alive(
             KeepAlive::new()
@@ -387,6 +464,26 @@ mod tests {
     use crate::settings::{parse, Settings};
 
     const TOKEN: &str = "test-plugin-token-0123456789-abcdefghij";
+
+    #[test]
+    fn notification_streams_are_capped_in_all_and_per_session() {
+        let open = Arc::default();
+        let mine: Vec<_> = (0..STREAMS_PER_SESSION)
+            .map(|_| StreamSlot::take(&open, 6, Some("s")).unwrap())
+            .collect();
+        assert!(StreamSlot::take(&open, 6, Some("s")).is_err());
+        let other = StreamSlot::take(&open, 6, Some("t")).unwrap();
+        let anonymous = StreamSlot::take(&open, 6, None).unwrap();
+        assert_eq!(
+            StreamSlot::take(&open, 6, Some("u")).err(),
+            Some("too many notification streams are open; retry later")
+        );
+        drop(mine);
+        assert!(StreamSlot::take(&open, 6, Some("s")).is_ok());
+        drop((other, anonymous));
+        let o = open.lock().unwrap();
+        assert_eq!((o.total, o.per_session.len()), (0, 0));
+    }
     const UPSTREAM_CREDENTIAL: &str = "Bearer upstream-credential-xyz";
     const SESSION_KEY: &str = "c2Vzc2lvbi1rZXktMzItYnl0ZXMtZm9yLXRlc3RzISE=";
 

@@ -19,6 +19,10 @@ use serde::Deserialize;
 
 /// Name of the Envoy cluster that points at the sidecar (static, in the bootstrap).
 pub const SIDECAR_CLUSTER: &str = "mcpgw_sidecar";
+/// Name of the Envoy cluster that carries clients' notification streams (`GET <mcp_path>`) to the
+/// sidecar: apart from `SIDECAR_CLUSTER`, so long-lived streams never use up the circuit-breaker
+/// budget of the plugins' configuration polls and stream registrations.
+pub const SIDECAR_STREAMS_CLUSTER: &str = "mcpgw_sidecar_streams";
 /// Prefix of the generated per-server Envoy clusters.
 pub const CLUSTER_PREFIX: &str = "mcpgw_srv_";
 
@@ -149,6 +153,8 @@ struct NotificationsSection {
     /// Pause between publishing a changed catalog and telling the clients, so every plugin VM
     /// has adopted it (they pick a new document up on a 200 ms tick).
     delay_ms: u64,
+    /// Clients' notification streams (`GET <mcp_path>`) open at once; one more is answered 503.
+    max_streams: usize,
 }
 
 impl Default for NotificationsSection {
@@ -156,6 +162,7 @@ impl Default for NotificationsSection {
         Self {
             keepalive_ms: 15_000,
             delay_ms: 500,
+            max_streams: 1_000,
         }
     }
 }
@@ -279,6 +286,8 @@ pub struct Settings {
     pub discovery: Timing,
     pub keepalive: Duration,
     pub notify_delay: Duration,
+    /// Clients' notification streams open at once (`notifications.max_streams`).
+    pub max_streams: usize,
     pub config_poll: Duration,
     pub envoy: EnvoySettings,
     pub servers: Vec<ServerSpec>,
@@ -543,6 +552,9 @@ pub fn parse(
     }
     let config_poll = positive("discovery.config_poll_ms", discovery.config_poll_ms)?;
     let keepalive = positive("notifications.keepalive_ms", notifications.keepalive_ms)?;
+    if notifications.max_streams == 0 {
+        return Err("notifications.max_streams: must be positive".into());
+    }
     let suffix = envoy
         .authority_suffix
         .trim_matches('.')
@@ -597,6 +609,7 @@ pub fn parse(
         discovery: discovery_timing,
         keepalive,
         notify_delay: Duration::from_millis(notifications.delay_ms),
+        max_streams: notifications.max_streams,
         config_poll,
         envoy: EnvoySettings {
             xds_dir: envoy.xds_dir.map(|p| resolve(base, &p)),

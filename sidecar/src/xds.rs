@@ -22,7 +22,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::hex;
-use crate::settings::{AccessLog, PluginToken, ServerSpec, Settings, SIDECAR_CLUSTER};
+use crate::settings::{
+    AccessLog, PluginToken, ServerSpec, Settings, SIDECAR_CLUSTER, SIDECAR_STREAMS_CLUSTER,
+};
 
 /// Name of the route configuration (RDS resource) the listener asks for.
 pub const ROUTE_CONFIG_NAME: &str = "mcpgw";
@@ -181,7 +183,7 @@ pub fn route_configuration(settings: &Settings) -> Value {
                     "path": settings.gateway.0.mcp_path,
                     "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
                 },
-                "route": {"cluster": SIDECAR_CLUSTER, "timeout": "0s"},
+                "route": {"cluster": SIDECAR_STREAMS_CLUSTER, "timeout": "0s"},
             },
             {
                 "match": {"prefix": "/"},
@@ -401,15 +403,25 @@ pub fn bootstrap(settings: &Settings, xds_dir: &Path, options: &BootstrapOptions
                     },
                 }]}],
             }],
-            "clusters": [{
-                "name": SIDECAR_CLUSTER,
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "load_assignment": {
-                    "cluster_name": SIDECAR_CLUSTER,
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address(settings.listen)}}]}],
-                },
-            }],
+            "clusters": [
+                sidecar_cluster(SIDECAR_CLUSTER, address(settings.listen)),
+                // Streams stay open for as long as clients keep them: a cluster of their own, so
+                // they never use up the circuit-breaker budget of the configuration poll.
+                sidecar_cluster(SIDECAR_STREAMS_CLUSTER, address(settings.listen)),
+            ],
+        },
+    })
+}
+
+/// A static cluster to the sidecar.
+fn sidecar_cluster(name: &str, address: Value) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
         },
     })
 }
@@ -549,7 +561,10 @@ servers:
         );
         assert_eq!(hosts[3]["domains"][0], "*");
         assert_eq!(hosts[3]["routes"][0]["match"]["path"], "/mcp");
-        assert_eq!(hosts[3]["routes"][0]["route"]["cluster"], SIDECAR_CLUSTER);
+        assert_eq!(
+            hosts[3]["routes"][0]["route"]["cluster"],
+            SIDECAR_STREAMS_CLUSTER
+        );
         assert_eq!(hosts[3]["routes"][1]["direct_response"]["status"], 404);
     }
 
@@ -638,6 +653,10 @@ servers:
             sidecar["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
                 ["socket_address"]["port_value"],
             18000
+        );
+        assert_eq!(
+            b["static_resources"]["clusters"][1]["name"],
+            SIDECAR_STREAMS_CLUSTER
         );
         let router = &hcm["http_filters"][1];
         assert_eq!(router["name"], "envoy.filters.http.router");

@@ -107,3 +107,29 @@ def session(gateway: Gateway):
         client.initialize()
         yield client
         client.delete()  # tidy: ends the upstream sessions too (not asserted here)
+
+
+@pytest.fixture
+def steady_gateway(gateway: Gateway) -> Iterator[Gateway]:
+    """After the test: no plugin VM was reloaded or created, Envoy answered no 5xx, and the gateway still
+    serves a valid call in a fresh session. Hostile-input tests use it (test_errors.py, test_hostile.py)."""
+    from rpc import Rpc, tool_text
+
+    before = harness.vm_counters(gateway.envoy, extra=("http.mcp.downstream_rq_5xx",))
+    yield gateway
+    after = harness.vm_counters(gateway.envoy, extra=("http.mcp.downstream_rq_5xx",))
+    assert after == before, f"Envoy's VM/5xx counters moved: {before} -> {after}\n{gateway.envoy.tail()}"
+    assert not after["wasm.mcpgw.vm_reload"], after
+    with Rpc(gateway.url) as c:
+        c.initialize()
+        _, msg = c.call_tool("alpha_echo", {"text": "still serving"})
+        assert tool_text(msg) == "alpha: still serving"
+        c.delete()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def built_plugin() -> Path:
+    """Every e2e test needs the plugin: a missing build fails the run with the fix, never skips it."""
+    if not harness.WASM_PATH.exists():
+        pytest.fail(f"{harness.WASM_PATH} is not built: run ./build.sh (make wasm)", pytrace=False)
+    return harness.WASM_PATH

@@ -619,6 +619,22 @@ class Envoy(Process):
         return out
 
 
+# Envoy counters that move when a plugin VM is reloaded or created (`FAIL_RELOAD`, a trap), read by the
+# steady-state checks of the e2e tests: bad input must never cost a VM.
+VM_COUNTERS = ("wasm.mcpgw.vm_reload", "wasm.mcpgw.vm_reload_success", "wasm.mcpgw.vm_reload_failure",
+               "wasm.envoy.wasm.runtime.v8.created")
+
+
+def vm_counters(envoy: "Envoy", extra: Sequence[str] = ()) -> dict[str, int]:
+    """`VM_COUNTERS` (+ `extra`) from Envoy's stats; every one must exist, or a check on them would be vacuous."""
+    stats = envoy.stats()
+    names = (*VM_COUNTERS, *extra)
+    missing = [k for k in names if k not in stats]
+    if missing:
+        raise HarnessError(f"no {missing} in Envoy's stats: the no-reload check would be vacuous")
+    return {k: stats[k] for k in names}
+
+
 class Gateway:
     """Envoy + the plugin in front of `upstreams`, on fresh ports unless given.
 

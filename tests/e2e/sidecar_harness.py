@@ -251,11 +251,12 @@ def static_equivalent(xds_dir: Path, sidecar_port: int, listen_port: int, admin_
     cds = json.loads((xds_dir / "cds.json").read_text())
     rds = json.loads((xds_dir / "rds.json").read_text())
     clusters = [{k: v for k, v in c.items() if k != "@type"} for c in cds["resources"]]
-    clusters.append({
-        "name": "mcpgw_sidecar", "type": "STATIC", "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": "mcpgw_sidecar", "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {"address": HOST, "port_value": sidecar_port}}}}]}]},
-    })
+    for name in ("mcpgw_sidecar", "mcpgw_sidecar_streams"):  # the bootstrap's static clusters
+        clusters.append({
+            "name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": HOST, "port_value": sidecar_port}}}}]}]},
+        })
     route = {k: v for k, v in rds["resources"][0].items() if k != "@type"}
     return {
         "static_resources": {

@@ -9,6 +9,8 @@ import pytest
 from conftest import MAX_BODY
 from rpc import Rpc, describe, message_of, rpc_error, tool_text
 
+pytestmark = pytest.mark.usefixtures("steady_gateway")
+
 ANY_ID = object()  # the error may carry the request's id or null
 
 # (case id, body, expected HTTP status, JSON-RPC code, expected id)

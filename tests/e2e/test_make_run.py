@@ -29,6 +29,7 @@ EVERYTHING_JS = (harness.REPO_ROOT / "tools" / "npm" / "node_modules" / "@modelc
 PORT_VARS = ["MCPGW_PORT", "MCPGW_ADMIN_PORT", "MCPGW_SIDECAR_PORT", "MCPGW_ALPHA_PORT", "MCPGW_BETA_PORT",
              "MCPGW_EVERYTHING_PORT"]
 READY = re.compile(r"^MCP gateway ready: (\S+)$")
+BANNER_END = "Ctrl-C stops everything."
 START_TIMEOUT = 180
 
 
@@ -67,11 +68,11 @@ class RunPy:
     def wait_ready(self, timeout: float = START_TIMEOUT) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in list(self.lines):
-                m = READY.match(line)
-                if m:
-                    time.sleep(0.2)  # let the rest of the banner arrive
-                    return m.group(1)
+            lines = list(self.lines)
+            ready = next((m for m in map(READY.match, lines) if m), None)
+            # The banner's last line says how to stop: then all of it has arrived.
+            if ready and any(BANNER_END in line for line in lines):
+                return ready.group(1)
             if self.proc.poll() is not None:
                 self._reader.join(5)
                 pytest.fail(f"run.py exited with {self.proc.returncode} before it was ready:\n{self.output}")

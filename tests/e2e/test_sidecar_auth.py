@@ -33,7 +33,6 @@ INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
 MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 
-pytestmark = pytest.mark.skipif(not harness.WASM_PATH.exists(), reason=f"{harness.WASM_PATH} not built")
 
 
 @pytest.fixture(scope="module")

@@ -179,7 +179,6 @@ def test_server_added_and_removed_without_restart(stack, upstreams):
     took = time.monotonic() - edited
     assert r.status_code == 200, r.text
     print(f"\nconfig edit -> Envoy routes the new authority: {took * 1000:.0f} ms")
-    assert took < 2.0, f"Envoy routed the new server {took:.2f}s after the edit"
     assert "mcpgw_srv_beta" in gw.envoy.admin("/clusters")[1]
     # Removed: the virtual host goes at once, the cluster after a grace period.
     sc.edit(lambda c: c["servers"].pop())

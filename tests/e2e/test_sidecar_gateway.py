@@ -25,7 +25,6 @@ LIST_CHANGED = "notifications/tools/list_changed"
 ALPHA_TOOLS = ["alpha_echo", "alpha_add", "alpha_whoami"]
 BETA_TOOLS = ["beta_echo", "beta_add", "beta_whoami"]
 
-pytestmark = pytest.mark.skipif(not harness.WASM_PATH.exists(), reason=f"{harness.WASM_PATH} not built")
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +80,12 @@ def wait_tools(gw: SidecarGateway, ok, timeout: float = 10.0) -> list[str]:
 
 
 def wait_get_streams(gw: SidecarGateway, n: int, timeout: float = 10.0) -> None:
-    """Until the sidecar cluster has `n` requests open besides the plugin's long poll."""
+    """Until the sidecar's notification-stream cluster has `n` requests open."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        active = gw.envoy.stats("cluster.mcpgw_sidecar.upstream_rq_active").get(
-            "cluster.mcpgw_sidecar.upstream_rq_active", 0)
-        if active >= n + 1:
+        active = gw.envoy.stats("cluster.mcpgw_sidecar_streams.upstream_rq_active").get(
+            "cluster.mcpgw_sidecar_streams.upstream_rq_active", 0)
+        if active >= n:
             return
         time.sleep(0.05)
     raise AssertionError("the client's GET stream did not reach the sidecar")
@@ -168,10 +167,9 @@ def test_server_added_while_a_client_is_connected(stack, upstreams):
     for _ in range(6):
         assert fresh_tool_names(gw.url) == ALPHA_TOOLS + BETA_TOOLS
     propagation = all_workers - edited
+    # Measured, not asserted (timings belong in benchmarks: bench/run.py, docs/sidecar.md).
     print(f"\npropagation (config edit -> new catalog active on every VM): {propagation * 1000:.0f} ms; "
           f"client notified after {(notified - edited) * 1000:.0f} ms")
-    assert propagation < 2.0
-    assert notified - edited < 2.0
 
 
 def test_upstream_killed_then_restarted(stack, upstreams):
@@ -331,3 +329,57 @@ def test_a_silent_upstream_fails_the_call_not_the_session(workdir):
         gw.stop()
         sc.stop()
         slow.stop()
+
+
+def test_notification_streams_cannot_starve_the_configuration_poll(workdir, upstreams):
+    """Clients' GET streams go to the sidecar through a cluster of their own, capped by
+    the sidecar's `notifications.max_streams` (2 here): one stream more is refused (503) while the
+    plugins' configuration poll, on the other cluster, keeps working (a server added is served)."""
+    import httpx
+
+    envoy, _, _ = envoy_settings()
+    cfg = base_config(harness.free_port(), workdir / "xds-streams", **envoy)
+    cfg["notifications"]["max_streams"] = 2
+    cfg["servers"] = [{"name": "alpha", "url": upstreams["alpha"].url, "credential": {"env": "ALPHA_TOKEN"}}]
+    sc = Sidecar(workdir, cfg, name="sidecar-streams", env={"ALPHA_TOKEN": "alpha-secret"})
+    gw = SidecarGateway(workdir, sc, name="envoy-streams")
+    clients: list[Rpc] = []
+    streams = []
+    try:
+        sc.start()
+        sc.wait_state("alpha", "serving")
+        gw.start()
+        wait_tools(gw, lambda names: names == ALPHA_TOOLS)
+
+        def open_stream() -> httpx.Response:
+            c = Rpc(gw.url)
+            clients.append(c)
+            c.initialize()
+            req = c.http.build_request("GET", c.url, headers=c.headers({"accept": "text/event-stream"}))
+            resp = c.http.send(req, stream=True)
+            streams.append(resp)
+            return resp
+
+        assert [open_stream().status_code for _ in range(2)] == [200, 200]
+        wait_get_streams(gw, 2)
+        refused = open_stream()
+        assert refused.status_code == 503, refused.headers
+        assert refused.headers["retry-after"] == "5"
+        assert json.loads(refused.read())["error"] == "too_many_streams"
+        # The configuration poll is not among the refused: a server added now is served.
+        sc.edit(lambda c: c["servers"].append({"name": "beta", "url": upstreams["beta"].url}))
+        wait_tools(gw, lambda names: names == ALPHA_TOOLS + BETA_TOOLS)
+        _, msg = clients[0].call_tool("beta_echo", {"text": "polled"})
+        assert tool_text(msg) == "beta: polled"
+        # A stream closed frees its place.
+        streams[0].close()
+        deadline = time.monotonic() + 10
+        while open_stream().status_code != 200:
+            assert time.monotonic() < deadline, "no stream place came free after one was closed"
+    finally:
+        for r in streams:
+            r.close()
+        for c in clients:
+            c.close()
+        gw.stop()
+        sc.stop()

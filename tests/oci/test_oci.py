@@ -364,7 +364,7 @@ def test_sidecar_accepts_its_configmap(rendered, install, tmp_path):
     """The servers file in the ConfigMap is one the sidecar accepts (`mcpgw-sidecar check`), with its
     mounted paths moved under a temporary directory holding the generated secrets."""
     if not SIDECAR.exists():
-        pytest.skip("target/debug/mcpgw-sidecar not built (make sidecar)")
+        pytest.fail("target/debug/mcpgw-sidecar not built (make sidecar)")
     r = rendered[install]
     (cm,) = by_kind(r["docs"], "ConfigMap")
     mount = tmp_path / "run"
