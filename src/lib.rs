@@ -390,6 +390,8 @@ impl Context for McpStream {
 
 impl HttpContext for McpStream {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "fault-injection")]
+        fault_injection::trap_if_asked();
         self.act(|request, host| request.on_request_headers(host, end_of_stream))
     }
 
@@ -435,5 +437,21 @@ fn action(action: mcpgw_core::Action) -> Action {
     match action {
         mcpgw_core::Action::Continue => Action::Continue,
         mcpgw_core::Action::Pause => Action::Pause,
+    }
+}
+
+/// Test builds only (`--features fault-injection`, never in a released plugin): a request carrying
+/// `x-mcpgw-test-trap: 1` traps the VM, so the end-to-end tests can measure what Envoy's
+/// `FAIL_RELOAD` costs under load (tests/e2e/test_faults.py).
+#[cfg(feature = "fault-injection")]
+mod fault_injection {
+    pub fn trap_if_asked() {
+        let asked = proxy_wasm::hostcalls::get_map_value(
+            proxy_wasm::types::MapType::HttpRequestHeaders,
+            "x-mcpgw-test-trap",
+        );
+        if matches!(asked, Ok(Some(v)) if v == "1") {
+            std::process::abort();
+        }
     }
 }
