@@ -5,7 +5,7 @@ VENV := .venv
 WASM_RAW := target/wasm32-wasip1/release/mcpgw.wasm
 WASM := target/mcpgw.wasm
 
-.PHONY: help setup build wasm sidecar oci-test test test-unit test-wasm test-e2e conformance bench bench-smoke soak fuzz fuzz-smoke lint fmt run clean
+.PHONY: help setup build wasm sidecar oci-test test test-unit test-wasm test-e2e conformance bench bench-smoke soak churn fuzz fuzz-smoke lint fmt run clean
 
 help:
 	@echo "make run    build and start Envoy + plugin + sidecar + example MCP servers on 127.0.0.1"
@@ -14,7 +14,8 @@ help:
 	@echo "           OCI image + Istio manifests, bench smoke, fuzz smoke"
 	@echo "make fuzz   every fuzz target for FUZZ_SECONDS each (default 600; docs/fuzzing.md)"
 	@echo "make bench  side-by-side benchmarks (~17 min), rewrites docs/benchmarks.md"
-	@echo "make soak   30 minutes of keep-alive load under configuration churn and health flaps (SOAK_MINUTES=)"
+	@echo "make soak   10 minutes of mixed MCP traffic against make run's gateway: errors, p99 drift, RSS plot (SOAK_MINUTES=)"
+	@echo "make churn  30 minutes of keep-alive load under configuration churn and health flaps (CHURN_MINUTES=)"
 
 setup:
 	@scripts/setup.sh
@@ -62,9 +63,16 @@ bench: wasm
 bench-smoke: wasm
 	$(VENV)/bin/python bench/run.py --smoke
 
-SOAK_MINUTES ?= 30
+# Mixed traffic against `make run`'s gateway (tests/stress/soak.py): writes docs/soak.svg (RSS and
+# p99 over time) and target/soak/soak.json; fails on any error. Short mode in `make test`.
+SOAK_MINUTES ?= 10
 soak: wasm sidecar
-	$(VENV)/bin/python tests/stress/churn.py --minutes $(SOAK_MINUTES) --seconds 45 --json target/soak.json
+	$(VENV)/bin/python tests/stress/soak.py --minutes $(SOAK_MINUTES) --json target/soak/soak.json --svg docs/soak.svg
+
+# Keep-alive load under configuration churn and health flaps (tests/stress/churn.py).
+CHURN_MINUTES ?= 30
+churn: wasm sidecar
+	$(VENV)/bin/python tests/stress/churn.py --minutes $(CHURN_MINUTES) --seconds 45 --json target/churn.json
 
 # The fuzz targets (fuzz/, nightly + cargo-fuzz, installed by scripts/fuzz.sh): a few seconds each
 # in `make test`, FUZZ_SECONDS each (default 10 minutes) in `make fuzz`.
