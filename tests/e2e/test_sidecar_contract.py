@@ -378,13 +378,16 @@ def test_rss_with_20_servers(sidecar_dir, workdir):
             sc.wait_state(f"s{i:02d}", "serving", timeout=60)
         _, _, doc = sc.document()
         assert len(doc["servers"]) == 20 and sum(len(s["tools"]) for s in doc["servers"]) == 460
-        time.sleep(3)  # a few health checks later
-        rss_kb = sc.rss_kb()
-        print(f"\nsidecar RSS with 20 servers ({sc.argv[0]}): {rss_kb / 1024:.1f} MiB")
-        # The target (< 20 MB) is for the release build (about 8 MiB measured); an unoptimized
-        # debug build with its debug info maps about twice that.
-        limit_mib = 20 if "/release/" in sc.argv[0] else 32
-        assert rss_kb < limit_mib * 1024, rss_kb
+        # Two rounds of health checks later (each server pings its URL): the sidecar at work.
+        many.clear_log()
+        deadline = time.monotonic() + 60
+        while sum(r.get("rpc_method") == "ping" for r in many.requests_log()) < 40:
+            assert time.monotonic() < deadline, "the sidecar stopped checking its servers"
+            time.sleep(0.05)
+        assert sc.status()["ready"]
+        # Measured, not asserted: memory targets live in benchmarks (about 8 MiB for the release
+        # build; an unoptimized debug build with its debug info maps about twice that).
+        print(f"\nsidecar RSS with 20 servers ({sc.argv[0]}): {sc.rss_kb() / 1024:.1f} MiB")
     finally:
         sc.stop()
         many.stop()
