@@ -108,7 +108,25 @@ def whoami(client: ListeningClient, tool: str) -> dict:
     return json.loads(text)
 
 
-def test_catalog_and_credential_through_the_gateway(stack):
+def serving(stack, upstreams, *, beta: bool) -> None:
+    """Puts the module's stack into a known state whatever earlier tests left: alpha, and beta iff
+    `beta`, configured, serving and listed through the gateway."""
+    sc, gw = stack
+    for server in upstreams.values():
+        if not server.running:
+            server.popen = None
+            server.start()
+    servers = [{"name": "alpha", "url": upstreams["alpha"].url, "credential": {"env": "ALPHA_TOKEN"},
+                "forward_headers": ["X-Tenant"]}]
+    if beta:
+        servers.append({"name": "beta", "url": upstreams["beta"].url})
+    sc.edit(lambda c: c.update(servers=servers))
+    expected = ALPHA_TOOLS + (BETA_TOOLS if beta else [])
+    wait_tools(gw, lambda names: names == expected, timeout=20)
+
+
+def test_catalog_and_credential_through_the_gateway(stack, upstreams):
+    serving(stack, upstreams, beta=False)
     sc, gw = stack
     with ListeningClient(gw.url) as client:
         assert client.tool_names() == ALPHA_TOOLS
@@ -122,6 +140,7 @@ def test_catalog_and_credential_through_the_gateway(stack):
 def test_only_allowed_headers_reach_the_upstream(stack, upstreams):
     """Standalone: the servers file's `forward_headers` reach the document and the plugin; the
     generated routes, router and clusters keep Envoy's own headers from the upstream."""
+    serving(stack, upstreams, beta=False)
     sc, gw = stack
     _, _, doc = sc.document()
     assert next(s for s in doc["servers"] if s["name"] == "alpha")["forward_headers"] == ["x-tenant"]
@@ -150,6 +169,7 @@ def test_only_allowed_headers_reach_the_upstream(stack, upstreams):
 
 
 def test_server_added_while_a_client_is_connected(stack, upstreams):
+    serving(stack, upstreams, beta=False)
     sc, gw = stack
     with ListeningClient(gw.url) as client:
         assert client.tool_names() == ALPHA_TOOLS
@@ -173,6 +193,7 @@ def test_server_added_while_a_client_is_connected(stack, upstreams):
 
 
 def test_upstream_killed_then_restarted(stack, upstreams):
+    serving(stack, upstreams, beta=True)
     sc, gw = stack
     beta = upstreams["beta"]
     with ListeningClient(gw.url) as client:
@@ -197,6 +218,7 @@ def test_upstream_killed_then_restarted(stack, upstreams):
 
 
 def test_sidecar_killed_then_restarted(stack, upstreams):
+    serving(stack, upstreams, beta=True)
     sc, gw = stack
     sc.popen.kill()
     sc.popen.wait()
@@ -220,6 +242,7 @@ def test_sidecar_killed_then_restarted(stack, upstreams):
 
 
 def test_prefix_collision_is_refused_not_shadowed(stack, upstreams):
+    serving(stack, upstreams, beta=True)
     sc, gw = stack
     sc.edit(lambda c: c["servers"].append({"name": "copycat", "url": upstreams["beta"].url, "prefix": "alpha_"}))
     try:
@@ -233,7 +256,8 @@ def test_prefix_collision_is_refused_not_shadowed(stack, upstreams):
         sc.edit(lambda c: c["servers"].pop())
 
 
-def test_tls_upstream_requiring_a_bearer_token(stack, workdir):
+def test_tls_upstream_requiring_a_bearer_token(stack, upstreams, workdir):
+    serving(stack, upstreams, beta=True)
     sc, gw = stack
     certs = make_ca(workdir / "pki", ["localhost", "127.0.0.1"])
     secure = TlsServer("secure", workdir, certfile=certs["cert"], keyfile=certs["key"], credential="tls-token").start()
