@@ -1230,6 +1230,12 @@ impl Request {
             return self.fail(host, GatewayError::session_not_ended());
         }
         let catalog = Rc::clone(&self.catalog);
+        forget_streams(
+            self.sidecar.as_deref(),
+            catalog.limits.upstream_timeout_ms,
+            host,
+            &session,
+        );
         let slots = catalog.limits.upstream_session_slots;
         let mut pending = Vec::new();
         for server in &catalog.servers {
@@ -1677,6 +1683,33 @@ pub(crate) fn register_stream(
                 "cannot register the upstream session of {} with the sidecar: {e}",
                 server.name
             ),
+        );
+    }
+}
+
+/// Tells the sidecar, fire-and-forget, that a client session ended, so it drops what it keeps
+/// for the session's notification stream (as [`register_stream`], nothing waits for the answer).
+pub(crate) fn forget_streams(
+    sidecar: Option<&SidecarLink>,
+    timeout_ms: u64,
+    host: &mut dyn Host,
+    session: &Session,
+) {
+    let Some(sidecar) = sidecar else {
+        return;
+    };
+    let body = format!("{{\"session\":{}}}", jsonrpc::json_string(&session.id));
+    let headers = [
+        (":method", "DELETE"),
+        (":path", SIDECAR_STREAMS_PATH),
+        (":authority", sidecar.authority.as_str()),
+        ("authorization", sidecar.authorization.as_str()),
+        ("content-type", "application/json"),
+    ];
+    if let Err(e) = host.dispatch(&sidecar.cluster, &headers, body.as_bytes(), timeout_ms) {
+        host.log(
+            Level::Warn,
+            &format!("cannot tell the sidecar that a session ended: {e}"),
         );
     }
 }

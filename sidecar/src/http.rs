@@ -176,7 +176,7 @@ pub fn router(outputs: Outputs, token: &PluginToken) -> Router {
 fn router_with(outputs: Outputs, token: &PluginToken, streams: Arc<Registry>) -> Router {
     Router::new()
         .route("/v1/config", get(config))
-        .route("/v1/streams", post(register))
+        .route("/v1/streams", post(register).delete(forget))
         .route("/v1/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(mcp_stream)
@@ -199,6 +199,36 @@ fn json_error(status: StatusCode, error: &str, message: &str) -> Response {
         body,
     )
         .into_response()
+}
+
+/// The body of `DELETE /v1/streams`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ended {
+    session: String,
+}
+
+/// `DELETE /v1/streams`: a client session ended (the plugin answered its DELETE); its
+/// registrations go. `204`.
+async fn forget(State(state): State<AppState>, request: Request) -> Response {
+    if !state.auth.allows(request.headers()) {
+        return unauthorized("DELETE /v1/streams");
+    }
+    let Ok(body) = axum::body::to_bytes(request.into_body(), streams::MAX_BODY_BYTES).await else {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the body is too large",
+        );
+    };
+    match serde_json::from_slice::<Ended>(&body) {
+        Ok(ended) if !ended.session.is_empty() => {
+            state.streams.forget(&ended.session);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(_) => json_error(StatusCode::BAD_REQUEST, "bad_request", "session is empty"),
+        Err(e) => json_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    }
 }
 
 /// `POST /v1/streams`: the plugin opened an upstream session for a client session (see

@@ -181,6 +181,24 @@ impl Registry {
         }
     }
 
+    /// Forgets a client session that ended (the plugin's `DELETE /v1/streams`): its registrations
+    /// go, and its follower, if any, stops following upstream streams.
+    pub fn forget(&self, session: &str) {
+        let mut inner = self.lock();
+        let Some(state) = inner.sessions.get_mut(session) else {
+            return;
+        };
+        let dropped = state.entries.len();
+        state.entries.clear();
+        if let Some((_, wake)) = &state.follower {
+            wake.send_replace(());
+        }
+        if state.follower.is_none() {
+            inner.sessions.remove(session);
+        }
+        inner.total -= dropped;
+    }
+
     /// Drops expired entries, then the oldest ones until `cap` are left.
     fn prune(inner: &mut Inner, now: Instant, cap: usize) {
         for state in inner.sessions.values_mut() {
@@ -627,6 +645,25 @@ mod tests {
         assert_eq!(registry.len(), 5);
         assert_eq!(servers(&registry, "s1", now), [("c".into(), "c".into())]);
         assert_eq!(servers(&registry, "s3", now).len(), 2);
+    }
+
+    #[test]
+    fn an_ended_session_is_forgotten() {
+        let registry = Registry::new(Limits::default());
+        let now = Instant::now();
+        for server in ["a", "b"] {
+            registry.register(
+                registration("s1", server, "u"),
+                Duration::from_secs(60),
+                now,
+            );
+        }
+        registry.register(registration("s2", "a", "u"), Duration::from_secs(60), now);
+        registry.forget("s1");
+        registry.forget("unknown");
+        assert!(servers(&registry, "s1", now).is_empty());
+        assert_eq!(servers(&registry, "s2", now).len(), 1);
+        assert_eq!(registry.len(), 1);
     }
 
     #[test]
