@@ -278,6 +278,40 @@ def test_prefix_conflict_is_reported(stack: dict[str, Any]) -> None:
     api.delete(MCP, "MCPServerRegistration", "mcp-test", "github-again")
 
 
+def test_unreachable_server_is_reported_as_discovery_failed(stack: dict[str, Any]) -> None:
+    api = stack["api"]
+    (closed,) = free_ports(1)
+    api.apply({"apiVersion": ISTIO, "kind": "ServiceEntry", "metadata": {"name": "dead", "namespace": "mcp-test"},
+               "spec": {"hosts": ["dead.example.test"], "ports": [{"number": 443, "name": "https", "protocol": "HTTPS"}],
+                        "location": "MESH_EXTERNAL", "resolution": "STATIC",
+                        "endpoints": [{"address": "127.0.0.1", "ports": {"https": closed}}]}})
+    api.apply({"apiVersion": GW_API, "kind": "HTTPRoute", "metadata": {"name": "dead", "namespace": "mcp-test"},
+               "spec": {"parentRefs": [{"name": "mcp-gateway", "namespace": "gateway-system"}],
+                        "hostnames": ["dead.mcp.local"],
+                        "rules": [{"backendRefs": [{"group": "networking.istio.io", "kind": "Hostname",
+                                                    "name": "dead.example.test", "port": 443}]}]}})
+    api.apply({"apiVersion": MCP, "kind": "MCPServerRegistration", "metadata": {"name": "dead", "namespace": "mcp-test"},
+               "spec": {"toolPrefix": "dead_", "targetRef": {"name": "dead"}}})
+    cond = wait_ready(api, "MCPServerRegistration", "mcp-test", "dead", "False", "DiscoveryFailed")
+    assert f"127.0.0.1:{closed}" in cond["message"], cond
+    assert ready(api, "MCPServerRegistration", "mcp-test", "github")["status"] == "True"
+    api.delete(MCP, "MCPServerRegistration", "mcp-test", "dead")
+
+
+def test_the_sidecar_has_least_privilege(api: KubeApi, stack: dict[str, Any]) -> None:
+    """The sidecar's own identity (ServiceAccount user, RBAC of overlays/kube) lists what it
+    watches and nothing more: no get of a Secret, no ConfigMaps, no writes but status."""
+    user = "system:serviceaccount:gateway-system:mcpgw-sidecar"
+    with api.client(user) as c:
+        assert c.get("/api/v1/secrets", params={"labelSelector": "mcp.kagenti.com/credential=true"}).status_code == 200
+        assert c.get("/api/v1/namespaces/mcp-test/secrets/github-token").status_code == 403
+        assert c.get("/api/v1/configmaps").status_code == 403
+        assert c.delete(api.path(MCP, "MCPServerRegistration", "mcp-test", "github")).status_code == 403
+        r = c.patch(api.path(MCP, "MCPServerRegistration", "mcp-test", "github"), content=json.dumps({"spec": {"toolPrefix": "x_"}}),
+                    headers={"content-type": "application/merge-patch+json"})
+        assert r.status_code == 403, r.text
+
+
 def test_two_extensions_give_two_configurations(api: KubeApi, stack: dict[str, Any], workdir: Path,
                                                 pki: dict[str, Path], upstream: TlsServer) -> None:
     api.apply(gateway("team-b-gateway", "team-b", "*.team-b.local"))
