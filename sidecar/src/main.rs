@@ -126,7 +126,12 @@ fn init_logging() {
     } else {
         LevelFilter::OFF
     };
-    let filter = Targets::new().with_default(level).with_target("rmcp", rmcp);
+    // Likewise the Kubernetes client's watch retries: Kubernetes mode logs each with its cause.
+    let filter = Targets::new()
+        .with_default(level)
+        .with_target("rmcp", rmcp)
+        .with_target("kube_runtime", rmcp)
+        .with_target("kube_client", rmcp);
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)

@@ -84,7 +84,15 @@ fn watch_kind(
                 Err(e) => {
                     let message = error_chain(&e);
                     if last_error.as_deref() != Some(message.as_str()) {
-                        tracing::warn!("kubernetes: watch of {kind} failed (retrying): {message}");
+                        let hint = if message.contains("404") {
+                            " (is its CustomResourceDefinition installed? wasmplugin/crds/, \
+                             Gateway API's, Istio's)"
+                        } else {
+                            ""
+                        };
+                        tracing::warn!(
+                            "kubernetes: watch of {kind} failed (retrying){hint}: {message}"
+                        );
                         last_error = Some(message);
                     }
                 }
