@@ -21,7 +21,7 @@ if [ "${1:-}" = "--delete" ]; then
   kind delete cluster --name "$CLUSTER"
   exit 0
 fi
-: "${GITHUB_PAT:?set GITHUB_PAT to a GitHub token with read:user (the guide's step 0)}"
+: "${GITHUB_PAT:?set GITHUB_PAT to a GitHub token with read:user (step 0 of the guide)}"
 for tool in kind kubectl istioctl "$ENGINE" cargo; do
   command -v "$tool" >/dev/null || { echo "kind-demo: $tool is needed" >&2; exit 1; }
 done
