@@ -373,6 +373,7 @@ async fn write_statuses(
     plan: &Plan,
     refused: &BTreeMap<RegKey, Refusal>,
     status: &Status,
+    failures: &mut BTreeMap<RegKey, String>,
 ) {
     for (rk, generation) in &plan.owned {
         let Some((_, store, ar)) = stores.registrations.iter().find(|(k, _, _)| *k == rk.kind)
@@ -432,13 +433,21 @@ async fn write_statuses(
             .await
         {
             Ok(_) => {
+                failures.remove(rk);
                 if ready {
                     tracing::info!("{rk}: Ready: {message}");
                 } else {
                     tracing::warn!("{rk}: not ready ({reason}): {message}");
                 }
             }
-            Err(e) => tracing::warn!("{rk}: status not written: {}", error_chain(&e)),
+            Err(e) => {
+                // Retried on the next reconcile; said once per distinct error.
+                let message = error_chain(&e);
+                if failures.get(rk) != Some(&message) {
+                    tracing::warn!("{rk}: status not written: {message}");
+                    failures.insert(rk.clone(), message);
+                }
+            }
         }
     }
 }
@@ -462,6 +471,7 @@ pub async fn run(
     let mut current: Option<Arc<Settings>> = None;
     let mut last_error: Option<String> = None;
     let mut last_refusals: BTreeMap<RegKey, Refusal> = BTreeMap::new();
+    let mut status_failures: BTreeMap<RegKey, String> = BTreeMap::new();
     loop {
         let plan = model::plan(&stores.snapshot(), &gateway);
         let built = std::fs::read_to_string(&config)
@@ -503,7 +513,15 @@ pub async fn run(
             last_refusals = all;
         }
         let snapshot = status.borrow_and_update().clone();
-        write_statuses(&client, &stores, &plan, &refused, &snapshot).await;
+        write_statuses(
+            &client,
+            &stores,
+            &plan,
+            &refused,
+            &snapshot,
+            &mut status_failures,
+        )
+        .await;
         tokio::select! {
             _ = notify.notified() => {}
             changed = status.changed() => {
