@@ -31,6 +31,14 @@ if [ "${1:-}" = "--oci" ]; then
   exit 0
 fi
 
+# `scripts/setup.sh --kube`: what the Kubernetes-mode tests (make kube-test) need: etcd (Debian's
+# etcd-server) and kube-apiserver built from the Go module proxy, cached under
+# ~/.cache/mcpgw/kube/<version>/ (scripts/kube.sh; the first build takes many minutes).
+if [ "${1:-}" = "--kube" ]; then
+  scripts/kube.sh >/dev/null
+  exit 0
+fi
+
 ENVOY_VERSION=1.40.0
 VENV=.venv
 

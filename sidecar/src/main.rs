@@ -11,6 +11,8 @@ mod catalog;
 mod discovery;
 mod engine;
 mod http;
+#[cfg(feature = "kube")]
+mod k8s;
 mod settings;
 mod streams;
 mod watch;
@@ -27,10 +29,12 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 const USAGE: &str = "\
 usage:
-  mcpgw-sidecar run --config FILE
+  mcpgw-sidecar run --config FILE [--kube-gateway NAMESPACE/NAME]
       serve /v1/config (plugin long poll), GET <mcp_path> (client notifications), /v1/status;
       discover the configured servers; write Envoy xDS files when envoy.xds_dir is set;
-      /v1/config and the stream need the plugin token (plugin_token, generated when missing)
+      /v1/config and the stream need the plugin token (plugin_token, generated when missing);
+      --kube-gateway: Kubernetes mode (build feature `kube`): the servers of that Gateway come
+      from MCPServerRegistration/MCPServer resources (docs/istio.md), besides the file's
   mcpgw-sidecar bootstrap --config FILE [--out FILE] [--no-wasm]
       write the Envoy bootstrap for standalone mode (stdout by default; --out FILE is written
       with mode 0600: it holds the plugin token) and the initial xDS files
@@ -43,6 +47,7 @@ struct Args {
     config: Option<PathBuf>,
     out: Option<PathBuf>,
     wasm: bool,
+    kube_gateway: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -51,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
         config: None,
         out: None,
         wasm: true,
+        kube_gateway: None,
     };
     let mut it = std::env::args().skip(1);
     let mut first = true;
@@ -59,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
             "--config" | "-c" => args.config = it.next().map(PathBuf::from),
             "--out" | "-o" => args.out = it.next().map(PathBuf::from),
             "--no-wasm" => args.wasm = false,
+            "--kube-gateway" => args.kube_gateway = it.next(),
             "--help" | "-h" => args.command = "help".into(),
             "--version" | "-V" => args.command = "version".into(),
             cmd if first && !cmd.starts_with('-') => args.command = cmd.to_string(),
@@ -92,7 +99,7 @@ fn main() -> ExitCode {
             println!("mcpgw-sidecar {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        "run" => needs_config().and_then(|c| serve(&c)),
+        "run" => needs_config().and_then(|c| serve(&c, args.kube_gateway.as_deref())),
         "bootstrap" => needs_config().and_then(|c| bootstrap(&c, args.out.as_deref(), args.wasm)),
         "check" => needs_config().and_then(|c| check(&c)),
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
@@ -119,7 +126,12 @@ fn init_logging() {
     } else {
         LevelFilter::OFF
     };
-    let filter = Targets::new().with_default(level).with_target("rmcp", rmcp);
+    // Likewise the Kubernetes client's watch retries: Kubernetes mode logs each with its cause.
+    let filter = Targets::new()
+        .with_default(level)
+        .with_target("rmcp", rmcp)
+        .with_target("kube_runtime", rmcp)
+        .with_target("kube_client", rmcp);
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)
@@ -129,7 +141,7 @@ fn init_logging() {
         .init();
 }
 
-fn serve(config: &Path) -> Result<(), String> {
+fn serve(config: &Path, kube_gateway: Option<&str>) -> Result<(), String> {
     // One crypto provider for every TLS client (reqwest is built without a default one).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -155,7 +167,34 @@ fn serve(config: &Path) -> Result<(), String> {
         );
         let (engine, outputs) = engine::Engine::new(settings.clone());
         let (config_tx, config_rx) = mpsc::channel(8);
-        tokio::spawn(watch::watch(config.to_path_buf(), settings, config_tx));
+        match kube_gateway {
+            None => {
+                tokio::spawn(watch::watch(config.to_path_buf(), settings, config_tx));
+            }
+            #[cfg(feature = "kube")]
+            Some(gateway) => {
+                let gateway = k8s::model::ObjectKey::parse(gateway)
+                    .map_err(|e| format!("--kube-gateway: {e}"))?;
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(|e| format!("kubernetes client (KUBECONFIG or in-cluster): {e}"))?;
+                tokio::spawn(k8s::run(
+                    config.to_path_buf(),
+                    gateway,
+                    client,
+                    config_tx,
+                    outputs.status.clone(),
+                ));
+            }
+            #[cfg(not(feature = "kube"))]
+            Some(_) => {
+                return Err(
+                    "--kube-gateway: this sidecar was built without Kubernetes mode \
+                            (cargo build -p mcpgw-sidecar --features kube)"
+                        .into(),
+                )
+            }
+        }
         tokio::spawn(engine.run(config_rx));
         let server = axum::serve(listener, http::router(outputs, &token));
         tokio::select! {

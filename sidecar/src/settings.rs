@@ -436,9 +436,19 @@ pub enum KeyFile {
 /// Reads, parses and validates the file at `path`. The error is one line naming the problem.
 pub fn load(path: &Path, key_file: KeyFile) -> Result<Settings, String> {
     let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    load_text(path, &text, &|name| std::env::var(name).ok(), key_file)
+}
+
+/// [`load`] of `text` standing for the file at `path` (Kubernetes mode adds the servers it
+/// watches to the file's text), variables resolved through `env`.
+pub fn load_text(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    key_file: KeyFile,
+) -> Result<Settings, String> {
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let mut settings = parse(&text, &base, &|name| std::env::var(name).ok())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut settings = parse(text, &base, env).map_err(|e| format!("{}: {e}", path.display()))?;
     settings.source = path.to_path_buf();
     let key = match key_file {
         KeyFile::Create => Some(load_or_create_key(&settings.session_key_file)?),
