@@ -34,6 +34,7 @@ lint: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p mcpgw-sidecar --features kube --all-targets -- -D warnings
 	cargo clippy -p mcpgw -p mcpgw-core --target wasm32-wasip1 --all-targets -- -D warnings
+	cargo clippy -p mcpgw --target wasm32-wasip1 --features fault-injection -- -D warnings
 
 test-unit: setup
 	cargo test --workspace
