@@ -102,6 +102,12 @@ pub fn cluster(spec: &ServerSpec, settings: &Settings) -> Value {
     cluster
 }
 
+/// How long Envoy keeps an idle connection to a server. Below the keep-alive timeouts of common
+/// MCP server stacks (uvicorn and Node.js close idle connections after 5 s): a server that closes
+/// a connection just as Envoy reuses it fails that request (`UC`), and a POST cannot be retried
+/// safely once sent, so Envoy lets such connections go first.
+const UPSTREAM_IDLE_TIMEOUT: &str = "3s";
+
 /// HTTP/1.1 to the server (as without options), through an upstream filter that removes
 /// [`ASYNC_CLIENT_HEADERS`].
 fn http_options() -> Value {
@@ -112,6 +118,7 @@ fn http_options() -> Value {
     json!({
         "@type": format!("type.googleapis.com/{HTTP_OPTIONS}"),
         "explicit_http_config": {"http_protocol_options": {}},
+        "common_http_protocol_options": {"idle_timeout": UPSTREAM_IDLE_TIMEOUT},
         "http_filters": [
             {
                 "name": "envoy.filters.http.header_mutation",
@@ -498,6 +505,7 @@ servers:
         assert_eq!(a["type"], "STATIC");
         let http = &a["typed_extension_protocol_options"][HTTP_OPTIONS];
         assert!(http["explicit_http_config"]["http_protocol_options"].is_object());
+        assert_eq!(http["common_http_protocol_options"]["idle_timeout"], "3s");
         let filters = http["http_filters"].as_array().unwrap();
         assert_eq!(filters[0]["name"], "envoy.filters.http.header_mutation");
         assert_eq!(
