@@ -604,7 +604,7 @@ def example_yaml() -> str:
         upstreams=[(name, EXAMPLE_PORTS[name]) for name, _, _ in SERVERS],
         plugin_config={"document": doc}, wasm_path="target/mcpgw.wasm", pretty_config=True)
     servers = "\n".join(
-        f"#   .venv/bin/python tests/servers/demo_server.py --name {n} --port {EXAMPLE_PORTS[n]} --require-bearer {c} &"
+        f"#   .venv/bin/python tests/servers/demo_server.py --name {n} --port {EXAMPLE_PORTS[n]} --require-bearer={c} &"
         for n, _, c in SERVERS)
     header = f"""\
 # Static example: Envoy + the mcpgw plugin in front of two demo MCP servers, all on 127.0.0.1.

@@ -248,7 +248,7 @@ class DemoServer(Process):
         if extra_tools:
             argv += ["--extra-tools", str(extra_tools)]
         if credential:
-            argv += ["--require-bearer", credential]
+            argv += [f"--require-bearer={credential}"]
         if slow_tool:
             argv.append("--slow-tool")
         if initialize_delay_ms:

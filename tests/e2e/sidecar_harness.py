@@ -294,7 +294,7 @@ class TlsServer(harness.DemoServer):
         self.argv = [harness.PYTHON, str(TLS_SERVER), "--name", name, "--port", str(self.port),
                      "--certfile", str(certfile), "--keyfile", str(keyfile)]
         if credential:
-            self.argv += ["--require-bearer", credential]
+            self.argv += [f"--require-bearer={credential}"]
 
     @property
     def url(self) -> str:
