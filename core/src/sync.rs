@@ -49,10 +49,16 @@ pub struct ConfigSync {
     owner: Option<String>,
     /// ETag of the document this VM serves.
     applied_etag: Option<String>,
-    in_flight: Option<u32>,
+    in_flight: Option<Poll>,
     /// No poll before this time (backoff after a failure).
     next_poll_at: u64,
     sidecar: SidecarState,
+}
+
+/// A poll on its way: its call token and the ETag it asked the sidecar to wait on.
+struct Poll {
+    token: u32,
+    etag: String,
 }
 
 impl ConfigSync {
@@ -72,6 +78,18 @@ impl ConfigSync {
     /// the lease. Returns a catalog to install.
     pub fn on_tick(&mut self, host: &mut dyn ControlHost) -> Option<Catalog> {
         let adopted = self.adopt_published(host);
+        // A long poll waits while the sidecar's document has the ETag it was sent with. If another
+        // VM has meanwhile published a different one (a late answer to an older poll, on a busy
+        // machine), that wait could outlast the change it should report: every VM would serve
+        // the other document until the next edit. Such a poll is abandoned and sent again with
+        // the published ETag, which the sidecar answers at once when its document differs.
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|poll| poll.etag != self.applied_etag.as_deref().unwrap_or_default())
+        {
+            self.in_flight = None;
+        }
         if self.in_flight.is_none()
             && host.now_millis() >= self.next_poll_at
             && self.hold_lease(host)
@@ -90,7 +108,7 @@ impl ConfigSync {
         token: u32,
         response: &CallResponse,
     ) -> Option<Catalog> {
-        if self.in_flight != Some(token) {
+        if self.in_flight.as_ref().map(|poll| poll.token) != Some(token) {
             return None;
         }
         self.in_flight = None;
@@ -194,7 +212,7 @@ impl ConfigSync {
             &headers,
             self.source.long_poll_ms + POLL_GRACE_MS,
         ) {
-            Ok(token) => self.in_flight = Some(token),
+            Ok(token) => self.in_flight = Some(Poll { token, etag }),
             Err(e) => {
                 self.mark_unreachable(host, &format!("cannot be called ({e})"));
                 self.next_poll_at = host.now_millis() + self.source.retry_ms;
@@ -398,6 +416,39 @@ mod tests {
         sync_a.on_response(&mut a, 1, &ok(document("v1"), "\"e1\""));
         assert_eq!(nameless.on_tick(&mut b).unwrap().version, "v1");
         assert!(b.calls.is_empty());
+    }
+
+    #[test]
+    fn a_late_answer_to_an_older_poll_does_not_freeze_the_pollers_wait() {
+        // The CI failure this fixes: on a busy machine two VMs polled (the lease moved while an
+        // answer was on its way). B published the current document ("beta") and long-polled on
+        // it; then A's late answer, carrying the older document ("bravo"), was published over it.
+        // B's wait on "beta" would have lasted until the next edit, with every VM serving "bravo".
+        let process = Rc::new(RefCell::new(Process::default()));
+        let (mut a, mut b) = (vm(&process), vm(&process));
+        let mut sync_a = ConfigSync::new(source(), Some("a".into()));
+        let mut sync_b = ConfigSync::new(source(), Some("b".into()));
+        sync_a.on_tick(&mut a); // a polls
+        process.borrow_mut().now = LEASE_MS + 1; // a's ticks stall; the lease moves to b
+        sync_b.on_tick(&mut b);
+        sync_b.on_response(&mut b, 1, &ok(document("beta"), "\"beta\""));
+        sync_b.on_tick(&mut b);
+        assert_eq!(header(&b.calls[1], "if-none-match"), Some("\"beta\""));
+        assert!(sync_a
+            .on_response(&mut a, 1, &ok(document("bravo"), "\"bravo\""))
+            .is_some());
+
+        assert_eq!(sync_b.on_tick(&mut b).unwrap().version, "bravo");
+        assert_eq!(b.calls.len(), 3, "b polls again at once, on what is published now");
+        assert_eq!(header(&b.calls[2], "if-none-match"), Some("\"bravo\""));
+        // The sidecar answers the differing ETag with its current document; the old wait's
+        // answer, when it comes, is ignored.
+        let fixed = sync_b.on_response(&mut b, 3, &ok(document("beta"), "\"beta\""));
+        assert_eq!(fixed.unwrap().version, "beta");
+        assert!(sync_b
+            .on_response(&mut b, 2, &ok(document("old"), "\"old\""))
+            .is_none());
+        assert_eq!(sync_a.on_tick(&mut a).unwrap().version, "beta");
     }
 
     #[test]
