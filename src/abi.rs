@@ -115,6 +115,20 @@ mod ffi {
             value_data: *const u8,
             value_size: usize,
         ) -> u32;
+        pub fn proxy_define_metric(
+            metric_type: u32,
+            name_data: *const u8,
+            name_size: usize,
+            return_id: *mut u32,
+        ) -> u32;
+        pub fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+        pub fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+        pub fn proxy_set_property(
+            path_data: *const u8,
+            path_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
         pub fn proxy_dequeue_shared_queue(
             queue_id: u32,
             return_value_data: *mut *mut u8,
@@ -416,4 +430,37 @@ mod tests {
         assert!(deserialize_map(&huge).is_empty());
         assert!(deserialize_map(&[]).is_empty());
     }
+}
+
+/// Proxy-wasm metric types.
+pub const METRIC_COUNTER: u32 = 0;
+pub const METRIC_GAUGE: u32 = 1;
+pub const METRIC_HISTOGRAM: u32 = 2;
+
+/// Defines (or finds: same name, same stat) a metric; its id.
+pub fn define_metric(kind: u32, name: &str) -> Result<u32, Status> {
+    let mut id = 0;
+    // SAFETY: pointer and length of a live slice; out-pointer to a live local.
+    match unsafe { ffi::proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) } {
+        OK => Ok(id),
+        status => Err(status),
+    }
+}
+
+pub fn increment_metric(id: u32, offset: i64) -> Status {
+    // SAFETY: no pointers.
+    unsafe { ffi::proxy_increment_metric(id, offset) }
+}
+
+/// Sets a gauge, or records a histogram sample.
+pub fn record_metric(id: u32, value: u64) -> Status {
+    // SAFETY: no pointers.
+    unsafe { ffi::proxy_record_metric(id, value) }
+}
+
+/// Sets a property of the stream (one path segment): Envoy keeps it as filter state
+/// `wasm.<name>`, which its access log prints with `%FILTER_STATE(wasm.<name>:PLAIN)%`.
+pub fn set_property(name: &str, value: &[u8]) -> Status {
+    // SAFETY: pointers and lengths come from live slices; the host copies them.
+    unsafe { ffi::proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) }
 }

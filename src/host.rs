@@ -1,7 +1,7 @@
 //! [`mcpgw_core::Host`] over proxy-wasm: the only place that talks to the proxy for a stream.
 
 use mcpgw_core::sync::ControlHost;
-use mcpgw_core::{CallResponse, Host, Level};
+use mcpgw_core::{CallResponse, Event, Field, Host, Level};
 use proxy_wasm::hostcalls;
 
 use crate::abi;
@@ -19,15 +19,18 @@ pub struct ProxyHost {
     /// Calls dispatched through this host since the last look: when the root context drives a
     /// stream, their answers reach the root, which routes them to the stream.
     pub dispatched: Vec<u32>,
+    /// Metrics and access-log fields are reported (the plugin's `telemetry` switch).
+    telemetry: bool,
 }
 
 impl ProxyHost {
-    pub fn new(context: u32, root_context: u32, wake_queue: Option<u32>) -> Self {
+    pub fn new(context: u32, root_context: u32, wake_queue: Option<u32>, telemetry: bool) -> Self {
         Self {
             context,
             root_context,
             wake_queue,
             dispatched: Vec::new(),
+            telemetry,
         }
     }
 
@@ -300,6 +303,21 @@ impl Host for ProxyHost {
             Level::Info => log::info!("{message}"),
             Level::Warn => log::warn!("{message}"),
             Level::Error => log::error!("{message}"),
+        }
+    }
+
+    fn observe(&mut self, event: Event<'_>) {
+        if self.telemetry {
+            crate::metrics::observe(event);
+        }
+    }
+
+    fn log_field(&mut self, field: Field, value: &str) {
+        if self.telemetry {
+            let status = abi::set_property(field.name(), value.as_bytes());
+            if status != abi::OK {
+                log::debug!("cannot set {}: status {status}", field.name());
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod abi;
 mod host;
+mod metrics;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -51,11 +52,18 @@ struct Vm {
     waiting: RefCell<HashMap<u32, Weak<Shared>>>,
     /// Calls dispatched while the root drove a stream: their token, that stream.
     routed: RefCell<HashMap<u32, (u32, Weak<Shared>)>>,
+    /// The plugin's `telemetry` switch (metrics, access-log fields).
+    telemetry: Cell<bool>,
 }
 
 impl Vm {
     fn host(&self, context: u32) -> ProxyHost {
-        ProxyHost::new(context, self.root_context.get(), self.wake_queue.get())
+        ProxyHost::new(
+            context,
+            self.root_context.get(),
+            self.wake_queue.get(),
+            self.telemetry.get(),
+        )
     }
 
     /// Keeps the waiting list in step with a stream's stage.
@@ -84,6 +92,10 @@ struct Gateway {
     /// This VM's random name (poller lease, wake-up queue): drawn once, `None` without
     /// randomness.
     identity: Option<Option<String>>,
+    /// When the configuration in force was installed (ms, proxy clock), and the age last
+    /// reported (s), for the `mcpgw.config_age_seconds` gauge.
+    installed_ms: Cell<u64>,
+    reported_age: Cell<Option<u64>>,
 }
 
 impl Gateway {
@@ -97,6 +109,8 @@ impl Gateway {
             sidecar: None,
             vm: Rc::new(vm),
             identity: None,
+            installed_ms: Cell::new(0),
+            reported_age: Cell::new(None),
         }
     }
 
@@ -205,7 +219,8 @@ impl RootContext for Gateway {
             .flatten()
             .unwrap_or_default();
         match parse_plugin_config(&raw) {
-            Ok((catalog, sidecar)) => {
+            Ok((catalog, sidecar, telemetry)) => {
+                self.vm.telemetry.set(telemetry);
                 if let Some(catalog) = catalog {
                     self.install(catalog);
                 }
@@ -242,6 +257,7 @@ impl RootContext for Gateway {
                 host: self.vm.host(context_id),
                 context: context_id,
                 vm: Rc::clone(&self.vm),
+                busy_nanos: 0,
             }),
             None => Box::new(Unconfigured::default()),
         })
@@ -261,6 +277,7 @@ impl RootContext for Gateway {
     }
 
     fn on_tick(&mut self) {
+        self.report_config_age();
         if !self.vm.waiting.borrow().is_empty() {
             self.wake_waiting(None);
         }
@@ -307,8 +324,34 @@ impl Gateway {
             catalog.servers.len(),
             catalog.tool_count()
         );
+        if self.vm.telemetry.get() {
+            metrics::config_version(&catalog.version);
+            self.installed_ms.set(now_millis());
+            self.reported_age.set(None);
+            self.report_config_age();
+        }
         *self.catalog.borrow_mut() = Some(Rc::new(catalog));
     }
+
+    /// Sets `mcpgw.config_age_seconds` when it changed (once a second at most).
+    fn report_config_age(&self) {
+        if !self.vm.telemetry.get() || self.installed_ms.get() == 0 {
+            return;
+        }
+        let age = now_millis().saturating_sub(self.installed_ms.get()) / 1000;
+        if self.reported_age.get() != Some(age) {
+            self.reported_age.set(Some(age));
+            metrics::config_age(age);
+        }
+    }
+}
+
+fn now_nanos() -> u64 {
+    abi::current_time_nanos().unwrap_or(0)
+}
+
+fn now_millis() -> u64 {
+    abi::current_time_nanos().unwrap_or(0) / 1_000_000
 }
 
 fn set_tick_period(period: Duration) {
@@ -319,10 +362,16 @@ fn set_tick_period(period: Duration) {
     }
 }
 
-/// The catalog of the inline document, if any, and the sidecar to follow, if any.
-fn parse_plugin_config(
-    raw: &[u8],
-) -> Result<(Option<Catalog>, Option<mcpgw_core::config::SidecarSource>), String> {
+/// What the plugin configuration asks for.
+type Configured = (
+    Option<Catalog>,
+    Option<mcpgw_core::config::SidecarSource>,
+    bool,
+);
+
+/// The catalog of the inline document, if any, the sidecar to follow, if any, and the
+/// telemetry switch.
+fn parse_plugin_config(raw: &[u8]) -> Result<Configured, String> {
     let config: PluginConfig =
         serde_json::from_slice(raw).map_err(|e| format!("plugin configuration: {e}"))?;
     if config.document.is_none() && config.sidecar.is_none() {
@@ -332,7 +381,7 @@ fn parse_plugin_config(
         sidecar.validate()?;
     }
     let catalog = config.document.map(Catalog::build).transpose()?;
-    Ok((catalog, config.sidecar))
+    Ok((catalog, config.sidecar, config.telemetry))
 }
 
 /// A stream of an MCP request. The request is shared (weakly) with the root context, which
@@ -342,6 +391,8 @@ struct McpStream {
     host: ProxyHost,
     context: u32,
     vm: Rc<Vm>,
+    /// Time spent in this stream's callbacks so far (with telemetry on).
+    busy_nanos: u64,
 }
 
 impl McpStream {
@@ -353,7 +404,12 @@ impl McpStream {
             log::error!("stream {} is already being driven", self.context);
             return None;
         };
+        let timed = self.vm.telemetry.get();
+        let start = if timed { now_nanos() } else { 0 };
         let out = f(&mut request, &mut self.host);
+        if timed {
+            self.busy_nanos += now_nanos().saturating_sub(start);
+        }
         // The SDK routes the answers of this stream's own calls to it.
         self.host.dispatched.clear();
         self.vm
@@ -384,6 +440,9 @@ impl Context for McpStream {
     fn on_done(&mut self) -> bool {
         self.drive(|request, host| request.on_done(host));
         self.vm.waiting.borrow_mut().remove(&self.context);
+        if self.vm.telemetry.get() && self.busy_nanos > 0 {
+            metrics::plugin_time(self.busy_nanos / 1000);
+        }
         true
     }
 }

@@ -287,13 +287,36 @@ pub fn check_forward_header(field: &str, name: &str) -> Result<(), String> {
 /// The plugin's own configuration, the `configuration` string Envoy hands to `on_configure`.
 /// Either an inline document (static setups, tests) or a sidecar to poll, or both (the inline
 /// document serves until the sidecar answers).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub document: Option<GatewayConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarSource>,
+    /// Metrics, access-log fields and the plugin-time histogram (docs/observability.md); `false`
+    /// turns them all off (trace context still reaches upstream session openings).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub telemetry: bool,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        Self {
+            document: None,
+            sidecar: None,
+            telemetry: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// Where the plugin fetches configuration documents from: `GET {path}?wait_ms=N` with

@@ -21,6 +21,90 @@ pub struct CallResponse {
     pub body: Vec<u8>,
 }
 
+/// What became of a request to the MCP endpoint, once the plugin's part of it is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Answered by the gateway itself (initialize, lists, ping, notifications, DELETE, batches).
+    Answered,
+    /// Forwarded to an upstream through Envoy's routes.
+    Routed,
+    /// Refused or failed with this JSON-RPC error code.
+    Error(i32),
+}
+
+/// Why a client's session token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not sealed by a configured key (forged, altered, garbage, or a retired key).
+    Tampered,
+    /// Older than the session TTL, or issued in the future.
+    Expired,
+    /// Ended by a DELETE.
+    Ended,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Tampered => "tampered",
+            Refusal::Expired => "expired",
+            Refusal::Ended => "ended",
+        }
+    }
+}
+
+/// What the request path reports for telemetry: the pipeline says what happened, the edge
+/// decides what to count (metrics) or drops it (`telemetry: false`). Labels are bounded: methods
+/// are the MCP method names the gateway knows (see [`crate::pipeline::method_label`]), servers
+/// and tools the catalog's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    Request {
+        method: &'a str,
+        served: Served,
+    },
+    ToolCall {
+        server: &'a str,
+        tool: &'a str,
+    },
+    /// An upstream session was opened (initialize + initialized acknowledged).
+    UpstreamOpened {
+        server: &'a str,
+    },
+    /// A cached upstream session was gone (404): the gateway opens a new one and replays.
+    UpstreamReinit {
+        server: &'a str,
+    },
+    /// Opening an upstream session failed.
+    UpstreamFailed {
+        server: &'a str,
+    },
+    SessionRefused {
+        reason: Refusal,
+    },
+}
+
+/// Fields of the request the proxy's access log may print (see docs/observability.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Method,
+    Server,
+    Tool,
+    ErrorCode,
+}
+
+impl Field {
+    /// The name under which the proxy keeps the field (`mcpgw_<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Method => "mcpgw_method",
+            Field::Server => "mcpgw_server",
+            Field::Tool => "mcpgw_tool",
+            Field::ErrorCode => "mcpgw_error_code",
+        }
+    }
+}
+
 pub trait Host {
     /// All request headers, in one host call (names lower-case).
     fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
@@ -77,4 +161,8 @@ pub trait Host {
     fn resume_request(&mut self);
     fn resume_response(&mut self);
     fn log(&self, level: Level, message: &str);
+    /// Something worth counting happened (see [`Event`]); hosts without telemetry ignore it.
+    fn observe(&mut self, _event: Event<'_>) {}
+    /// A field of this request for the proxy's access log; hosts without telemetry ignore it.
+    fn log_field(&mut self, _field: Field, _value: &str) {}
 }

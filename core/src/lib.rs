@@ -22,5 +22,5 @@ pub mod upstream;
 pub use budget::LogBudget;
 pub use catalog::Catalog;
 pub use config::{GatewayConfig, PluginConfig};
-pub use host::{CallResponse, Host, Level};
+pub use host::{CallResponse, Event, Field, Host, Level, Refusal, Served};
 pub use pipeline::{Action, Request, Unconfigured};

@@ -12,7 +12,7 @@ use crate::config::{
     SUPPORTED_PROTOCOL_VERSIONS,
 };
 use crate::error::GatewayError;
-use crate::host::{CallResponse, Host, Level};
+use crate::host::{CallResponse, Event, Field, Host, Level, Refusal, Served};
 use crate::jsonrpc::{self, Message, Params};
 use crate::opening::{self, Attempt, Claim, Outcome};
 use crate::relay::SseRelay;
@@ -105,6 +105,51 @@ const ROUTING_HEADERS: [&str; 4] = [
 /// that session's upstream GET streams into it).
 pub const SESSION_HEADER: &str = "x-mcpgw-session";
 
+/// Client headers that carry trace context: copied onto the gateway's own calls made for a
+/// client request (upstream session openings), so a trace shows them as part of the call.
+const TRACE_HEADERS: [&str; 9] = [
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
+
+/// MCP methods the gateway knows: a request's method label in metrics and access logs is one of
+/// these, or `other` (bounded cardinality, whatever clients send).
+const KNOWN_METHODS: [&str; 17] = [
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "completion/complete",
+    "logging/setLevel",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+];
+
+/// The bounded label of a JSON-RPC method (see [`KNOWN_METHODS`]).
+pub fn method_label(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
+}
+
 /// Largest `capabilities` + `clientInfo` a client may send: they travel in its session token.
 const MAX_CLIENT_CLAIMS_BYTES: usize = 4096;
 
@@ -187,6 +232,10 @@ pub struct Request {
     session_token: Option<Vec<u8>>,
     /// The client's request headers, read once in the headers phase (routing headers removed).
     headers: Vec<(String, Vec<u8>)>,
+    /// The request's label for telemetry: its MCP method (see [`method_label`]), `batch`,
+    /// `response` (a client's answer to an upstream's request), `GET`/`DELETE` (the session's
+    /// notification stream and end), or `none` (no JSON-RPC message could be read).
+    method: &'static str,
 }
 
 impl Request {
@@ -206,6 +255,7 @@ impl Request {
             id: None,
             session_token: None,
             headers: Vec::new(),
+            method: "none",
         }
     }
 
@@ -229,12 +279,20 @@ impl Request {
         let method = header(":method").unwrap_or_default().to_vec();
         let checked = match method.as_slice() {
             b"POST" => check_post(&self.catalog, &header, end_of_stream),
-            b"DELETE" => return self.close_session(host),
+            b"DELETE" => {
+                self.label(host, "DELETE");
+                return self.close_session(host);
+            }
             b"GET" if self.catalog.gateway.list_changed => {
+                self.label(host, "GET");
                 // The notification stream is served behind the plugin (the sidecar).
                 return match self.open_session(host) {
                     Ok(Some(session)) => {
                         self.vouch(host, &session);
+                        host.observe(Event::Request {
+                            method: self.method,
+                            served: Served::Routed,
+                        });
                         Action::Continue
                     }
                     Ok(None) => self.fail(host, GatewayError::missing_session()),
@@ -298,6 +356,9 @@ impl Request {
             else {
                 return Action::Continue;
             };
+            host.observe(Event::UpstreamReinit {
+                server: self.server_name(call.server),
+            });
             let pending = Pending {
                 call,
                 then: AfterOpening::Replay { stale },
@@ -482,8 +543,9 @@ impl Request {
                 claim,
             } if t == token => {
                 let held = claim.clone();
+                let server = pending.call.server;
                 if let Err(e) = self.on_initialized(host, pending, claim, &response) {
-                    self.opening_failed(host, held.as_ref(), e);
+                    self.opening_failed(host, server, held.as_ref(), e);
                 }
             }
             Stage::Acknowledging {
@@ -493,8 +555,9 @@ impl Request {
                 claim,
             } if t == token => {
                 let held = claim.clone();
+                let server = pending.call.server;
                 if let Err(e) = self.on_acknowledged(host, pending, upstream, claim, &response) {
-                    self.opening_failed(host, held.as_ref(), e);
+                    self.opening_failed(host, server, held.as_ref(), e);
                 }
             }
             Stage::Replaying {
@@ -563,11 +626,19 @@ impl Request {
             .map_err(|_| GatewayError::parse("Parse error: body is not UTF-8"))?;
         let max_depth = self.catalog.limits.max_json_depth;
         if jsonrpc::is_batch(text) {
+            self.label(host, "batch");
             return self.batch(host, text);
         }
         let message = jsonrpc::parse_message(text, max_depth).inspect_err(|_| {
             self.id = jsonrpc::salvage_id(text).map(|id| id.get().to_owned());
         })?;
+        let label = match &message {
+            Message::Notification { method, .. } | Message::Request { method, .. } => {
+                method_label(method)
+            }
+            Message::Response { .. } => "response",
+        };
+        self.label(host, label);
         match message {
             Message::Notification { method, params } => self.notify(host, text, &method, &params),
             Message::Response { id } => {
@@ -922,7 +993,16 @@ impl Request {
     }
 
     /// An opening failed: its waiters learn why, and so does the client.
-    fn opening_failed(&mut self, host: &mut dyn Host, claim: Option<&Claim>, error: GatewayError) {
+    fn opening_failed(
+        &mut self,
+        host: &mut dyn Host,
+        server: usize,
+        claim: Option<&Claim>,
+        error: GatewayError,
+    ) {
+        host.observe(Event::UpstreamFailed {
+            server: self.server_name(server),
+        });
         if let Some(claim) = claim {
             opening::release(host, claim, Outcome::Failed(&error.message));
         }
@@ -995,6 +1075,20 @@ impl Request {
             host.remove_request_header("mcp-session-id");
         }
         host.clear_route_cache();
+        host.observe(Event::Request {
+            method: self.method,
+            served: Served::Routed,
+        });
+        host.log_field(Field::Server, &server.name);
+        if let Some(tool) = &call.tool {
+            host.log_field(Field::Tool, tool);
+            if call.method == Some("tools/call") {
+                host.observe(Event::ToolCall {
+                    server: &server.name,
+                    tool,
+                });
+            }
+        }
         let cached = cached.then(|| upstream.session_id.clone());
         self.stage = Stage::Forwarded { call, cached };
     }
@@ -1018,7 +1112,8 @@ impl Request {
             Some(error) => Err(error),
             None => {
                 let body = upstream::initialize_body(&pending.call.session.claims);
-                let headers = upstream::call_headers(server, "POST", None);
+                let mut headers = upstream::call_headers(server, "POST", None);
+                headers.extend(trace_context(&self.headers));
                 host.dispatch(
                     &server.cluster,
                     &headers,
@@ -1043,6 +1138,9 @@ impl Request {
                 Ok(())
             }
             Err(error) => {
+                host.observe(Event::UpstreamFailed {
+                    server: &server.name,
+                });
                 if let Some(claim) = &claim {
                     opening::release(host, claim, Outcome::Failed(&error.message));
                 }
@@ -1061,7 +1159,8 @@ impl Request {
         let catalog = Rc::clone(&self.catalog);
         let server = server_of(&catalog, pending.call.server)?;
         let upstream = opened_session(server, response)?;
-        let headers = upstream::call_headers(server, "POST", Some(&upstream));
+        let mut headers = upstream::call_headers(server, "POST", Some(&upstream));
+        headers.extend(trace_context(&self.headers));
         let token = host
             .dispatch(
                 &server.cluster,
@@ -1090,6 +1189,9 @@ impl Request {
         let catalog = Rc::clone(&self.catalog);
         let server = server_of(&catalog, pending.call.server)?;
         acknowledged(server, response)?;
+        host.observe(Event::UpstreamOpened {
+            server: &server.name,
+        });
         let slots = catalog.limits.upstream_session_slots;
         let client = &pending.call.session.id;
         if let Some(evicted) = upstream::store(host, slots, client, &server.name, &upstream) {
@@ -1285,12 +1387,17 @@ impl Request {
         let Some(token) = &self.session_token else {
             return Ok(None);
         };
-        let session = self
-            .catalog
-            .keys
-            .open(token, host.now_secs())
-            .ok_or_else(GatewayError::session_not_found)?;
+        let session = match self.catalog.keys.open_checked(token, host.now_secs()) {
+            Ok(session) => session,
+            Err(reason) => {
+                host.observe(Event::SessionRefused { reason });
+                return Err(GatewayError::session_not_found());
+            }
+        };
         if crate::ended::is_ended(host, crate::ended::SETS, &session.id, session.claims.iat) {
+            host.observe(Event::SessionRefused {
+                reason: Refusal::Ended,
+            });
             return Err(GatewayError::session_not_found().because("session_ended"));
         }
         Ok(Some(session))
@@ -1310,12 +1417,21 @@ impl Request {
             headers.push(("mcp-session-id", token));
         }
         host.send_response(status, &headers, body, "mcpgw_answered");
+        host.observe(Event::Request {
+            method: self.method,
+            served: Served::Answered,
+        });
         self.stage = Stage::Answered;
         Action::Pause
     }
 
     fn fail(&mut self, host: &mut dyn Host, error: GatewayError) -> Action {
         self.report(host, &error);
+        host.observe(Event::Request {
+            method: self.method,
+            served: Served::Error(error.code),
+        });
+        host.log_field(Field::ErrorCode, &error.code.to_string());
         let body = jsonrpc::error_body(self.id.as_deref(), &error);
         let mut headers: Vec<(&str, &[u8])> = vec![("content-type", CONTENT_TYPE_JSON)];
         if error.http_status == 405 {
@@ -1367,6 +1483,12 @@ impl Request {
         find_header(&self.headers, name)
     }
 
+    /// Names the request for telemetry (see [`Request::method`]) and the access log.
+    fn label(&mut self, host: &mut dyn Host, method: &'static str) {
+        self.method = method;
+        host.log_field(Field::Method, method);
+    }
+
     fn server_name(&self, index: usize) -> &str {
         self.catalog.server(index).map_or("?", |s| s.name.as_str())
     }
@@ -1385,6 +1507,14 @@ fn client_headers(host: &mut dyn Host) -> Vec<(String, Vec<u8>)> {
         !spoofed
     });
     headers
+}
+
+/// The client's trace context headers (see [`TRACE_HEADERS`]), for the gateway's own calls.
+fn trace_context(client: &[(String, Vec<u8>)]) -> impl Iterator<Item = (&str, &str)> {
+    client.iter().filter_map(|(name, value)| {
+        let name = TRACE_HEADERS.iter().find(|t| **t == name.as_str())?;
+        Some((*name, std::str::from_utf8(value).ok()?))
+    })
 }
 
 /// The request's path, without its query, is `path`.

@@ -135,6 +135,15 @@ impl SessionKeys {
 
     /// Opens a token; `None` for anything not sealed by a configured key, or expired.
     pub fn open(&self, token: &[u8], now_secs: u64) -> Option<Rc<Session>> {
+        self.open_checked(token, now_secs).ok()
+    }
+
+    /// Opens a token, or says why it is refused.
+    pub fn open_checked(
+        &self,
+        token: &[u8],
+        now_secs: u64,
+    ) -> Result<Rc<Session>, crate::host::Refusal> {
         let slot = memo_slot(token);
         let remembered = self.memo.borrow().get(slot).and_then(|entry| match entry {
             Some((known, session)) if known.as_ref() == token => Some(Rc::clone(session)),
@@ -143,7 +152,7 @@ impl SessionKeys {
         let session = match remembered {
             Some(session) => session,
             None => {
-                let session = Rc::new(self.unseal(token)?);
+                let session = Rc::new(self.unseal(token).ok_or(crate::host::Refusal::Tampered)?);
                 if let Some(entry) = self.memo.borrow_mut().get_mut(slot) {
                     *entry = Some((token.into(), Rc::clone(&session)));
                 }
@@ -153,7 +162,10 @@ impl SessionKeys {
         let iat = session.claims.iat;
         let expired = now_secs.saturating_sub(iat) > self.ttl_seconds;
         let from_future = iat > now_secs.saturating_add(CLOCK_SKEW_SECS);
-        (!expired && !from_future).then_some(session)
+        if expired || from_future {
+            return Err(crate::host::Refusal::Expired);
+        }
+        Ok(session)
     }
 
     fn unseal(&self, token: &[u8]) -> Option<Session> {

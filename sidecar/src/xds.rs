@@ -327,6 +327,54 @@ fn write_with_mode(dir: &Path, name: &str, bytes: &[u8], mode: Option<u32>) -> R
     fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))
 }
 
+/// Envoy tag extraction for the plugin's metrics (src/metrics.rs): the labels travel in the stat
+/// name (`mcpgw.method.<m>.outcome.<o>.code.<c>.requests_total`); each regex's first group is cut
+/// from the name, its second is the label's value, so Prometheus shows
+/// `mcpgw_requests_total{mcp_method=..,mcp_outcome=..,mcp_error_code=..}`. Mirrored in
+/// tests/e2e/harness.py (`STATS_TAGS`); docs/observability.md lists the metrics.
+pub const STATS_TAGS: [(&str, &str); 6] = [
+    (
+        "mcp_method",
+        r"^(?:wasmcustom\.)?mcpgw\.(method\.([^.]+)\.)",
+    ),
+    (
+        "mcp_outcome",
+        r"^(?:wasmcustom\.)?mcpgw\.method\.[^.]+\.(outcome\.([^.]+)\.)",
+    ),
+    (
+        "mcp_error_code",
+        r"^(?:wasmcustom\.)?mcpgw\.method\.[^.]+\.outcome\.[^.]+\.(code\.([^.]+)\.)",
+    ),
+    (
+        "mcp_server",
+        r"^(?:wasmcustom\.)?mcpgw\.(server\.([^.]+)\.)",
+    ),
+    (
+        "mcp_tool",
+        r"^(?:wasmcustom\.)?mcpgw\.server\.[^.]+\.(tool\.([^.]+)\.)",
+    ),
+    (
+        "mcp_refusal",
+        r"^(?:wasmcustom\.)?mcpgw\.(reason\.([^.]+)\.)",
+    ),
+];
+
+/// The bootstrap's `stats_config`: [`STATS_TAGS`].
+pub fn stats_config() -> Value {
+    let tags: Vec<Value> = STATS_TAGS
+        .iter()
+        .map(|(name, regex)| json!({"tag_name": name, "regex": regex}))
+        .collect();
+    json!({"stats_tags": tags})
+}
+
+/// The MCP part of an access-log line: what the plugin keeps as filter state for each request
+/// (`-` when it has none: a request it did not read, or telemetry off). Mirrored in
+/// tests/e2e/harness.py (`MCP_LOG_FIELDS`).
+pub const MCP_LOG_FIELDS: &str = "mcp_method=%FILTER_STATE(wasm.mcpgw_method:PLAIN)% \
+mcp_server=%FILTER_STATE(wasm.mcpgw_server:PLAIN)% mcp_tool=%FILTER_STATE(wasm.mcpgw_tool:PLAIN)% \
+mcp_error=%FILTER_STATE(wasm.mcpgw_error_code:PLAIN)%";
+
 /// Options of the generated bootstrap.
 pub struct BootstrapOptions {
     /// Include the MCP gateway Wasm filter, configured with this plugin token (`None`: no
@@ -393,6 +441,7 @@ pub fn bootstrap(settings: &Settings, xds_dir: &Path, options: &BootstrapOptions
     json!({
         "node": {"id": "mcpgw", "cluster": "mcpgw"},
         "admin": {"address": address(settings.envoy.admin)},
+        "stats_config": stats_config(),
         "dynamic_resources": {"cds_config": source(CDS_FILE)},
         "static_resources": {
             "listeners": [{
@@ -437,15 +486,17 @@ fn sidecar_cluster(name: &str, address: Value) -> Value {
 /// (`via_upstream`), a route's `direct_response`, or the plugin (`mcpgw_<check>` on its local
 /// answers).
 fn access_log(which: AccessLog) -> Value {
-    const FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% \
-%PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% \
-%BYTES_SENT% %DURATION%ms %UPSTREAM_CLUSTER% %UPSTREAM_HOST% server=%REQ(X-MCP-SERVERNAME)% \
-tool=%REQ(X-MCP-TOOLNAME)% conn=%CONNECTION_ID%\n";
+    let format = format!(
+        "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" \
+%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT% \
+%DURATION%ms %UPSTREAM_CLUSTER% %UPSTREAM_HOST% {MCP_LOG_FIELDS} request_id=%REQ(X-REQUEST-ID)% \
+conn=%CONNECTION_ID%\n"
+    );
     let mut log = json!({
         "name": "envoy.access_loggers.stdout",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-            "log_format": {"text_format_source": {"inline_string": FORMAT}},
+            "log_format": {"text_format_source": {"inline_string": format}},
         },
     });
     match which {

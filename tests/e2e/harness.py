@@ -385,6 +385,26 @@ def gateway_document(servers: list[dict[str, Any]], keys: list[dict[str, str]], 
 # Envoy bootstrap
 
 
+# Envoy tag extraction for the plugin's metrics (mirrors sidecar/src/xds.rs STATS_TAGS).
+STATS_TAGS = [
+    ("mcp_method", r"^(?:wasmcustom\.)?mcpgw\.(method\.([^.]+)\.)"),
+    ("mcp_outcome", r"^(?:wasmcustom\.)?mcpgw\.method\.[^.]+\.(outcome\.([^.]+)\.)"),
+    ("mcp_error_code", r"^(?:wasmcustom\.)?mcpgw\.method\.[^.]+\.outcome\.[^.]+\.(code\.([^.]+)\.)"),
+    ("mcp_server", r"^(?:wasmcustom\.)?mcpgw\.(server\.([^.]+)\.)"),
+    ("mcp_tool", r"^(?:wasmcustom\.)?mcpgw\.server\.[^.]+\.(tool\.([^.]+)\.)"),
+    ("mcp_refusal", r"^(?:wasmcustom\.)?mcpgw\.(reason\.([^.]+)\.)"),
+]
+
+# The MCP part of an access-log line (mirrors sidecar/src/xds.rs MCP_LOG_FIELDS).
+MCP_LOG_FIELDS = ("mcp_method=%FILTER_STATE(wasm.mcpgw_method:PLAIN)% "
+                  "mcp_server=%FILTER_STATE(wasm.mcpgw_server:PLAIN)% mcp_tool=%FILTER_STATE(wasm.mcpgw_tool:PLAIN)% "
+                  "mcp_error=%FILTER_STATE(wasm.mcpgw_error_code:PLAIN)%")
+
+ACCESS_LOG_FORMAT = ("[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" "
+                     "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT% "
+                     "%DURATION%ms %UPSTREAM_CLUSTER% " + MCP_LOG_FIELDS + " request_id=%REQ(X-REQUEST-ID)%\n")
+
+
 def envoy_bootstrap(*, listen_port: int, admin_port: int, upstreams: Sequence[tuple[str, int]],
                     plugin_config: dict[str, Any], wasm_path: Path | str = WASM_PATH,
                     extra_clusters: Sequence[tuple[str, int]] = (), access_log: Path | str | None = None,
@@ -462,6 +482,7 @@ def envoy_bootstrap(*, listen_port: int, admin_port: int, upstreams: Sequence[tu
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
                 "path": str(access_log),
+                "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
             },
         }]
     clusters = [
@@ -493,6 +514,7 @@ def envoy_bootstrap(*, listen_port: int, admin_port: int, upstreams: Sequence[tu
             "clusters": clusters,
         },
         "admin": {"address": {"socket_address": {"address": HOST, "port_value": admin_port}}},
+        "stats_config": {"stats_tags": [{"tag_name": n, "regex": r} for n, r in STATS_TAGS]},
     }
 
 
