@@ -102,6 +102,10 @@ pub async fn run(target: Target, generation: u64, events: mpsc::Sender<Event>) {
                 reason
             }
         };
+        crate::metrics::get()
+            .discovery_failures
+            .get_or_create(&crate::metrics::server(&target.name))
+            .inc();
         let wait = match health.failed(Instant::now()) {
             Verdict::Down => {
                 let down = Event::Down {
@@ -236,7 +240,13 @@ async fn serve(
     loop {
         if refresh {
             refresh = false;
-            let lists = match list(client, timing.request_timeout).await {
+            let started = Instant::now();
+            let listed = list(client, timing.request_timeout).await;
+            crate::metrics::get()
+                .discovery_seconds
+                .get_or_create(&crate::metrics::server(&target.name))
+                .observe(started.elapsed().as_secs_f64());
+            let lists = match listed {
                 Ok(lists) => Arc::new(lists),
                 Err(reason) => return (reason, served),
             };

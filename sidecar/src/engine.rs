@@ -187,8 +187,14 @@ impl Engine {
             let retire = self.xds.as_ref().and_then(|w| w.next_expiry());
             tokio::select! {
                 event = config.recv() => match event {
-                    Some(ConfigEvent::Loaded(settings)) => self.apply_settings(settings),
-                    Some(ConfigEvent::Rejected(message)) => self.config_error = Some(message),
+                    Some(ConfigEvent::Loaded(settings)) => {
+                        crate::metrics::get().config_reloads.inc();
+                        self.apply_settings(settings)
+                    }
+                    Some(ConfigEvent::Rejected(message)) => {
+                        crate::metrics::get().config_rejections.inc();
+                        self.config_error = Some(message)
+                    }
                     None => return,
                 },
                 Some(event) = self.events_rx.recv() => {
@@ -252,6 +258,17 @@ impl Engine {
         if self.tasks.get(&server).map(|t| t.generation) != Some(generation) {
             return; // from a task that has been replaced
         }
+        let metrics = crate::metrics::get();
+        let label = crate::metrics::server(&server);
+        let (up, tools) = match &health {
+            Health::Up(lists) => (1, lists.tools.len()),
+            _ => (0, 0),
+        };
+        metrics.server_up.get_or_create(&label).set(up);
+        metrics
+            .server_tools
+            .get_or_create(&label)
+            .set(i64::try_from(tools).unwrap_or(i64::MAX));
         let previous = self.health.insert(server.clone(), health.clone());
         match (&previous, &health) {
             (Some(Health::Up(lists)), Health::Down(reason)) => tracing::warn!(
@@ -300,6 +317,7 @@ impl Engine {
                 task.handle.abort();
             }
             self.health.remove(&name);
+            crate::metrics::get().forget_server(&name);
         }
         for (name, (spec, key)) in wanted {
             if self.tasks.contains_key(name) {
@@ -328,6 +346,10 @@ impl Engine {
                 self.events_tx.clone(),
             ));
             self.health.insert(name.to_string(), Health::Pending);
+            crate::metrics::get()
+                .server_up
+                .get_or_create(&crate::metrics::server(name))
+                .set(0);
             self.tasks.insert(
                 name.to_string(),
                 Task {
@@ -453,6 +475,11 @@ impl Engine {
         self.rejected = None;
         self.counter += 1;
         document.version = format!("{}.{}", self.start_ms, self.counter);
+        let metrics = crate::metrics::get();
+        metrics
+            .catalog_version
+            .set(i64::try_from(self.counter).unwrap_or(i64::MAX));
+        metrics.catalog_publishes.inc();
         let body = match serde_json::to_vec(&document) {
             Ok(body) => Bytes::from(body),
             Err(e) => {

@@ -87,6 +87,9 @@ impl StreamSlot {
             *n += 1;
         }
         o.total += 1;
+        crate::metrics::get()
+            .notification_streams
+            .set(i64::try_from(o.total).unwrap_or(i64::MAX));
         Ok(Self {
             open: Arc::clone(open),
             session: session.map(str::to_owned),
@@ -98,6 +101,9 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         let mut o = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         o.total = o.total.saturating_sub(1);
+        crate::metrics::get()
+            .notification_streams
+            .set(i64::try_from(o.total).unwrap_or(i64::MAX));
         if let Some(session) = &self.session {
             if let Some(n) = o.per_session.get_mut(session) {
                 *n = n.saturating_sub(1);
@@ -179,6 +185,7 @@ fn router_with(outputs: Outputs, token: &PluginToken, streams: Arc<Registry>) ->
         .route("/v1/streams", post(register).delete(forget))
         .route("/v1/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .fallback(mcp_stream)
         .with_state(AppState {
             outputs,
@@ -330,6 +337,9 @@ async fn config(
         .map(str::to_owned);
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
+    // A waiting long poll is a connected plugin poller.
+    let _poller =
+        (!wait.is_zero()).then(|| crate::metrics::InFlight::new(&crate::metrics::get().pollers));
     let mut rx = outputs.document.clone();
     loop {
         let current: Option<Arc<Published>> = rx.borrow_and_update().clone();
@@ -361,6 +371,18 @@ async fn config(
             }
         }
     }
+}
+
+/// `GET /metrics`: the sidecar's metrics (see metrics.rs: no token, no secret).
+async fn metrics() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        crate::metrics::get().encode(),
+    )
+        .into_response()
 }
 
 async fn status(State(state): State<AppState>) -> Response {

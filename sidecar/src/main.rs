@@ -13,6 +13,7 @@ mod engine;
 mod http;
 #[cfg(feature = "kube")]
 mod k8s;
+mod metrics;
 mod settings;
 mod streams;
 mod watch;
