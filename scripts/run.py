@@ -438,6 +438,8 @@ def banner(url: str, admin_port: int, sidecar: Sidecar, config: Path, status: di
         "",
         edit,
         f"Sidecar status: {sidecar.base}/v1/status   Envoy admin: http://{harness.HOST}:{admin_port}/",
+        f"Metrics: http://{harness.HOST}:{admin_port}/stats/prometheus (Envoy + plugin: mcpgw_*)   "
+        f"{sidecar.base}/metrics (sidecar: mcpgw_sidecar_*)   docs/observability.md",
         f"Logs: {run_dir}/*.log   Ctrl-C stops everything.",
     ]
     return "\n".join(lines) + "\n"
@@ -602,7 +604,8 @@ def example_yaml() -> str:
     bootstrap_doc = harness.envoy_bootstrap(
         listen_port=EXAMPLE_LISTEN, admin_port=EXAMPLE_ADMIN,
         upstreams=[(name, EXAMPLE_PORTS[name]) for name, _, _ in SERVERS],
-        plugin_config={"document": doc}, wasm_path="target/mcpgw.wasm", pretty_config=True)
+        plugin_config={"document": doc}, wasm_path="target/mcpgw.wasm", pretty_config=True,
+        access_log="/dev/stdout")
     servers = "\n".join(
         f"#   .venv/bin/python tests/servers/demo_server.py --name {n} --port {EXAMPLE_PORTS[n]} --require-bearer={c} &"
         for n, _, c in SERVERS)
@@ -616,6 +619,8 @@ def example_yaml() -> str:
 {servers}
 #   .venv/bin/envoy -c envoy.yaml --concurrency 2 --disable-hot-restart --component-log-level wasm:info
 # MCP endpoint: http://127.0.0.1:{EXAMPLE_LISTEN}/mcp
+# Metrics: http://127.0.0.1:{EXAMPLE_ADMIN}/stats/prometheus (mcpgw_*; docs/observability.md); the access
+# log on stdout carries each request's MCP method, server, tool and JSON-RPC error code.
 """
     return header + harness.to_yaml(bootstrap_doc)
 

@@ -409,29 +409,6 @@ fn take<'b>(bytes: &'b [u8], at: &mut usize, len: usize) -> Option<&'b [u8]> {
     Some(slice)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn maps_round_trip_and_malformed_ones_do_not_panic() {
-        let pairs: &[(&str, &[u8])] = &[(":method", b"POST"), ("x", b""), ("bin", &[0xff, 0])];
-        let encoded = serialize_map(pairs);
-        let decoded = deserialize_map(&encoded);
-        assert_eq!(decoded.len(), 3);
-        assert_eq!(decoded[0], (":method".to_string(), b"POST".to_vec()));
-        assert_eq!(decoded[2].1, vec![0xff, 0]);
-        for cut in 0..encoded.len() {
-            assert!(deserialize_map(&encoded[..cut]).len() <= 3);
-        }
-        let mut huge = encoded.clone();
-        huge[0] = 0xff;
-        huge[3] = 0xff;
-        assert!(deserialize_map(&huge).is_empty());
-        assert!(deserialize_map(&[]).is_empty());
-    }
-}
-
 /// Proxy-wasm metric types.
 pub const METRIC_COUNTER: u32 = 0;
 pub const METRIC_GAUGE: u32 = 1;
@@ -463,4 +440,27 @@ pub fn record_metric(id: u32, value: u64) -> Status {
 pub fn set_property(name: &str, value: &[u8]) -> Status {
     // SAFETY: pointers and lengths come from live slices; the host copies them.
     unsafe { ffi::proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_round_trip_and_malformed_ones_do_not_panic() {
+        let pairs: &[(&str, &[u8])] = &[(":method", b"POST"), ("x", b""), ("bin", &[0xff, 0])];
+        let encoded = serialize_map(pairs);
+        let decoded = deserialize_map(&encoded);
+        assert_eq!(decoded.len(), 3);
+        assert_eq!(decoded[0], (":method".to_string(), b"POST".to_vec()));
+        assert_eq!(decoded[2].1, vec![0xff, 0]);
+        for cut in 0..encoded.len() {
+            assert!(deserialize_map(&encoded[..cut]).len() <= 3);
+        }
+        let mut huge = encoded.clone();
+        huge[0] = 0xff;
+        huge[3] = 0xff;
+        assert!(deserialize_map(&huge).is_empty());
+        assert!(deserialize_map(&[]).is_empty());
+    }
 }

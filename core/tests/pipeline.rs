@@ -51,6 +51,9 @@ struct FakeHost {
     woken: Vec<(u32, Vec<u8>)>,
     /// Calls made to outlive the stream (cluster, headers).
     detached: Vec<(String, Vec<(String, String)>)>,
+    /// Telemetry events (Debug form) and access-log fields reported.
+    events: Vec<String>,
+    fields: Vec<(mcpgw_core::Field, String)>,
 }
 
 impl FakeHost {
@@ -221,6 +224,12 @@ impl Host for FakeHost {
         self.resumed_request = true;
     }
     fn resume_response(&mut self) {}
+    fn observe(&mut self, event: mcpgw_core::Event<'_>) {
+        self.events.push(format!("{event:?}"));
+    }
+    fn log_field(&mut self, field: mcpgw_core::Field, value: &str) {
+        self.fields.push((field, value.to_owned()));
+    }
     fn log(&self, level: Level, message: &str) {
         self.logs.borrow_mut().push((level, message.into()));
     }
@@ -2827,4 +2836,55 @@ fn an_upstream_session_pushed_out_of_the_cache_is_closed() {
         }
         hand_over(&mut call, &mut shared);
     }
+}
+
+#[test]
+fn telemetry_events_and_access_log_fields() {
+    use mcpgw_core::Field;
+    let catalog = catalog(10);
+    let token = initialize(&catalog);
+    // An upstream session that cannot be opened: the failure is counted for its server.
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"alpha_add"}}"#,
+        Some(&token),
+    );
+    host.request_headers
+        .push(("traceparent".into(), b"00-abc-def-01".to_vec()));
+    let (mut request, _) = run(&catalog, &mut host);
+    let (_, init_headers, _) = host.calls[0].clone();
+    assert!(
+        init_headers.contains(&("traceparent".into(), "00-abc-def-01".into())),
+        "the opening carries the client's trace context"
+    );
+    request.on_call_response(&mut host, 101, CallResponse::default());
+    assert_eq!(
+        host.events,
+        [
+            "UpstreamFailed { server: \"alpha\" }",
+            "Request { method: \"tools/call\", served: Error(-32603) }"
+        ]
+    );
+    assert_eq!(
+        host.fields,
+        [
+            (Field::Method, "tools/call".to_owned()),
+            (Field::ErrorCode, "-32603".to_owned())
+        ]
+    );
+
+    // A tampered token, and an unknown method: bounded labels.
+    let mut bad = token.clone();
+    bad.push('x');
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","id":5,"method":"x/made-up","params":{}}"#,
+        Some(&bad),
+    );
+    run(&catalog, &mut host);
+    assert_eq!(
+        host.events,
+        [
+            "SessionRefused { reason: Tampered }",
+            "Request { method: \"other\", served: Error(-32600) }"
+        ]
+    );
 }

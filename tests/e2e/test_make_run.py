@@ -192,6 +192,7 @@ def test_make_run_default_gateway(tmp_path):
         assert f"curl -sS {url} " in banner
         assert f"npx @modelcontextprotocol/inspector --cli {url} --method tools/list" in banner
         assert f"Logs: {tmp_path}/*.log" in banner
+        assert "/stats/prometheus" in banner and "/metrics (sidecar" in banner
         assert re.search(r"everything\s+13 tools", banner), banner
         assert (tmp_path / "sidecar.yaml").exists() and (tmp_path / "envoy.json").exists()
         # The plugin token: generated once, owner-only, in the plugin configuration of the bootstrap
