@@ -71,9 +71,10 @@ CONTENDERS = {
     "mcp": "native mcp filter",
     "mcp_router": "native mcp + mcp_router",
     "mcpgw": "mcpgw plugin (this)",
+    "mcpgw_notel": "mcpgw, telemetry: false",
 }
 # Contenders with MCP aggregation: they see every upstream; the others proxy one upstream.
-AGGREGATING = ("mcp_router", "mcpgw")
+AGGREGATING = ("mcp_router", "mcpgw", "mcpgw_notel")
 
 WORKLOADS = {
     "call": "tools/call, small arguments",
@@ -128,6 +129,7 @@ TARGETS_DOC = """\
 | T6 | initialize across 10 upstreams within 1 ms of the slowest upstream (p50, 1 connection) |
 | T7 | wasm <= 250 KB (250,000 bytes) after wasm-opt |
 | T8 | no per-session heap growth: Envoy RSS flat (< 1 MiB) across 10,000 sessions |
+| T9 | telemetry (metrics, access-log fields) costs <= 5 % of tools/call throughput at 16 connections |
 """
 
 
@@ -337,8 +339,11 @@ def listener_for(contender: str, group: str, port: int, tools: dict[int, list], 
         filters = [NATIVE_MCP, {"name": "envoy.filters.http.mcp_router", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.mcp_router.v3.McpRouter",
             "servers": servers}}]
-    elif contender == "mcpgw":
-        doc = json.dumps(plugin_document(group, tools, key), separators=(",", ":"))
+    elif contender in ("mcpgw", "mcpgw_notel"):
+        config = plugin_document(group, tools, key)
+        if contender == "mcpgw_notel":
+            config["telemetry"] = False  # the hot-path cost of telemetry: T9
+        doc = json.dumps(config, separators=(",", ":"))
         filters = [wasm_filter(f"mcpgw_{group}", "mcpgw", "mcpgw", PLUGIN_WASM, doc), ROUTER]
         vhosts = [{"name": f"s{i + 1}", "domains": [f"s{i + 1}.{group}.mcp.local"],
                    "routes": [{"match": {"prefix": "/"},
@@ -393,7 +398,7 @@ class Contender:
         return BASE_PORT[self.name] + LISTENER_OFFSET[group]
 
     def tool(self) -> str:
-        return {"mcpgw": "s1_echo", "mcp_router": "b1__echo"}.get(self.name, "echo")
+        return {"mcpgw": "s1_echo", "mcpgw_notel": "s1_echo", "mcp_router": "b1__echo"}.get(self.name, "echo")
 
     @property
     def pid(self) -> int:
@@ -769,12 +774,17 @@ def evaluate_targets(s: dict, wasm_bytes: int | None, growth: dict | None) -> li
             f"{g['failures']} failed")
     else:
         add("T8", "Envoy RSS flat across 10,000 sessions", "n/a", False, "not run")
+    a, b = get("mcpgw", "call", 16, "rps"), get("mcpgw_notel", "call", 16, "rps")
+    cost = 1 - a / b if a is not None and b else None
+    add("T9", "telemetry costs <= 5 % of tools/call rps @16",
+        f"{cost * 100:+.1f} %" if cost is not None else "n/a", cost is not None and cost <= 0.05,
+        "1 - mcpgw / mcpgw_notel requests per second, 16 connections" + cpu_check("mcpgw", "mcpgw_notel", "call", 16))
     return t
 
 
 def svg_chart(s: dict, contenders: list[str], workloads: list[str]) -> str:
     colors = {"plain": "#9e9e9e", "buffer": "#757575", "floor": "#64b5f6", "mcp": "#ffb74d",
-              "mcp_router": "#f57c00", "mcpgw": "#2e7d32"}
+              "mcp_router": "#f57c00", "mcpgw": "#2e7d32", "mcpgw_notel": "#81c784"}
     panel_w, panel_h, label_w, gap = 360, 30 + 18 * len(contenders), 180, 24
     cols = [("rps", 16, "throughput, 16 connections (req/s)"), ("p99_us", 16, "p99 latency, 16 connections")]
     width = label_w + len(cols) * (panel_w + gap) + 20
