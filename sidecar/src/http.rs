@@ -5,11 +5,12 @@
 //! - `POST /v1/streams`: the plugin registers an upstream session it opened for a client session.
 //! - `GET /v1/status`: servers, collisions, config errors (JSON, for people and tests).
 //! - `GET /healthz`.
+//! - `GET /metrics`: Prometheus metrics (see metrics.rs; open, no secret in them).
 //!
 //! The first three need `authorization: Bearer <plugin token>`: the document holds every upstream
 //! credential and the session keys, and the plugin sets the token on a client's GET stream only
-//! after checking the client's session. The status page and `/healthz` hold no secret and stay
-//! open.
+//! after checking the client's session. The status page, `/metrics` and `/healthz` hold no secret
+//! and stay open.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -803,6 +804,11 @@ mod tests {
         assert!(!status.body.contains(TOKEN));
         let health = request(sidecar.addr, "GET", "/healthz", &[]);
         assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+        let metrics = request(sidecar.addr, "GET", "/metrics", &[]);
+        assert_eq!(metrics.status, 200);
+        assert!(metrics.body.contains("# TYPE mcpgw_sidecar_catalog_publishes counter"));
+        assert!(metrics.body.ends_with("# EOF\n"));
+        assert!(!metrics.body.contains(TOKEN));
     }
 
     #[test]
