@@ -33,7 +33,13 @@ VARIANTS = [
     ("floor + clear_route_cache", "clear_route_cache=1"),
     ("floor + 2 response header replaces", "resp_headers=2"),
     ("floor + all of the above", "get_headers=1;set_headers=10;set_body=1;clear_route_cache=1;resp_headers=2"),
+    # The telemetry host calls of mcpgw per tools/call (docs/observability.md).
+    ("floor + 3 filter-state properties", "properties=3"),
+    ("floor + 2 counter increments", "counters=2"),
+    ("floor + 1 histogram sample", "histogram=1"),
+    ("floor + 10 clock reads", "clock=10"),
 ]
+# `--variants` picks some by index (the reference contenders always run).
 BASE = 10800
 
 
@@ -42,7 +48,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=4)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--variants", default="", help="indexes of VARIANTS to run, e.g. 0,7,8 (default all)")
     args = ap.parse_args()
+    chosen = [VARIANTS[int(i)] for i in args.variants.split(",")] if args.variants else VARIANTS
 
     floor = run.build(args)
     envoy = run.envoy_binary()
@@ -57,7 +65,7 @@ def main() -> int:
         key = base64.b64encode(os.urandom(32)).decode()
 
         listeners, names = [], []
-        for i, (name, conf) in enumerate(VARIANTS):
+        for i, (name, conf) in enumerate(chosen):
             lst = run.listener_for("floor", "call", BASE + i, tools, key, floor)
             lst["name"] = f"variant{i}"
             wasm = lst["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
@@ -66,7 +74,8 @@ def main() -> int:
             listeners.append(lst)
             names.append((name, "echo"))
         for contender, label, tool in (("buffer", "buffer filter (no wasm)", "echo"),
-                                       ("mcpgw", "mcpgw plugin", "s1_echo")):
+                                       ("mcpgw", "mcpgw plugin", "s1_echo"),
+                                       ("mcpgw_notel", "mcpgw plugin, telemetry: false", "s1_echo")):
             if contender == "mcpgw" and not run.PLUGIN_WASM.exists():
                 continue
             lst = run.listener_for(contender, "call", BASE + len(listeners), tools, key, floor)

@@ -9,11 +9,14 @@
 //! `key=value` pairs separated by `;` (an empty configuration or `{}` is the floor itself):
 //! `get_headers=1` reads the whole request header map once, `set_headers=N` replaces N request
 //! headers at end of stream, `set_body=1` writes the body back, `clear_route_cache=1` calls the
-//! foreign function, `resp_headers=N` replaces N response headers.
+//! foreign function, `resp_headers=N` replaces N response headers; the telemetry host calls of the
+//! mcpgw plugin (docs/observability.md): `properties=N` sets N filter-state properties,
+//! `counters=N` increments N counters, `histogram=1` records one histogram sample, `clock=N` reads
+//! the clock N times.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
@@ -28,6 +31,10 @@ struct Extra {
     set_body: bool,
     clear_route_cache: bool,
     resp_headers: usize,
+    properties: usize,
+    counters: usize,
+    histogram: bool,
+    clock: usize,
 }
 
 impl Extra {
@@ -44,6 +51,10 @@ impl Extra {
                 "set_body" => extra.set_body = n > 0,
                 "clear_route_cache" => extra.clear_route_cache = n > 0,
                 "resp_headers" => extra.resp_headers = n,
+                "properties" => extra.properties = n,
+                "counters" => extra.counters = n,
+                "histogram" => extra.histogram = n > 0,
+                "clock" => extra.clock = n,
                 _ => {}
             }
         }
@@ -54,6 +65,8 @@ impl Extra {
 #[derive(Default)]
 struct FloorRoot {
     extra: Extra,
+    /// Metric ids, defined once per VM: counters, then the histogram.
+    metrics: Vec<u32>,
 }
 
 impl Context for FloorRoot {}
@@ -62,6 +75,16 @@ impl RootContext for FloorRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let config = self.get_plugin_configuration().unwrap_or_default();
         self.extra = Extra::parse(&String::from_utf8_lossy(&config));
+        self.metrics = (0..self.extra.counters)
+            .filter_map(|i| {
+                hostcalls::define_metric(MetricType::Counter, &format!("floor.counter{i}")).ok()
+            })
+            .collect();
+        if self.extra.histogram {
+            if let Ok(id) = hostcalls::define_metric(MetricType::Histogram, "floor.histogram") {
+                self.metrics.push(id);
+            }
+        }
         true
     }
 
@@ -73,6 +96,7 @@ impl RootContext for FloorRoot {
         Some(Box::new(Floor {
             body_len: 0,
             extra: self.extra,
+            metrics: self.metrics.clone(),
         }))
     }
 }
@@ -81,7 +105,10 @@ struct Floor {
     /// Bytes read at end of stream; kept so the read cannot be optimised away.
     body_len: usize,
     extra: Extra,
+    metrics: Vec<u32>,
 }
+
+const PROPERTY_NAMES: [&str; 4] = ["floor_p0", "floor_p1", "floor_p2", "floor_p3"];
 
 const HEADER_NAMES: [&str; 8] = [
     "x-floor-0",
@@ -128,6 +155,26 @@ impl HttpContext for Floor {
         set_headers(MapType::HttpRequestHeaders, self.extra.set_headers);
         if self.extra.clear_route_cache {
             let _ = hostcalls::call_foreign_function("clear_route_cache", None);
+        }
+        for name in PROPERTY_NAMES.iter().take(self.extra.properties) {
+            let _ = hostcalls::set_property(vec![*name], Some(b"tools/call"));
+        }
+        let counters = self.extra.counters.min(self.metrics.len());
+        for id in self.metrics.iter().take(counters) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+        for _ in 0..self.extra.clock {
+            if let Ok(now) = hostcalls::get_current_time() {
+                let nanos = now
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                self.body_len ^= (nanos & 1) as usize;
+            }
+        }
+        if self.extra.histogram {
+            if let Some(id) = self.metrics.last() {
+                let _ = hostcalls::record_metric(*id, self.body_len as u64);
+            }
         }
         Action::Continue
     }
