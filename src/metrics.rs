@@ -12,6 +12,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use mcpgw_core::{Event, Served};
 
@@ -20,10 +21,40 @@ use crate::abi;
 /// Most distinct (server, tool) series; calls beyond fall in the `other` tool bucket.
 const MAX_TOOL_SERIES: usize = 1000;
 
+/// FNV-1a: the hot-path look-ups hash a few short strings, where SipHash's setup dominates.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+
+/// Metric ids of this VM, defined on first use. The per-request ones are found without
+/// formatting their names.
 #[derive(Default)]
 struct Ids {
     by_name: HashMap<String, u32>,
+    requests: FastMap<(&'static str, Served), u32>,
+    tools: FastMap<String, FastMap<String, u32>>,
     tool_series: usize,
+    plugin_time: Option<u32>,
 }
 
 thread_local! {
@@ -40,6 +71,12 @@ fn label(value: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+fn define(kind: u32, name: &str) -> Option<u32> {
+    abi::define_metric(kind, name)
+        .inspect_err(|status| log::debug!("cannot define metric {name}: status {status}"))
+        .ok()
+}
+
 /// The id of metric `name`, defined on first use.
 fn id(kind: u32, name: &str) -> Option<u32> {
     IDS.with(|ids| {
@@ -47,21 +84,20 @@ fn id(kind: u32, name: &str) -> Option<u32> {
         if let Some(id) = ids.by_name.get(name) {
             return Some(*id);
         }
-        match abi::define_metric(kind, name) {
-            Ok(id) => {
-                ids.by_name.insert(name.to_owned(), id);
-                Some(id)
-            }
-            Err(status) => {
-                log::debug!("cannot define metric {name}: status {status}");
-                None
-            }
-        }
+        let id = define(kind, name)?;
+        ids.by_name.insert(name.to_owned(), id);
+        Some(id)
     })
 }
 
 fn count(name: &str) {
     if let Some(id) = id(abi::METRIC_COUNTER, name) {
+        let _ = abi::increment_metric(id, 1);
+    }
+}
+
+fn increment(id: Option<u32>) {
+    if let Some(id) = id {
         let _ = abi::increment_metric(id, 1);
     }
 }
@@ -72,49 +108,60 @@ fn gauge(name: &str, value: u64) {
     }
 }
 
-/// The tool label of a call: its catalog name, or `other` past [`MAX_TOOL_SERIES`].
-fn tool_series(server: &str, tool: &str) -> String {
-    let name = format!(
-        "mcpgw.server.{}.tool.{}.tool_calls_total",
-        label(server),
-        label(tool)
-    );
-    let known = IDS.with(|ids| {
-        let Ok(mut ids) = ids.try_borrow_mut() else {
-            return false;
+/// `mcpgw_requests_total{mcp_method, mcp_outcome, mcp_error_code}`.
+fn request_id(method: &'static str, served: Served) -> Option<u32> {
+    IDS.with(|ids| {
+        let mut ids = ids.try_borrow_mut().ok()?;
+        if let Some(id) = ids.requests.get(&(method, served)) {
+            return Some(*id);
+        }
+        let (outcome, code) = match served {
+            Served::Answered => ("answered", None),
+            Served::Routed => ("routed", None),
+            Served::Error(code) => ("error", Some(code)),
         };
-        if ids.by_name.contains_key(&name) {
-            return true;
+        let code = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+        let name = format!(
+            "mcpgw.method.{}.outcome.{outcome}.code.{code}.requests_total",
+            label(method)
+        );
+        let id = define(abi::METRIC_COUNTER, &name)?;
+        ids.requests.insert((method, served), id);
+        Some(id)
+    })
+}
+
+/// `mcpgw_tool_calls_total{mcp_server, mcp_tool}`: the catalog's names, or `other` past
+/// [`MAX_TOOL_SERIES`].
+fn tool_id(server: &str, tool: &str) -> Option<u32> {
+    IDS.with(|ids| {
+        let mut ids = ids.try_borrow_mut().ok()?;
+        if let Some(id) = ids.tools.get(server).and_then(|tools| tools.get(tool)) {
+            return Some(*id);
         }
-        if ids.tool_series < MAX_TOOL_SERIES {
+        let counted = ids.tool_series < MAX_TOOL_SERIES;
+        let name = format!(
+            "mcpgw.server.{}.tool.{}.tool_calls_total",
+            label(server),
+            if counted { label(tool) } else { "other".into() }
+        );
+        let id = define(abi::METRIC_COUNTER, &name)?;
+        if counted {
             ids.tool_series += 1;
-            return true;
         }
-        false
-    });
-    if known {
-        name
-    } else {
-        format!("mcpgw.server.{}.tool.other.tool_calls_total", label(server))
-    }
+        ids.tools
+            .entry(server.to_owned())
+            .or_default()
+            .insert(tool.to_owned(), id);
+        Some(id)
+    })
 }
 
 /// Counts an event of the request path.
 pub fn observe(event: Event<'_>) {
     match event {
-        Event::Request { method, served } => {
-            let (outcome, code) = match served {
-                Served::Answered => ("answered", None),
-                Served::Routed => ("routed", None),
-                Served::Error(code) => ("error", Some(code)),
-            };
-            let code = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
-            count(&format!(
-                "mcpgw.method.{}.outcome.{outcome}.code.{code}.requests_total",
-                label(method)
-            ));
-        }
-        Event::ToolCall { server, tool } => count(&tool_series(server, tool)),
+        Event::Request { method, served } => increment(request_id(method, served)),
+        Event::ToolCall { server, tool } => increment(tool_id(server, tool)),
         Event::UpstreamOpened { server } => count(&format!(
             "mcpgw.server.{}.upstream_sessions_opened_total",
             label(server)
@@ -136,7 +183,14 @@ pub fn observe(event: Event<'_>) {
 
 /// Time the plugin spent on one request, in microseconds (all its callbacks together).
 pub fn plugin_time(micros: u64) {
-    if let Some(id) = id(abi::METRIC_HISTOGRAM, "mcpgw.plugin_time_us") {
+    let id = IDS.with(|ids| {
+        let mut ids = ids.try_borrow_mut().ok()?;
+        if ids.plugin_time.is_none() {
+            ids.plugin_time = define(abi::METRIC_HISTOGRAM, "mcpgw.plugin_time_us");
+        }
+        ids.plugin_time
+    });
+    if let Some(id) = id {
         let _ = abi::record_metric(id, micros);
     }
 }

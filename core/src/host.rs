@@ -22,7 +22,7 @@ pub struct CallResponse {
 }
 
 /// What became of a request to the MCP endpoint, once the plugin's part of it is over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Served {
     /// Answered by the gateway itself (initialize, lists, ping, notifications, DELETE, batches).
     Answered,
@@ -60,7 +60,7 @@ impl Refusal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event<'a> {
     Request {
-        method: &'a str,
+        method: &'static str,
         served: Served,
     },
     ToolCall {
@@ -84,12 +84,12 @@ pub enum Event<'a> {
     },
 }
 
-/// Fields of the request the proxy's access log may print (see docs/observability.md).
+/// Fields of the request the proxy's access log may print (see docs/observability.md). The
+/// server and tool of a routed call need none: the access log reads them from the routing headers
+/// the gateway sets (`x-mcp-servername`, `x-mcp-toolname`), which clients cannot send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Field {
     Method,
-    Server,
-    Tool,
     ErrorCode,
 }
 
@@ -98,8 +98,6 @@ impl Field {
     pub fn name(self) -> &'static str {
         match self {
             Field::Method => "mcpgw_method",
-            Field::Server => "mcpgw_server",
-            Field::Tool => "mcpgw_tool",
             Field::ErrorCode => "mcpgw_error_code",
         }
     }

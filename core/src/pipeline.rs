@@ -1079,15 +1079,11 @@ impl Request {
             method: self.method,
             served: Served::Routed,
         });
-        host.log_field(Field::Server, &server.name);
-        if let Some(tool) = &call.tool {
-            host.log_field(Field::Tool, tool);
-            if call.method == Some("tools/call") {
-                host.observe(Event::ToolCall {
-                    server: &server.name,
-                    tool,
-                });
-            }
+        if let (Some(tool), Some("tools/call")) = (&call.tool, call.method) {
+            host.observe(Event::ToolCall {
+                server: &server.name,
+                tool,
+            });
         }
         let cached = cached.then(|| upstream.session_id.clone());
         self.stage = Stage::Forwarded { call, cached };

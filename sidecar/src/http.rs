@@ -806,7 +806,9 @@ mod tests {
         assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
         let metrics = request(sidecar.addr, "GET", "/metrics", &[]);
         assert_eq!(metrics.status, 200);
-        assert!(metrics.body.contains("# TYPE mcpgw_sidecar_catalog_publishes counter"));
+        assert!(metrics
+            .body
+            .contains("# TYPE mcpgw_sidecar_catalog_publishes counter"));
         assert!(metrics.body.ends_with("# EOF\n"));
         assert!(!metrics.body.contains(TOKEN));
     }

@@ -368,11 +368,13 @@ pub fn stats_config() -> Value {
     json!({"stats_tags": tags})
 }
 
-/// The MCP part of an access-log line: what the plugin keeps as filter state for each request
-/// (`-` when it has none: a request it did not read, or telemetry off). Mirrored in
+/// The MCP part of an access-log line: the method and JSON-RPC error code the plugin keeps as
+/// filter state (`-` when it has none: a request it did not read, or telemetry off), the server and
+/// tool from the routing headers it sets on routed calls (one filter-state write per request on
+/// the hot path instead of three: docs/observability.md, "Cost"). Mirrored in
 /// tests/e2e/harness.py (`MCP_LOG_FIELDS`).
 pub const MCP_LOG_FIELDS: &str = "mcp_method=%FILTER_STATE(wasm.mcpgw_method:PLAIN)% \
-mcp_server=%FILTER_STATE(wasm.mcpgw_server:PLAIN)% mcp_tool=%FILTER_STATE(wasm.mcpgw_tool:PLAIN)% \
+mcp_server=%REQ(X-MCP-SERVERNAME)% mcp_tool=%REQ(X-MCP-TOOLNAME)% \
 mcp_error=%FILTER_STATE(wasm.mcpgw_error_code:PLAIN)%";
 
 /// Options of the generated bootstrap.

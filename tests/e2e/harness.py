@@ -397,7 +397,7 @@ STATS_TAGS = [
 
 # The MCP part of an access-log line (mirrors sidecar/src/xds.rs MCP_LOG_FIELDS).
 MCP_LOG_FIELDS = ("mcp_method=%FILTER_STATE(wasm.mcpgw_method:PLAIN)% "
-                  "mcp_server=%FILTER_STATE(wasm.mcpgw_server:PLAIN)% mcp_tool=%FILTER_STATE(wasm.mcpgw_tool:PLAIN)% "
+                  "mcp_server=%REQ(X-MCP-SERVERNAME)% mcp_tool=%REQ(X-MCP-TOOLNAME)% "
                   "mcp_error=%FILTER_STATE(wasm.mcpgw_error_code:PLAIN)%")
 
 ACCESS_LOG_FORMAT = ("[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" "

@@ -160,7 +160,8 @@ def test_plugin_gauges_and_histogram(gateway):
 
 
 def test_telemetry_off(tmp_path, upstreams, gateway):
-    """`telemetry: false`: no plugin metric is defined and no MCP field reaches the access log."""
+    """`telemetry: false`: no plugin metric is defined and no filter state is written (the access log
+    still has the routing headers)."""
     config = copy.deepcopy(gateway.plugin_config)
     config["telemetry"] = False
     gw = Gateway(tmp_path, upstreams=list(upstreams.values()), plugin_config=config, name="quiet")
@@ -174,7 +175,7 @@ def test_telemetry_off(tmp_path, upstreams, gateway):
         assert not [k for k in envoy_scrape(gw) if k[0].startswith("mcpgw_")]
         lines = access_lines(tmp_path / "quiet-access.log", [r"request_id=obs-quiet-1"])
         line = next(line for line in lines if "obs-quiet-1" in line)
-        assert "mcp_method=- mcp_server=- mcp_tool=- mcp_error=-" in line, line
+        assert "mcp_method=- mcp_server=alpha mcp_tool=echo mcp_error=-" in line, line
     finally:
         gw.stop()
 
