@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use crate::catalog::{Catalog, ListKind};
 use crate::config::SidecarLink;
 use crate::error::GatewayError;
-use crate::host::{CallResponse, Host, Level};
+use crate::host::{CallResponse, Event, Host, Level};
 use crate::jsonrpc::{self, Message};
 use crate::pipeline::{
     acknowledged, answer_call, close_evicted, cursor_of, dispatch_level, is_event_stream,
@@ -265,7 +265,9 @@ impl Batch {
         }
         if !self.openings.iter().any(|o| o.server == index) {
             let body = upstream::initialize_body(&self.session.claims);
-            let headers = upstream::call_headers(server, "POST", None);
+            let mut headers = upstream::call_headers(server, "POST", None);
+            let allowed = ctx.catalog.forward_headers(index);
+            headers.extend(crate::pipeline::trace_context(ctx.headers, allowed));
             let timeout_ms = ctx.catalog.limits.upstream_timeout_ms;
             match host.dispatch(&server.cluster, &headers, body.as_bytes(), timeout_ms) {
                 Ok(token) => self.openings.push(Opening {
@@ -274,6 +276,9 @@ impl Batch {
                     phase: Phase::Initializing,
                 }),
                 Err(e) => {
+                    host.observe(Event::UpstreamFailed {
+                        server: &server.name,
+                    });
                     let detail = format!("cannot call cluster {}: {e}", server.cluster);
                     return self.fail(host, outgoing.slot, &upstream_failure(server, &detail));
                 }
@@ -340,6 +345,11 @@ impl Batch {
             let opening = self.openings.swap_remove(at);
             let server = opening.server;
             if let Err(e) = self.advance(ctx, host, opening, response) {
+                if let Some(server) = ctx.catalog.server(server) {
+                    host.observe(Event::UpstreamFailed {
+                        server: &server.name,
+                    });
+                }
                 let (failed, rest) = std::mem::take(&mut self.waiting)
                     .into_iter()
                     .partition(|o| o.call.server == server);
@@ -373,7 +383,9 @@ impl Batch {
         let upstream = match opening.phase {
             Phase::Initializing => {
                 let upstream = opened_session(server, response)?;
-                let headers = upstream::call_headers(server, "POST", Some(&upstream));
+                let mut headers = upstream::call_headers(server, "POST", Some(&upstream));
+                let allowed = catalog.forward_headers(index);
+                headers.extend(crate::pipeline::trace_context(ctx.headers, allowed));
                 let body = upstream::INITIALIZED_BODY.as_bytes();
                 let token = host
                     .dispatch(&server.cluster, &headers, body, timeout_ms)
@@ -387,6 +399,9 @@ impl Batch {
             }
             Phase::Acknowledging(upstream) => {
                 acknowledged(server, response)?;
+                host.observe(Event::UpstreamOpened {
+                    server: &server.name,
+                });
                 if let Some(evicted) =
                     upstream::store(host, slots, &self.session.id, &server.name, &upstream)
                 {

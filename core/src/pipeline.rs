@@ -107,9 +107,10 @@ pub const SESSION_HEADER: &str = "x-mcpgw-session";
 
 /// Client headers that carry trace context: copied onto the gateway's own calls made for a
 /// client request (upstream session openings), so a trace shows them as part of the call.
-const TRACE_HEADERS: [&str; 9] = [
+const TRACE_HEADERS: [&str; 10] = [
     "traceparent",
     "tracestate",
+    "baggage",
     "x-request-id",
     "b3",
     "x-b3-traceid",
@@ -1109,7 +1110,8 @@ impl Request {
             None => {
                 let body = upstream::initialize_body(&pending.call.session.claims);
                 let mut headers = upstream::call_headers(server, "POST", None);
-                headers.extend(trace_context(&self.headers));
+                let allowed = catalog.forward_headers(pending.call.server);
+                headers.extend(trace_context(&self.headers, allowed));
                 host.dispatch(
                     &server.cluster,
                     &headers,
@@ -1156,7 +1158,8 @@ impl Request {
         let server = server_of(&catalog, pending.call.server)?;
         let upstream = opened_session(server, response)?;
         let mut headers = upstream::call_headers(server, "POST", Some(&upstream));
-        headers.extend(trace_context(&self.headers));
+        let allowed = catalog.forward_headers(pending.call.server);
+        headers.extend(trace_context(&self.headers, allowed));
         let token = host
             .dispatch(
                 &server.cluster,
@@ -1505,10 +1508,17 @@ fn client_headers(host: &mut dyn Host) -> Vec<(String, Vec<u8>)> {
     headers
 }
 
-/// The client's trace context headers (see [`TRACE_HEADERS`]), for the gateway's own calls.
-fn trace_context(client: &[(String, Vec<u8>)]) -> impl Iterator<Item = (&str, &str)> {
-    client.iter().filter_map(|(name, value)| {
+/// The client's trace context headers (see [`TRACE_HEADERS`]) that the server may receive (its
+/// `forward_headers`), for the gateway's own calls made for the client's request.
+pub(crate) fn trace_context<'h>(
+    client: &'h [(String, Vec<u8>)],
+    allowed: Option<&'h ForwardHeaders>,
+) -> impl Iterator<Item = (&'h str, &'h str)> {
+    client.iter().filter_map(move |(name, value)| {
         let name = TRACE_HEADERS.iter().find(|t| **t == name.as_str())?;
+        if !allowed.is_some_and(|a| a.allows(name)) {
+            return None;
+        }
         Some((*name, std::str::from_utf8(value).ok()?))
     })
 }

@@ -42,9 +42,12 @@ CLIENT_SECRETS = ["client-cookie", "Y2xpZW50OnByb3h5", "client-api-key", "client
 ROUTED = {"host", "content-type", "content-length", "accept", "user-agent", "mcp-protocol-version",
           "mcp-session-id", "traceparent", "tracestate", "baggage", "x-request-id", "x-mcp-servername",
           "x-mcp-toolname", "x-mcp-method", "authorization"}
-# The gateway's own calls (initialize, notifications/initialized, DELETE) are built from scratch.
+# The gateway's own calls (initialize, notifications/initialized, DELETE) are built from scratch; those
+# made for a client's request (the openings) add its trace context, as far as the server's allow-list
+# admits it (docs/observability.md, "Traces"; Envoy adds x-request-id to every client request).
 GATEWAY_CALL = {"host", "content-type", "content-length", "accept", "mcp-protocol-version", "mcp-session-id",
                 "x-mcp-servername", "authorization"}
+TRACE_CONTEXT = {"traceparent", "tracestate", "baggage", "x-request-id"}
 
 
 def whoami(client: Rpc, server: str, headers: dict[str, str]) -> dict:
@@ -80,7 +83,8 @@ def test_only_allowed_client_headers_reach_the_upstream(session: Rpc, upstreams,
         assert secret not in json.dumps(h), secret
 
     # The upstream's own record of the same call agrees, and the gateway's calls that opened the
-    # upstream session (initialize, notifications/initialized) carried none of the client's headers.
+    # upstream session (initialize, notifications/initialized) carried none of the client's headers
+    # but its trace context.
     log = up.requests_log()
     calls = [e for e in log if e["rpc_method"] == "tools/call" and e["headers"].get("traceparent") == TRACEPARENT
              and e["headers"].get("mcp-session-id") == h["mcp-session-id"]]
@@ -90,9 +94,11 @@ def test_only_allowed_client_headers_reach_the_upstream(session: Rpc, upstreams,
         e["rpc_method"] == "notifications/initialized" and e["headers"].get("mcp-session-id") == sid)]
     assert [e["rpc_method"] for e in opened] == ["initialize", "notifications/initialized"], opened
     for e in opened:
-        assert set(e["headers"]) <= GATEWAY_CALL, (e["rpc_method"], sorted(set(e["headers"]) - GATEWAY_CALL))
+        allowed = GATEWAY_CALL | TRACE_CONTEXT
+        assert set(e["headers"]) <= allowed, (e["rpc_method"], sorted(set(e["headers"]) - allowed))
         assert e["headers"]["authorization"] == f"Bearer {server}-secret"
-        assert "traceparent" not in e["headers"]
+        assert e["headers"].get("traceparent") == TRACEPARENT
+        assert e["headers"].get("baggage") == "tenant=acme"
         assert not any(n.startswith("x-envoy-") for n in e["headers"]), e["headers"]
         for secret in CLIENT_SECRETS:
             assert secret not in json.dumps(e["headers"]), (e["rpc_method"], secret)
