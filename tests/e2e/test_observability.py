@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_pro
 import harness
 from harness import Gateway
 from rpc import Rpc, describe, tool_text
-from sidecar_harness import Sidecar, SidecarGateway, base_config, envoy_settings, write_atomic
+from sidecar_harness import ListeningClient, Sidecar, SidecarGateway, base_config, envoy_settings, write_atomic
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -235,6 +235,14 @@ def test_sidecar_metrics_and_generated_bootstrap(tmp_path):
         # Its access log (Envoy's stdout) carries the MCP fields.
         access_lines(gw.envoy.log_path, [
             r"mcp_method=tools/call mcp_server=alpha mcp_tool=echo mcp_error=- request_id=obs-standalone-1"])
+
+        # A client's notification stream: counted while open, let through by the plugin (GET, routed).
+        streams = ("mcpgw_sidecar_notification_streams", ())
+        before = envoy_scrape(gw)
+        with ListeningClient(gw.url):
+            wait_for("an open stream", lambda: sidecar_scrape(sc)[streams] == 1)
+        wait_for("the stream closed", lambda: sidecar_scrape(sc)[streams] == 0)
+        assert delta(before, envoy_scrape(gw)).get(req("GET", "routed")) == 1
 
         # A configuration edit applied, a broken one rejected.
         before = sidecar_scrape(sc)
