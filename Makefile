@@ -70,7 +70,7 @@ kube-test: wasm
 	$(VENV)/bin/python -m pytest -q tests/kube
 
 bench: wasm
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 bench-smoke: wasm
 	$(VENV)/bin/python bench/run.py --smoke
