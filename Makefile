@@ -5,7 +5,7 @@ VENV := .venv
 WASM_RAW := target/wasm32-wasip1/release/mcpgw.wasm
 WASM := target/mcpgw.wasm
 
-.PHONY: help setup build wasm sidecar oci-test kube-test test test-unit test-wasm test-e2e conformance bench bench-smoke soak churn fuzz fuzz-smoke lint fmt run clean
+.PHONY: help setup build wasm sidecar oci-test kube-test test test-unit test-wasm test-e2e conformance bench bench-memory bench-smoke soak churn fuzz fuzz-smoke lint fmt run clean
 
 help:
 	@echo "make run    build and start Envoy + plugin + sidecar + example MCP servers on 127.0.0.1"
@@ -71,6 +71,11 @@ kube-test: wasm
 
 bench: wasm
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# Idle Envoy RSS per variant (plain, wasm floor, mcpgw with small and large catalogs) at 1 and 4
+# workers: where the plugin's memory goes (docs/architecture.md, "Memory").
+bench-memory: wasm
+	$(VENV)/bin/python bench/memory.py
 
 bench-smoke: wasm
 	$(VENV)/bin/python bench/run.py --smoke
