@@ -5,7 +5,7 @@ VENV := .venv
 WASM_RAW := target/wasm32-wasip1/release/mcpgw.wasm
 WASM := target/mcpgw.wasm
 
-.PHONY: help setup build wasm sidecar oci-test kube-test test test-unit test-wasm test-e2e conformance bench bench-smoke soak churn fuzz fuzz-smoke lint fmt run clean
+.PHONY: help setup build wasm sidecar oci-test kube-test test test-unit test-wasm test-e2e conformance bench bench-memory bench-smoke soak churn fuzz fuzz-smoke lint fmt run clean
 
 help:
 	@echo "make run    build and start Envoy + plugin + sidecar + example MCP servers on 127.0.0.1"
@@ -13,7 +13,7 @@ help:
 	@echo "make test   everything CI runs: lint, unit tests (native and wasm32-wasip1), end-to-end, MCP conformance,"
 	@echo "           OCI image + Istio manifests, Kubernetes mode on a real API server, bench smoke, fuzz smoke"
 	@echo "make fuzz   every fuzz target for FUZZ_SECONDS each (default 600; docs/fuzzing.md)"
-	@echo "make bench  side-by-side benchmarks (~17 min), rewrites docs/benchmarks.md"
+	@echo "make bench  side-by-side benchmarks (~17 min), rewrites docs/benchmarks.md (BENCH_ARGS=--gate: exit 1 on an unmet target)"
 	@echo "make soak   10 minutes of mixed MCP traffic against make run's gateway: errors, p99 drift, RSS plot (SOAK_MINUTES=)"
 	@echo "make churn  30 minutes of keep-alive load under configuration churn and health flaps (CHURN_MINUTES=)"
 
@@ -70,7 +70,12 @@ kube-test: wasm
 	$(VENV)/bin/python -m pytest -q tests/kube
 
 bench: wasm
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# Idle Envoy RSS per variant (plain, wasm floor, mcpgw with small and large catalogs) at 1 and 4
+# workers: where the plugin's memory goes (docs/architecture.md, "Memory").
+bench-memory: wasm
+	$(VENV)/bin/python bench/memory.py
 
 bench-smoke: wasm
 	$(VENV)/bin/python bench/run.py --smoke

@@ -125,10 +125,9 @@ def test_the_document_needs_the_plugin_token(stack):
     assert_refused(httpx.get(url, timeout=5), sc)
     assert_refused(httpx.get(url, headers={"authorization": "Bearer not-the-token"}, timeout=5), sc)
     assert_refused(httpx.get(url, headers={"authorization": f"Basic {sc.token()}"}, timeout=5), sc)
-    # The wait is not held for a refused caller.
-    t = time.monotonic()
-    assert_refused(httpx.get(url, params={"wait_ms": 5000}, timeout=10), sc)
-    assert time.monotonic() - t < 2
+    # The wait is not held for a refused caller: answered within a read timeout far shorter than
+    # the wait it asked for (a held one would raise httpx.ReadTimeout).
+    assert_refused(httpx.get(url, params={"wait_ms": 120000}, timeout=30), sc)
     status, _, doc = sc.document(authorized=False)
     assert (status, doc) == (401, None)
     # With it: the document and its secrets, as the plugin gets them.

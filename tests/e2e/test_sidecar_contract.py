@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 import harness
-from harness import DemoServer, HOST
+from harness import DemoServer, HOST, wait_until
 from sidecar_harness import DynamicServer, Sidecar, base_config, write_atomic
 
 
@@ -97,13 +97,12 @@ def test_document_and_long_poll(sidecar_dir, alpha, beta):
         assert all("inputSchema" in t for t in entry["tools"])
         etag = r.headers["etag"]
 
-        # Unchanged: 304 at once without waiting, after the wait otherwise.
-        t = time.monotonic()
+        # Unchanged: 304 without waiting, or after the whole wait (never sooner).
         status, tag, _ = sc.document(etag=etag, wait_ms=0)
-        assert (status, tag) == (304, etag) and time.monotonic() - t < 0.5
+        assert (status, tag) == (304, etag)
         t = time.monotonic()
         status, _, _ = sc.document(etag=etag, wait_ms=700)
-        assert status == 304 and 0.6 < time.monotonic() - t < 3
+        assert status == 304 and time.monotonic() - t >= 0.7
         # A stale ETag gets the document at once.
         assert sc.document(etag='"stale"', wait_ms=5000)[0] == 200
 
@@ -111,21 +110,18 @@ def test_document_and_long_poll(sidecar_dir, alpha, beta):
         result: dict = {}
 
         def poll() -> None:
-            t0 = time.monotonic()
-            result["answer"] = sc.document(etag=etag, wait_ms=20000)
-            result["at"] = time.monotonic()
-            result["held"] = result["at"] - t0
+            result["answer"] = sc.document(etag=etag, wait_ms=60000)
 
         th = threading.Thread(target=poll)
         th.start()
-        time.sleep(0.5)
-        edited = time.monotonic()
+        wait_until(lambda: sc.status()["polls_waiting"] == 1, timeout=10, what="the poll held by the sidecar")
         sc.edit(lambda c: c["servers"].append(server("beta", beta.url)))
-        th.join(15)
+        th.join(30)
+        assert not th.is_alive(), "the held poll was not answered after the edit"
         status, new_tag, new_doc = result["answer"]
+        # 200 (not the 304 its wait would end with): the change woke it.
         assert status == 200 and new_tag != etag, result
-        assert result["held"] > 0.4
-        assert result["at"] - edited < 2.0, f"long poll answered {result['at'] - edited:.3f}s after the edit"
+        assert sc.status()["polls_waiting"] == 0
         assert [s["name"] for s in new_doc["servers"]] == ["alpha", "beta"]
         assert tool_names(new_doc, "beta") == ["echo", "add", "whoami"]
         assert int(new_doc["version"].split(".")[-1]) > int(doc["version"].split(".")[-1])
@@ -287,12 +283,11 @@ def test_upstream_list_changed_is_followed(sidecar_dir, workdir):
                 r = await c.call_tool("grow", {"tool": "fresh"})
                 return r.content[0].text
 
-        t = time.monotonic()
         assert "told 2 sessions" in anyio.run(grow)
-        status, _, doc = sc.document(etag=etag, wait_ms=5000)
+        # Within the wait, far shorter than the periodic refresh (5 minutes by default): the
+        # notification did it.
+        status, _, doc = sc.document(etag=etag, wait_ms=30000)
         assert status == 200 and "fresh" in tool_names(doc, "dyn")
-        # Much faster than the periodic refresh (5 minutes by default): the notification did it.
-        assert time.monotonic() - t < 3
         sc.wait_log(r"server dyn: list_changed received|Discovered 4 tools for server dyn")
     finally:
         sc.stop()
@@ -307,10 +302,8 @@ def test_down_upstream_leaves_and_returns(sidecar_dir, workdir):
         sc.wait_log(r"Discovered 3 tools for server gone")
         _, etag, _ = sc.document()
         gone.stop()
-        t = time.monotonic()
-        status, etag2, doc = sc.document(etag=etag, wait_ms=10000)
+        status, etag2, doc = sc.document(etag=etag, wait_ms=30000)
         assert status == 200 and doc["servers"] == []
-        assert time.monotonic() - t < 3
         down = sc.wait_state("gone", "down")
         assert "Connection refused" in down["detail"] or "error sending request" in down["detail"], down
         sc.wait_log(r"server gone is down, its 3 tools leave the catalog: ")

@@ -544,6 +544,9 @@ type envoyFilterFacts struct {
 	HTTPFilterName               string            `json:"http_filter_name"`
 	HTTPFilterTypeURLs           []string          `json:"http_filter_type_urls"`
 	HTTPFilterInsertBeforeRouter bool              `json:"http_filter_insert_before_router"`
+	// The filter as the agent hands it to Envoy (ECDS resource after conversion, protojson with
+	// "@type"), for `envoy --mode validate` in the test.
+	ConvertedFilter json.RawMessage `json:"converted_filter"`
 }
 
 type wasmPluginFacts struct {
@@ -660,6 +663,11 @@ func envoyFilter(d doc, ef *networking.EnvoyFilter, cache wasm.Cache) (envoyFilt
 				return f, fmt.Errorf("configuration must be a google.protobuf.StringValue (Envoy hands its value to the plugin): %w", err)
 			}
 			f.Configuration = sv.Value
+			converted, err := protomarshal.ToJSON(after.TypedConfig)
+			if err != nil {
+				return f, err
+			}
+			f.ConvertedFilter = json.RawMessage(converted)
 		case networking.EnvoyFilter_HTTP_FILTER:
 			hf := obj.(*hcm.HttpFilter)
 			f.HTTPFilterName = hf.Name

@@ -336,8 +336,38 @@ def test_validation_catches_mistakes(oci_check, rendered, crds, tmp_path):
         assert p.returncode != 0 and expect in p.stderr, (old, p.stdout, p.stderr)
 
 
+def envoy_validates_the_converted_filter(ef: dict, sidecar_cluster: str, tmp_path: Path) -> None:
+    """The filter exactly as the agent hands it to Envoy, in a listener before the router, passes
+    `envoy --mode validate` (which loads the module and hands it its configuration). The agent's
+    local file lived in oci-check's temporary cache; its bytes are target/mcpgw.wasm (checked above)."""
+    converted = json.loads(json.dumps(ef["converted_filter"]).replace(json.dumps(ef["local_file"]), json.dumps(str(WASM))))
+    config = converted["config"]  # protojson: lowerCamelCase field names, which Envoy also reads
+    assert config["vmConfig"]["code"]["local"]["filename"] == str(WASM), config
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+           "stat_prefix": "gateway",
+           "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
+                                               "routes": [{"match": {"prefix": "/"}, "route": {"cluster": sidecar_cluster}}]}]},
+           "http_filters": [{"name": ef["http_filter_name"], "typed_config": converted},
+                            {"name": "envoy.filters.http.router",
+                             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
+    bootstrap = {
+        "static_resources": {
+            "listeners": [{"name": "gateway", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                           "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                           "typed_config": hcm}]}]}],
+            "clusters": [{"name": sidecar_cluster, "type": "STATIC", "connect_timeout": "1s",
+                          "load_assignment": {"cluster_name": sidecar_cluster, "endpoints": [{"lb_endpoints": [
+                              {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9}}}}]}]}}]}}
+    path = tmp_path / f"envoyfilter-{ef['name']}.json"
+    path.write_text(json.dumps(bootstrap))
+    envoy = ROOT / ".venv" / "bin" / "envoy"
+    p = subprocess.run([str(envoy), "--mode", "validate", "-c", str(path), "-l", "warning", "--disable-hot-restart"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+
 @pytest.mark.parametrize("install", INSTALLS)
-def test_istio_turns_the_manifests_into_the_filter_the_plugin_needs(oci_check, rendered, install, wasm_bytes):
+def test_istio_turns_the_manifests_into_the_filter_the_plugin_needs(oci_check, rendered, install, wasm_bytes, tmp_path):
     """EnvoyFilter: istiod's patch builder + the agent's ECDS rewrite (which pulls the image from the
     local registry by digest) yield a local module equal to target/mcpgw.wasm with
     allow_on_headers_stop_iteration and FAIL_RELOAD. WasmPlugin: istiod's JSON of pluginConfig is what
@@ -354,6 +384,7 @@ def test_istio_turns_the_manifests_into_the_filter_the_plugin_needs(oci_check, r
         assert ef["http_filter_type_urls"] == ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
         assert ef["http_filter_insert_before_router"] is True
         check_plugin_configuration(ef["configuration"], r["token"], params["sidecar_cluster"])
+        envoy_validates_the_converted_filter(ef, params["sidecar_cluster"], tmp_path)
     for wp in facts["wasm_plugins"] or []:
         check_plugin_configuration(wp["configuration"], r["token"], params["sidecar_cluster"])
     assert (facts["envoy_filters"] or facts["wasm_plugins"])
