@@ -804,7 +804,8 @@ def evaluate_targets(s: dict, wasm_bytes: int | None, growth: dict | None,
     cost = 1 - a / b if a is not None and b else None
     add("T9", "telemetry costs <= 5 % of tools/call rps @16",
         f"{cost * 100:+.1f} %" if cost is not None else "n/a", cost is not None and cost <= 0.05,
-        "1 - mcpgw / mcpgw_notel requests per second, 16 connections" + cpu_check("mcpgw", "mcpgw_notel", "call", 16))
+        "1 - mcpgw / mcpgw_notel requests per second, 16 connections" + cpu_check("mcpgw", "mcpgw_notel", "call", 16),
+        cells=[("mcpgw", "call", 16), ("mcpgw_notel", "call", 16)])
     return t
 
 
