@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -50,24 +49,6 @@ struct AppState {
     auth: Arc<Auth>,
     streams: Arc<Registry>,
     open_streams: Arc<Mutex<OpenStreams>>,
-    /// Long polls of `/v1/config` held right now (`polls_waiting` in `/v1/status`).
-    polls_waiting: Arc<AtomicUsize>,
-}
-
-/// Counts a held long poll for as long as it is held.
-struct Waiting(Arc<AtomicUsize>);
-
-impl Waiting {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(Arc::clone(count))
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Notification streams open at once, in all and per client session.
@@ -212,7 +193,6 @@ fn router_with(outputs: Outputs, token: &PluginToken, streams: Arc<Registry>) ->
             auth: Arc::new(Auth::new(token)),
             streams,
             open_streams: Arc::default(),
-            polls_waiting: Arc::default(),
         })
 }
 
@@ -362,7 +342,6 @@ async fn config(
     let _poller =
         (!wait.is_zero()).then(|| crate::metrics::InFlight::new(&crate::metrics::get().pollers));
     let mut rx = outputs.document.clone();
-    let _waiting = Waiting::new(&state.polls_waiting);
     loop {
         let current: Option<Arc<Published>> = rx.borrow_and_update().clone();
         if let Some(p) = &current {
@@ -414,7 +393,8 @@ async fn status(State(state): State<AppState>) -> Response {
         Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };
     if let Some(fields) = status.as_object_mut() {
-        let waiting = state.polls_waiting.load(Ordering::Relaxed);
+        // The long polls held now (`mcpgw_sidecar_plugin_pollers` on /metrics).
+        let waiting = crate::metrics::get().pollers.get();
         fields.insert("polls_waiting".into(), waiting.into());
     }
     match serde_json::to_vec_pretty(&status) {
