@@ -32,6 +32,8 @@ pub struct Route {
     /// The name upstream, already JSON-encoded (ready to splice into a body).
     pub upstream_name_json: String,
     pub upstream_name: String,
+    /// A tool's `x-mcp-annotation-hints` (see [`annotation_hints`]); `None` for prompts.
+    pub hints: Option<String>,
 }
 
 /// The client request headers a server may receive, sorted and deduplicated (lower-case):
@@ -128,6 +130,39 @@ pub struct Catalog {
 struct Named<'a> {
     #[serde(borrow)]
     name: &'a RawValue,
+    /// Read leniently (see [`annotation_hints`]): a malformed value counts as absent.
+    #[serde(default, borrow)]
+    annotations: Option<&'a RawValue>,
+}
+
+/// The four behaviour hints of a tool's `annotations`, with MCP's defaults for those absent.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Hints {
+    #[serde(default)]
+    read_only_hint: Option<bool>,
+    #[serde(default)]
+    destructive_hint: Option<bool>,
+    #[serde(default)]
+    idempotent_hint: Option<bool>,
+    #[serde(default)]
+    open_world_hint: Option<bool>,
+}
+
+/// `x-mcp-annotation-hints` of a tool: `readOnly=…,destructive=…,idempotent=…,openWorld=…` from
+/// its `annotations`, MCP's defaults (false, true, false, true) for hints absent or malformed, so
+/// an authorization filter can match one fixed shape.
+pub fn annotation_hints(annotations: Option<&RawValue>) -> String {
+    let hints: Hints = annotations
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_default();
+    format!(
+        "readOnly={},destructive={},idempotent={},openWorld={}",
+        hints.read_only_hint.unwrap_or(false),
+        hints.destructive_hint.unwrap_or(true),
+        hints.idempotent_hint.unwrap_or(false),
+        hints.open_world_hint.unwrap_or(true),
+    )
 }
 
 #[derive(Deserialize)]
@@ -419,6 +454,7 @@ impl<'a> Named<'a> {
                         server: index,
                         upstream_name_json: parsed.name.get().to_owned(),
                         upstream_name,
+                        hints: (field == "tools").then(|| annotation_hints(parsed.annotations)),
                     },
                 );
             }

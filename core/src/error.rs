@@ -10,6 +10,8 @@ pub const INVALID_PARAMS: i32 = -32602;
 pub const INTERNAL_ERROR: i32 = -32603;
 /// MCP: the resource a request names does not exist.
 pub const RESOURCE_NOT_FOUND: i32 = -32002;
+/// The gateway's authorization refused the request (a policy filter, a capability grant).
+pub const ACCESS_DENIED: i32 = -32001;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayError {
@@ -128,6 +130,10 @@ impl GatewayError {
             405,
             format!("Method Not Allowed: {method} on the MCP endpoint"),
         )
+    }
+    /// An authorization filter after the plugin answered 401 or 403 (`http_status`).
+    pub fn denied(http_status: u16, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("access_denied", ACCESS_DENIED, http_status, message)
     }
     /// MCP's "resource not found" (-32002), inside HTTP 200.
     pub fn resource_not_found(uri: &str) -> Self {

@@ -94,10 +94,16 @@ const LOG_LEVELS: [&str; 8] = [
 
 /// Headers only the gateway may set (client copies are removed on every path): the routing
 /// headers upstream routes match on, and the client session a vouched notification stream is for.
-const ROUTING_HEADERS: [&str; 4] = [
+/// The policy headers among them (`x-mcp-toolname` and the rest) are what an authorization
+/// filter after the plugin (Envoy `rbac`, `ext_authz`, an Istio AuthorizationPolicy) decides on
+/// (docs/governance.md).
+const ROUTING_HEADERS: [&str; 7] = [
     "x-mcp-servername",
     "x-mcp-toolname",
     "x-mcp-method",
+    "x-mcp-promptname",
+    "x-mcp-resourceuri",
+    "x-mcp-annotation-hints",
     SESSION_HEADER,
 ];
 
@@ -313,6 +319,13 @@ impl Request {
                 Ok(()) => Action::Pause,
                 Err(e) => self.fail(host, e),
             };
+        }
+        if let Some(refusal) = policy_refusal(status.as_deref(), call, &self.catalog) {
+            // An authorization filter after the plugin (Envoy's rbac, ext_authz, ...) refused
+            // the call with its own local reply: the client gets a JSON-RPC error instead.
+            if !speaks_mcp(host) {
+                return self.fail(host, refusal);
+            }
         }
         if !status.as_deref().is_some_and(|s| s.starts_with(b"2")) && !speaks_mcp(host) {
             // Envoy's own "upstream connect error" and the like: the client gets a JSON-RPC
@@ -977,8 +990,8 @@ impl Request {
         set(":path", server.path.as_bytes());
         set("accept", b"application/json, text/event-stream");
         set("x-mcp-servername", server.name.as_bytes());
-        if let Some(tool) = &call.tool {
-            set("x-mcp-toolname", tool.as_bytes());
+        for (name, value) in &call.policy {
+            set(name, value.as_bytes());
         }
         if let Some(method) = call.method {
             set("x-mcp-method", method.as_bytes());
@@ -1534,6 +1547,27 @@ fn check_post<'h>(
     Ok(())
 }
 
+/// A 401 or 403 answer to a routed call that is not an MCP answer: an authorization filter after
+/// the plugin (or the upstream's own front door) refused it. Told apart from other failures: the
+/// client learns it was refused, and for what.
+fn policy_refusal(status: Option<&[u8]>, call: &Call, catalog: &Catalog) -> Option<GatewayError> {
+    let status: u16 = match status? {
+        b"401" => 401,
+        b"403" => 403,
+        _ => return None,
+    };
+    let server = catalog.server(call.server).map_or("?", |s| s.name.as_str());
+    let what = call
+        .policy
+        .first()
+        .map_or_else(String::new, |(_, name)| format!(" {name}"));
+    let method = call.method.unwrap_or("the answer");
+    Some(GatewayError::denied(
+        status,
+        format!("Access denied: {method}{what} on server {server} is not allowed"),
+    ))
+}
+
 /// The response carries an MCP answer (JSON or SSE), not a proxy's error page.
 fn speaks_mcp(host: &dyn Host) -> bool {
     host.response_header("content-type").is_some_and(|ct| {
@@ -1620,8 +1654,8 @@ pub(crate) fn replay_headers<'a>(
     client: &'a [(String, Vec<u8>)],
 ) -> Vec<(&'a str, &'a str)> {
     let mut headers = upstream::call_headers(server, "POST", Some(upstream));
-    if let Some(tool) = &call.tool {
-        headers.push(("x-mcp-toolname", tool.as_str()));
+    for (name, value) in &call.policy {
+        headers.push((name, value.as_str()));
     }
     if let Some(method) = call.method {
         headers.push(("x-mcp-method", method));
@@ -1744,7 +1778,7 @@ pub(crate) fn answer_call(
     Ok(Call {
         server,
         method: None,
-        tool: None,
+        policy: Vec::new(),
         body,
         received_len,
         session,

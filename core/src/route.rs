@@ -18,8 +18,11 @@ pub(crate) struct Call {
     /// The MCP method, sent upstream as `x-mcp-method` (none for the client's answer to an
     /// upstream's request).
     pub(crate) method: Option<&'static str>,
-    /// The tool's name upstream (`tools/call` only), sent as `x-mcp-toolname`.
-    pub(crate) tool: Option<String>,
+    /// The policy headers naming what the call reaches (besides `x-mcp-method` and
+    /// `x-mcp-servername`): `x-mcp-toolname` and `x-mcp-annotation-hints` on `tools/call`,
+    /// `x-mcp-promptname` on `prompts/get`, `x-mcp-resourceuri` on `resources/*`; values made
+    /// safe for a header (see [`header_safe`]).
+    pub(crate) policy: Vec<(&'static str, String)>,
     /// The rewritten body (kept to retry once when a cached upstream session has expired).
     pub(crate) body: Vec<u8>,
     /// The body buffered by Envoy, which the rewrite replaces.
@@ -33,7 +36,7 @@ pub(crate) struct Destination {
     server: usize,
     method: &'static str,
     rewrite: Option<(std::ops::Range<usize>, String)>,
-    tool: Option<String>,
+    policy: Vec<(&'static str, String)>,
 }
 
 impl Destination {
@@ -93,12 +96,21 @@ impl Destination {
     }
 
     fn named(text: &str, method: &'static str, raw: &RawValue, route: &Route, tool: bool) -> Self {
+        let name = header_safe(&route.upstream_name);
+        let policy = match (tool, &route.hints) {
+            (true, Some(hints)) => vec![
+                ("x-mcp-toolname", name),
+                ("x-mcp-annotation-hints", hints.clone()),
+            ],
+            (true, None) => vec![("x-mcp-toolname", name)],
+            (false, _) => vec![("x-mcp-promptname", name)],
+        };
         Self {
             server: route.server,
             method,
             rewrite: jsonrpc::span_in(text, raw.get())
                 .map(|span| (span, route.upstream_name_json.clone())),
-            tool: tool.then(|| route.upstream_name.clone()),
+            policy,
         }
     }
 
@@ -112,6 +124,10 @@ impl Destination {
         let (server, upstream_uri) = catalog
             .resource_route(uri)
             .ok_or_else(|| GatewayError::resource_not_found(uri))?;
+        let policy = vec![(
+            "x-mcp-resourceuri",
+            header_safe(upstream_uri.as_deref().unwrap_or(uri)),
+        )];
         let rewrite = match upstream_uri {
             None => None,
             Some(upstream) => Some((
@@ -124,7 +140,7 @@ impl Destination {
             server,
             method,
             rewrite,
-            tool: None,
+            policy,
         })
     }
 
@@ -144,7 +160,7 @@ impl Destination {
         Ok(Call {
             server: self.server,
             method: Some(self.method),
-            tool: self.tool,
+            policy: self.policy,
             body,
             received_len,
             session,
@@ -164,4 +180,32 @@ pub(crate) fn required_str<'a>(
         GatewayError::invalid_params(format!("Invalid params: {field} must be a string"))
     })?;
     Ok((raw, value))
+}
+
+/// A name or URI as a header value: visible ASCII and spaces kept, every other byte (controls,
+/// DEL, non-ASCII UTF-8) percent-encoded, so a hostile name can neither break the header nor be
+/// refused by the proxy. Authorization rules match the encoded form.
+pub(crate) fn header_safe(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if (0x20..0x7f).contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_safe;
+
+    #[test]
+    fn header_values_are_visible_ascii() {
+        assert_eq!(header_safe("echo"), "echo");
+        assert_eq!(header_safe("a b/c?d"), "a b/c?d");
+        assert_eq!(header_safe("x\r\ny"), "x%0D%0Ay");
+        assert_eq!(header_safe("\u{e9}"), "%C3%A9");
+    }
 }

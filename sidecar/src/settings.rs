@@ -183,6 +183,10 @@ struct EnvoySection {
     retry_ms: u64,
     connect_timeout_ms: u64,
     access_log: AccessLog,
+    /// Envoy HTTP filters placed after the plugin, before the router, as written (each with
+    /// `name` and `typed_config`): an authorization filter (`rbac`, `ext_authz`) deciding on the
+    /// plugin's policy headers (docs/governance.md). Bootstrap only.
+    http_filters_after_plugin: Vec<serde_json::Value>,
 }
 
 /// Which requests Envoy's access log (stdout) records in the generated bootstrap.
@@ -210,6 +214,7 @@ impl Default for EnvoySection {
             retry_ms: 1_000,
             connect_timeout_ms: 5_000,
             access_log: AccessLog::All,
+            http_filters_after_plugin: Vec::new(),
         }
     }
 }
@@ -387,6 +392,8 @@ pub struct EnvoySettings {
     pub retry_ms: u64,
     pub connect_timeout: Duration,
     pub access_log: AccessLog,
+    /// Extra HTTP filters after the plugin (checked: each names itself and has a `typed_config`).
+    pub http_filters_after_plugin: Vec<serde_json::Value>,
 }
 
 /// One configured upstream server, resolved.
@@ -631,11 +638,40 @@ pub fn parse(
             retry_ms: envoy.retry_ms,
             connect_timeout: positive("envoy.connect_timeout_ms", envoy.connect_timeout_ms)?,
             access_log: envoy.access_log,
+            http_filters_after_plugin: check_filters(envoy.http_filters_after_plugin)?,
         },
         servers: specs,
     };
     crate::catalog::check_document(&settings)?;
     Ok(settings)
+}
+
+/// `envoy.http_filters_after_plugin`: each entry an Envoy HTTP filter with a `name` and a
+/// `typed_config` carrying its `@type` (Envoy itself validates the rest when it loads them).
+fn check_filters(filters: Vec<serde_json::Value>) -> Result<Vec<serde_json::Value>, String> {
+    for (i, filter) in filters.iter().enumerate() {
+        let field = format!("envoy.http_filters_after_plugin[{i}]");
+        let name = filter.get("name").and_then(serde_json::Value::as_str);
+        if name.is_none_or(str::is_empty) {
+            return Err(format!("{field}.name: a filter name is required"));
+        }
+        if name.is_some_and(|n| n == "envoy.filters.http.router") {
+            return Err(format!(
+                "{field}.name: the router is always last; do not add it"
+            ));
+        }
+        if filter
+            .get("typed_config")
+            .and_then(|c| c.get("@type"))
+            .and_then(serde_json::Value::as_str)
+            .is_none()
+        {
+            return Err(format!(
+                "{field}.typed_config: an object with an \"@type\" is required"
+            ));
+        }
+    }
+    Ok(filters)
 }
 
 fn server_spec(

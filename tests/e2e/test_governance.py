@@ -1,0 +1,183 @@
+"""Tool governance with Envoy's own authorization (docs/governance.md).
+
+The plugin sets the policy headers (`x-mcp-method`, `x-mcp-servername`, `x-mcp-toolname`,
+`x-mcp-annotation-hints`, ...) on every routed call and strips clients' copies; Envoy's `rbac` filter,
+placed AFTER the plugin, allows or denies per tool; the plugin turns rbac's text 403 into a JSON-RPC
+error (-32001) carrying the request's id. Real Envoy, real rbac filter, the shared demo upstreams.
+
+Policies of this gateway (DENY rules; everything else is allowed):
+  - `no-alpha-add`: tool `add` on server `alpha` (by name);
+  - `no-destructive-beta`: any tool on server `beta` whose annotations do not say `destructiveHint: false`
+    (by the annotation hints: beta's `echo` is annotated non-destructive in the document, `add` is not).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+import harness
+from conftest import make_document
+from harness import Gateway
+from rpc import Rpc, describe, rpc_error, tool_text
+
+RBAC = {
+    "name": "envoy.filters.http.rbac",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {
+            "action": "DENY",
+            "policies": {
+                "no-alpha-add": {
+                    "permissions": [{"and_rules": {"rules": [
+                        {"header": {"name": "x-mcp-servername", "string_match": {"exact": "alpha"}}},
+                        {"header": {"name": "x-mcp-toolname", "string_match": {"exact": "add"}}},
+                    ]}}],
+                    "principals": [{"any": True}],
+                },
+                "no-destructive-beta": {
+                    "permissions": [{"and_rules": {"rules": [
+                        {"header": {"name": "x-mcp-servername", "string_match": {"exact": "beta"}}},
+                        {"header": {"name": "x-mcp-method", "string_match": {"exact": "tools/call"}}},
+                        {"header": {"name": "x-mcp-annotation-hints",
+                                    "string_match": {"contains": "destructive=true"}}},
+                    ]}}],
+                    "principals": [{"any": True}],
+                },
+            },
+        },
+    },
+}
+
+ANNOTATIONS = {
+    ("alpha", "whoami"): {"readOnlyHint": True, "destructiveHint": False, "openWorldHint": False},
+    ("beta", "echo"): {"readOnlyHint": True, "destructiveHint": False, "idempotentHint": True},
+    ("beta", "whoami"): {"readOnlyHint": True, "destructiveHint": False},
+}
+
+
+def annotated_document(upstreams, catalogs) -> dict[str, Any]:
+    doc = make_document(upstreams, catalogs)
+    for server in doc["servers"]:
+        for tool in server["tools"]:
+            hints = ANNOTATIONS.get((server["name"], tool["name"]))
+            if hints:
+                tool["annotations"] = hints
+    return doc
+
+
+@pytest.fixture(scope="module")
+def governed(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
+    gw = Gateway(workdir, upstreams=list(upstreams.values()),
+                 plugin_config={"document": annotated_document(upstreams, catalogs)},
+                 name="envoy-governed", validate=True)
+    hcm = gw.bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    filters = hcm["http_filters"]
+    assert filters[0]["name"] == "envoy.filters.http.wasm"
+    filters.insert(1, RBAC)
+    try:
+        gw.start()
+    except harness.HarnessError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def client(governed: Gateway) -> Iterator[Rpc]:
+    with Rpc(governed.url) as c:
+        c.initialize()
+        yield c
+        c.delete()
+
+
+def rbac_denied(gw: Gateway) -> int:
+    return gw.envoy.stats("http.mcp.rbac.").get("http.mcp.rbac.denied", 0)
+
+
+def test_rbac_after_the_plugin_denies_one_tool_and_allows_another(governed: Gateway, client: Rpc):
+    resp, msg = client.call_tool("alpha_echo", {"text": "hi"})
+    assert resp.status_code == 200, describe(resp)
+    assert tool_text(msg) == "alpha: hi"
+
+    before = rbac_denied(governed)
+    resp = client.post({"jsonrpc": "2.0", "id": "deny-1", "method": "tools/call",
+                        "params": {"name": "alpha_add", "arguments": {"a": 1, "b": 2}}})
+    assert resp.status_code == 403, describe(resp)
+    assert resp.headers["content-type"].startswith("application/json"), describe(resp)
+    err = rpc_error(resp)
+    assert err["id"] == "deny-1"
+    assert err["error"]["code"] == -32001
+    assert "tools/call add on server alpha" in err["error"]["message"], err
+    assert rbac_denied(governed) == before + 1, "rbac itself refused it"
+
+    # The session is intact: the next allowed call goes through.
+    resp, msg = client.call_tool("alpha_echo", {"text": "again"})
+    assert resp.status_code == 200 and tool_text(msg) == "alpha: again", describe(resp)
+
+
+def test_the_denied_tool_never_reaches_its_upstream(governed: Gateway, client: Rpc, upstreams):
+    upstreams["alpha"].clear_log()
+    resp, _ = client.call_tool("alpha_add", {"a": 1, "b": 2})
+    assert resp.status_code == 403, describe(resp)
+    calls = [r for r in upstreams["alpha"].requests_log() if r.get("rpc_method") == "tools/call"]
+    assert calls == [], calls
+
+
+def test_client_copies_of_the_policy_headers_cannot_dodge_the_policy(client: Rpc):
+    spoof = {"x-mcp-toolname": "echo", "x-mcp-servername": "gamma", "x-mcp-method": "ping",
+             "x-mcp-annotation-hints": "readOnly=true,destructive=false,idempotent=true,openWorld=false",
+             "x-mcp-promptname": "p", "x-mcp-resourceuri": "file:///etc/passwd"}
+    resp, _ = client.call_tool("alpha_add", {"a": 1, "b": 2}, headers=spoof)
+    assert resp.status_code == 403, describe(resp)
+    resp, _ = client.call_tool("beta_add", {"a": 1, "b": 2}, headers=spoof)
+    assert resp.status_code == 403, describe(resp)
+
+
+def test_annotation_hints_decide_per_tool(client: Rpc):
+    # beta: echo is annotated non-destructive (allowed), add has no annotations: MCP's default
+    # destructive=true (denied).
+    resp, msg = client.call_tool("beta_echo", {"text": "ok"})
+    assert resp.status_code == 200 and tool_text(msg) == "beta: ok", describe(resp)
+    resp = client.post({"jsonrpc": "2.0", "id": 77, "method": "tools/call",
+                        "params": {"name": "beta_add", "arguments": {"a": 1, "b": 2}}})
+    assert resp.status_code == 403, describe(resp)
+    err = rpc_error(resp)
+    assert err["id"] == 77 and err["error"]["code"] == -32001
+    assert "tools/call add on server beta" in err["error"]["message"]
+
+
+@pytest.mark.parametrize("server,hints", [
+    ("alpha", "readOnly=true,destructive=false,idempotent=false,openWorld=false"),
+    ("beta", "readOnly=true,destructive=false,idempotent=false,openWorld=true"),
+])
+def test_the_upstream_sees_the_gateways_policy_headers(client: Rpc, server: str, hints: str):
+    spoof = {"x-mcp-toolname": "nope", "x-mcp-annotation-hints": "forged", "x-mcp-promptname": "p"}
+    resp, msg = client.call_tool(f"{server}_whoami", headers=spoof)
+    assert resp.status_code == 200, describe(resp)
+    h = json.loads(tool_text(msg))["headers"]
+    assert h["x-mcp-method"] == "tools/call"
+    assert h["x-mcp-servername"] == server
+    assert h["x-mcp-toolname"] == "whoami"
+    assert h["x-mcp-annotation-hints"] == hints
+    assert "x-mcp-promptname" not in h and "x-mcp-resourceuri" not in h
+
+
+def test_lists_are_answered_by_the_plugin_before_any_policy(client: Rpc):
+    # tools/list never reaches rbac (the plugin answers it): a denied tool is still listed, with its
+    # annotations (hiding it too is what a capability grant or a virtual server does).
+    tools = []
+    cursor = None
+    while True:
+        resp, msg = client.request("tools/list", {"cursor": cursor} if cursor else {})
+        assert resp.status_code == 200, describe(resp)
+        tools += msg["result"]["tools"]
+        cursor = msg["result"].get("nextCursor")
+        if not cursor:
+            break
+    by_name = {t["name"]: t for t in tools}
+    assert "alpha_add" in by_name and "beta_add" in by_name
+    assert by_name["beta_echo"]["annotations"]["destructiveHint"] is False
