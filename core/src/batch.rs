@@ -40,6 +40,9 @@ pub(crate) struct Context<'a> {
     /// The client's request headers (routing headers removed), for the allow-listed ones.
     pub(crate) headers: &'a [(String, Vec<u8>)],
     pub(crate) sidecar: Option<&'a SidecarLink>,
+    /// The request's capability grant, while elements are read (`None` later: then nothing is
+    /// allowed, fail-closed).
+    pub(crate) grant: Option<&'a crate::grant::Grant>,
 }
 
 /// Where a batch stands after an event.
@@ -174,11 +177,15 @@ impl Batch {
                     Ok(result) => jsonrpc::result_body(&slot.id, result),
                     Err(e) => jsonrpc::error_body(Some(&slot.id), &e),
                 };
-                let list = |kind: ListKind| {
-                    local(
-                        cursor_of(&params)
-                            .and_then(|cursor| ctx.catalog.page(kind, cursor.as_deref())),
-                    )
+                let list = |kind: ListKind| match (cursor_of(&params), ctx.grant) {
+                    (Ok(cursor), Some(grant)) => {
+                        match ctx.catalog.page_for(kind, cursor.as_deref(), grant) {
+                            Ok(page) => local(Ok(&page)),
+                            Err(e) => local(Err(e)),
+                        }
+                    }
+                    (Err(e), _) => local(Err(e)),
+                    (Ok(_), None) => local(Err(GatewayError::upstream("no grant evaluated"))),
                 };
                 let answer = match method.as_ref() {
                     "initialize" => local(Err(GatewayError::invalid_request(
@@ -202,8 +209,15 @@ impl Batch {
                     | "resources/subscribe"
                     | "resources/unsubscribe"
                     | "completion/complete") => {
+                        let granted = |destination: &Destination| match ctx.grant {
+                            Some(grant) => destination.check(ctx.catalog, grant),
+                            None => Err(GatewayError::upstream("no grant evaluated")),
+                        };
                         match Destination::of(ctx.catalog, text, routed, &params).and_then(
-                            |destination| destination.into_call(text, 0, Rc::clone(&self.session)),
+                            |destination| {
+                                granted(&destination)?;
+                                destination.into_call(text, 0, Rc::clone(&self.session))
+                            },
                         ) {
                             Ok(call) => {
                                 self.answers.push(None);

@@ -68,6 +68,15 @@ impl ForwardHeaders {
 /// A tool's route (the historical name).
 pub type ToolRoute = Route;
 
+/// One listed definition (see [`Catalog::page_for`]).
+#[derive(Debug)]
+struct Listed {
+    definition: String,
+    server: usize,
+    /// Unprefixed name, or upstream URI / URI template.
+    granted_as: String,
+}
+
 /// The kinds of list the gateway serves from its catalog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListKind {
@@ -79,6 +88,15 @@ pub enum ListKind {
 
 impl ListKind {
     /// The result member holding the items.
+    /// The capability kind a grant names for this list.
+    fn granted_kind(self) -> crate::grant::Kind {
+        match self {
+            ListKind::Tools => crate::grant::Kind::Tools,
+            ListKind::Prompts => crate::grant::Kind::Prompts,
+            ListKind::Resources | ListKind::ResourceTemplates => crate::grant::Kind::Resources,
+        }
+    }
+
     fn member(self) -> &'static str {
         match self {
             ListKind::Tools => "tools",
@@ -120,6 +138,11 @@ pub struct Catalog {
     plain_servers: Vec<usize>,
     /// List results, one JSON text per page, per kind.
     pages: [Vec<String>; 4],
+    /// Every listed definition per kind (as the pages hold them), with its server and the name
+    /// (or URI, URI template) a grant names: to build the pages of a narrowed list.
+    listed: [Vec<Listed>; 4],
+    /// Verifier of `x-mcp-authorized` (`grants` of the document).
+    pub grants: Option<crate::grant::Grants>,
     /// The `initialize` result after `"protocolVersion":"…",`.
     initialize_tail: String,
     /// Problems that did not reject the document (shadowed names), for the log.
@@ -202,7 +225,9 @@ impl Catalog {
             session,
             limits,
             servers,
+            grants,
         } = config;
+        let grants = grants.as_ref().map(crate::grant::Grants::new).transpose()?;
         gateway.validate()?;
         if limits.page_size == 0 {
             return Err("limits.page_size: must be positive".into());
@@ -280,28 +305,41 @@ impl Catalog {
                                         server.name,
                                         servers.get(owner).map_or("?", |s| s.name.as_str())
                                     ));
-                                    plain_uris.insert(uri, owner);
+                                    plain_uris.insert(uri.clone(), owner);
                                 }
                             }
                         }
-                        out.push(text.to_owned());
+                        out.push(Listed {
+                            definition: text.to_owned(),
+                            server: index,
+                            granted_as: uri,
+                        });
                         continue;
                     }
                     let span =
                         span_in(text, raw.get()).ok_or_else(|| format!("{}: bad span", at()))?;
                     let mapped_uri = map_uri(&server.name, &uri);
-                    out.push(
-                        splice(text, span, &json_string(&mapped_uri))
+                    out.push(Listed {
+                        definition: splice(text, span, &json_string(&mapped_uri))
                             .ok_or_else(|| format!("{}: bad span", at()))?,
-                    );
+                        server: index,
+                        granted_as: uri,
+                    });
                 }
             }
         }
+        let listed = [
+            std::mem::take(&mut tools.listed),
+            std::mem::take(&mut prompts.listed),
+            resources,
+            templates,
+        ];
+        let [t, p, r, rt] = &listed;
         let pages = [
-            paginate(ListKind::Tools, &tools.listed, limits.page_size),
-            paginate(ListKind::Prompts, &prompts.listed, limits.page_size),
-            paginate(ListKind::Resources, &resources, limits.page_size),
-            paginate(ListKind::ResourceTemplates, &templates, limits.page_size),
+            paginate(ListKind::Tools, t.iter(), limits.page_size),
+            paginate(ListKind::Prompts, p.iter(), limits.page_size),
+            paginate(ListKind::Resources, r.iter(), limits.page_size),
+            paginate(ListKind::ResourceTemplates, rt.iter(), limits.page_size),
         ];
         let initialize_tail = initialize_tail(&gateway, capabilities);
         let forward_headers = servers.iter().map(ForwardHeaders::for_server).collect();
@@ -319,6 +357,8 @@ impl Catalog {
             plain_uris,
             plain_servers,
             pages,
+            listed,
+            grants,
             initialize_tail,
             warnings,
         })
@@ -399,6 +439,43 @@ impl Catalog {
         pages.get(index).map(String::as_str).ok_or_else(unknown)
     }
 
+    /// A page of a list as `grant` narrows it: the pre-built page when it allows everything,
+    /// else built from the definitions it allows (same page size, same cursors).
+    pub fn page_for(
+        &self,
+        kind: ListKind,
+        cursor: Option<&str>,
+        grant: &crate::grant::Grant,
+    ) -> Result<Cow<'_, str>, GatewayError> {
+        if grant.is_all() {
+            return self.page(kind, cursor).map(Cow::Borrowed);
+        }
+        let listed = match kind {
+            ListKind::Tools => &self.listed[0],
+            ListKind::Prompts => &self.listed[1],
+            ListKind::Resources => &self.listed[2],
+            ListKind::ResourceTemplates => &self.listed[3],
+        };
+        let granted = kind.granted_kind();
+        let allowed = listed.iter().filter(|item| {
+            self.servers
+                .get(item.server)
+                .is_some_and(|s| grant.allows(granted, &s.name, &item.granted_as))
+        });
+        let mut pages = paginate(kind, allowed, self.limits.page_size);
+        let unknown = || GatewayError::invalid_params("Invalid params: unknown cursor");
+        let index = match cursor {
+            None => 0,
+            Some(cursor) => decode_cursor(kind, cursor)
+                .filter(|i| *i > 0 && *i < pages.len())
+                .ok_or_else(unknown)?,
+        };
+        if index >= pages.len() {
+            return Err(unknown());
+        }
+        Ok(Cow::Owned(pages.swap_remove(index)))
+    }
+
     /// The `initialize` result for a negotiated protocol version.
     pub fn initialize_result(&self, protocol_version: &str) -> String {
         format!(
@@ -412,7 +489,7 @@ impl Catalog {
 /// A prefixed-name index (tools or prompts) and its listed definitions, renamed.
 struct NameIndex {
     routes: HashMap<String, Route>,
-    listed: Vec<String>,
+    listed: Vec<Listed>,
 }
 
 impl<'a> Named<'a> {
@@ -447,7 +524,11 @@ impl<'a> Named<'a> {
                     .ok_or_else(|| format!("servers[{index}].{field}[{t}]: bad name span"))?;
                 let renamed = splice(text, span, &json_string(&prefixed))
                     .ok_or_else(|| format!("servers[{index}].{field}[{t}]: bad name span"))?;
-                listed.push(renamed);
+                listed.push(Listed {
+                    definition: renamed,
+                    server: index,
+                    granted_as: upstream_name.clone(),
+                });
                 routes.insert(
                     prefixed,
                     Route {
@@ -549,9 +630,14 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
 }
 
-fn paginate(kind: ListKind, definitions: &[String], page_size: usize) -> Vec<String> {
+fn paginate<'a>(
+    kind: ListKind,
+    listed: impl Iterator<Item = &'a Listed>,
+    page_size: usize,
+) -> Vec<String> {
     let member = kind.member();
-    let chunks: Vec<&[String]> = definitions.chunks(page_size).collect();
+    let definitions: Vec<&str> = listed.map(|l| l.definition.as_str()).collect();
+    let chunks: Vec<&[&str]> = definitions.chunks(page_size).collect();
     if chunks.is_empty() {
         return vec![format!("{{\"{member}\":[]}}")];
     }

@@ -23,6 +23,9 @@ pub struct GatewayConfig {
     pub limits: Limits,
     #[serde(default)]
     pub servers: Vec<ServerConfig>,
+    /// Signed capability grants (`x-mcp-authorized`); none: the header is removed and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<crate::grant::GrantsConfig>,
 }
 
 /// How the gateway presents itself to clients.
@@ -274,6 +277,11 @@ pub fn check_forward_header(field: &str, name: &str) -> Result<(), String> {
         return Err(format!(
             "{field}: {name:?} carries the client's credentials and is never forwarded \
              (a server's own credential goes in its `headers`)"
+        ));
+    }
+    if name == crate::grant::GRANT_HEADER || name.starts_with("x-mcp-") {
+        return Err(format!(
+            "{field}: {name:?} is set or consumed by the gateway and never forwarded from a client"
         ));
     }
     if HOP_BY_HOP_HEADERS.contains(&name) || name.starts_with("x-envoy-") {

@@ -135,6 +135,24 @@ impl GatewayError {
     pub fn denied(http_status: u16, message: impl Into<Cow<'static, str>>) -> Self {
         Self::new("access_denied", ACCESS_DENIED, http_status, message)
     }
+    /// `x-mcp-authorized` is present and well-formed but not acceptable: a bad signature,
+    /// expired, not yet valid (`check` says which).
+    pub fn grant_rejected(check: &'static str, message: &'static str) -> Self {
+        Self::new(check, ACCESS_DENIED, 401, message)
+    }
+    /// `x-mcp-authorized` cannot be read: not a JWS, not ES256, a malformed claim.
+    pub fn grant_malformed(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("grant_malformed", INVALID_REQUEST, 400, message)
+    }
+    /// The call names a tool, prompt or resource outside the request's grant.
+    pub fn grant_denied(noun: &str, name: &str, server: &str) -> Self {
+        Self::new(
+            "grant_denied",
+            ACCESS_DENIED,
+            403,
+            format!("Access denied: {noun} {name} on server {server} is not in x-mcp-authorized"),
+        )
+    }
     /// MCP's "resource not found" (-32002), inside HTTP 200.
     pub fn resource_not_found(uri: &str) -> Self {
         Self::new(

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod config;
 pub mod ended;
 pub mod error;
+pub mod grant;
 pub mod host;
 pub mod jsonrpc;
 pub mod opening;

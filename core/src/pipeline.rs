@@ -193,6 +193,8 @@ pub struct Request {
     session_token: Option<Vec<u8>>,
     /// The client's request headers, read once in the headers phase (routing headers removed).
     headers: Vec<(String, Vec<u8>)>,
+    /// `x-mcp-authorized`, taken out of `headers` (see [`crate::grant`]).
+    grant_token: Option<Vec<u8>>,
 }
 
 impl Request {
@@ -212,6 +214,7 @@ impl Request {
             id: None,
             session_token: None,
             headers: Vec::new(),
+            grant_token: None,
         }
     }
 
@@ -223,6 +226,13 @@ impl Request {
         self.headers = headers;
         if let Some(name) = repeated_header(&self.headers) {
             return self.fail(host, GatewayError::repeated_header(name));
+        }
+        if let Some(at) = self
+            .headers
+            .iter()
+            .position(|(n, _)| n == crate::grant::GRANT_HEADER)
+        {
+            self.grant_token = Some(self.headers.swap_remove(at).1);
         }
         if let Some(origin) = self.header("origin") {
             if !crate::origin::allowed(origin, &self.catalog.gateway.allowed_origins) {
@@ -557,6 +567,7 @@ impl Request {
                     catalog: &self.catalog,
                     headers: &self.headers,
                     sidecar: self.sidecar.as_deref(),
+                    grant: None,
                 };
                 let progress = batch.on_call_response(&ctx, host, token, &response);
                 self.batch_progress(host, batch, progress);
@@ -616,6 +627,7 @@ impl Request {
                             .ok_or_else(GatewayError::missing_session)?;
                         let catalog = Rc::clone(&self.catalog);
                         let destination = Destination::of(&catalog, text, routed, &params)?;
+                        destination.check(&catalog, &self.grant(host)?)?;
                         self.route(host, destination.into_call(text, body.len(), session)?)
                     }
                     other => {
@@ -633,10 +645,12 @@ impl Request {
         let elements =
             jsonrpc::parse_batch(text, catalog.limits.max_json_depth, jsonrpc::MAX_BATCH)?;
         let session = batch::admit(self.open_session(host)?)?;
+        let grant = self.grant(host)?;
         let ctx = batch::Context {
             catalog: &catalog,
             headers: &self.headers,
             sidecar: self.sidecar.as_deref(),
+            grant: Some(&grant),
         };
         let (batch, progress) = Batch::start(&ctx, host, session, &elements);
         Ok(self.batch_progress(host, batch, progress))
@@ -828,8 +842,18 @@ impl Request {
         self.open_session(host)?;
         let cursor = cursor_of(params)?;
         let catalog = Rc::clone(&self.catalog);
-        let page = catalog.page(kind, cursor.as_deref())?;
-        Ok(self.reply_result(host, page))
+        let grant = self.grant(host)?;
+        let page = catalog.page_for(kind, cursor.as_deref(), &grant)?;
+        Ok(self.reply_result(host, &page))
+    }
+
+    /// What this request may see and call: its `x-mcp-authorized`, verified (everything when
+    /// the document configures no grants).
+    fn grant(&self, host: &dyn Host) -> Result<crate::grant::Grant, GatewayError> {
+        match &self.catalog.grants {
+            None => Ok(crate::grant::Grant::All),
+            Some(grants) => grants.evaluate(self.grant_token.as_deref(), host.now_secs()),
+        }
     }
 
     /// Forwards a call on the client session's upstream session, opening one first if needed.
@@ -1390,10 +1414,16 @@ impl Request {
 /// routes match on them and a client must not reach an upstream by sending them itself.
 fn client_headers(host: &mut dyn Host) -> Vec<(String, Vec<u8>)> {
     let mut headers = host.request_headers();
+    let mut grant_removed = false;
     headers.retain(|(name, _)| {
         let spoofed = ROUTING_HEADERS.contains(&name.as_str());
         if spoofed {
             host.remove_request_header(name);
+        }
+        // The capability grant is the gateway's to read (kept here), never an upstream's.
+        if name == crate::grant::GRANT_HEADER && !grant_removed {
+            host.remove_request_header(name);
+            grant_removed = true;
         }
         !spoofed
     });
@@ -1464,7 +1494,8 @@ impl Unconfigured {
 
 /// Headers that carry one value each: sent twice, the gateway and an upstream could each read
 /// another one.
-const SINGLE_HEADERS: [&str; 5] = [
+const SINGLE_HEADERS: [&str; 6] = [
+    crate::grant::GRANT_HEADER,
     "mcp-session-id",
     "mcp-protocol-version",
     "content-type",

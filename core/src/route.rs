@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 use crate::catalog::{Catalog, Route};
 use crate::error::GatewayError;
+use crate::grant::{Grant, Kind};
 use crate::jsonrpc::{self, Params};
 use crate::session::Session;
 
@@ -37,6 +38,8 @@ pub(crate) struct Destination {
     method: &'static str,
     rewrite: Option<(std::ops::Range<usize>, String)>,
     policy: Vec<(&'static str, String)>,
+    /// What a capability grant must allow: the kind and the unprefixed name (upstream URI).
+    subject: (Kind, String),
 }
 
 impl Destination {
@@ -111,6 +114,21 @@ impl Destination {
             rewrite: jsonrpc::span_in(text, raw.get())
                 .map(|span| (span, route.upstream_name_json.clone())),
             policy,
+            subject: (
+                if tool { Kind::Tools } else { Kind::Prompts },
+                route.upstream_name.clone(),
+            ),
+        }
+    }
+
+    /// Refused (403) when `grant` does not allow what this request reaches.
+    pub(crate) fn check(&self, catalog: &Catalog, grant: &Grant) -> Result<(), GatewayError> {
+        let (kind, name) = &self.subject;
+        let server = catalog.server(self.server).map_or("?", |s| s.name.as_str());
+        if grant.allows(*kind, server, name) {
+            Ok(())
+        } else {
+            Err(GatewayError::grant_denied(kind.noun(), name, server))
         }
     }
 
@@ -124,10 +142,8 @@ impl Destination {
         let (server, upstream_uri) = catalog
             .resource_route(uri)
             .ok_or_else(|| GatewayError::resource_not_found(uri))?;
-        let policy = vec![(
-            "x-mcp-resourceuri",
-            header_safe(upstream_uri.as_deref().unwrap_or(uri)),
-        )];
+        let upstream = upstream_uri.as_deref().unwrap_or(uri).to_owned();
+        let policy = vec![("x-mcp-resourceuri", header_safe(&upstream))];
         let rewrite = match upstream_uri {
             None => None,
             Some(upstream) => Some((
@@ -141,6 +157,7 @@ impl Destination {
             method,
             rewrite,
             policy,
+            subject: (Kind::Resources, upstream),
         })
     }
 

@@ -52,6 +52,22 @@ struct FileConfig {
     envoy: EnvoySection,
     #[serde(default)]
     servers: Vec<ServerSection>,
+    /// Signed capability grants (`x-mcp-authorized`, docs/governance.md).
+    #[serde(default)]
+    grants: Option<GrantsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantsSection {
+    /// The signer's P-256 public key, PEM, inline ...
+    #[serde(default)]
+    public_key: Option<String>,
+    /// ... or in a file (relative to this file).
+    #[serde(default)]
+    public_key_file: Option<PathBuf>,
+    /// Without the header: `all` or `nothing` (required).
+    missing: mcpgw_core::grant::Missing,
 }
 
 fn default_listen() -> SocketAddr {
@@ -296,6 +312,8 @@ pub struct Settings {
     pub config_poll: Duration,
     pub envoy: EnvoySettings,
     pub servers: Vec<ServerSpec>,
+    /// `grants`, as the document carries them (key checked by the core when the document is).
+    pub grants: SerdeEq<Option<mcpgw_core::grant::GrantsConfig>>,
 }
 
 /// Where the plugin token comes from.
@@ -514,7 +532,30 @@ pub fn parse(
         notifications,
         envoy,
         servers,
+        grants,
     } = file;
+    let grants = match grants {
+        None => None,
+        Some(g) => {
+            let public_key = match (g.public_key, g.public_key_file) {
+                (Some(pem), None) => pem,
+                (None, Some(file)) => {
+                    let path = resolve(base, &file);
+                    fs::read_to_string(&path)
+                        .map_err(|e| format!("grants.public_key_file: {}: {e}", path.display()))?
+                }
+                _ => {
+                    return Err(
+                        "grants: set exactly one of `public_key` and `public_key_file`".into(),
+                    )
+                }
+            };
+            Some(mcpgw_core::grant::GrantsConfig {
+                public_key,
+                missing: g.missing,
+            })
+        }
+    };
 
     let (plugin_token_source, plugin_token) = match (plugin_token.env, plugin_token.file) {
         (Some(var), None) => {
@@ -641,6 +682,7 @@ pub fn parse(
             http_filters_after_plugin: check_filters(envoy.http_filters_after_plugin)?,
         },
         servers: specs,
+        grants: SerdeEq(grants),
     };
     crate::catalog::check_document(&settings)?;
     Ok(settings)

@@ -181,3 +181,161 @@ def test_lists_are_answered_by_the_plugin_before_any_policy(client: Rpc):
     by_name = {t["name"]: t for t in tools}
     assert "alpha_add" in by_name and "beta_add" in by_name
     assert by_name["beta_echo"]["annotations"]["destructiveHint"] is False
+
+
+# ------------------------------------------------------------------------------------------------
+# Signed capability grants: x-mcp-authorized (ES256 JWT, `allowed-capabilities` claim, seed-compatible).
+
+import time  # noqa: E402
+
+import jwt  # noqa: E402  (PyJWT)
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+
+SIGNER = ec.generate_private_key(ec.SECP256R1())
+OTHER_SIGNER = ec.generate_private_key(ec.SECP256R1())
+PUBLIC_PEM = SIGNER.public_key().public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def grant(capabilities: Any, *, key=SIGNER, exp: float | None = None, alg: str = "ES256",
+          raw_claim: Any = None) -> str:
+    """An x-mcp-authorized token as the seed system's AuthPolicy (Authorino wristband) makes it: the
+    claim is a JSON *string*."""
+    claims: dict[str, Any] = {"allowed-capabilities": raw_claim if raw_claim is not None
+                              else json.dumps(capabilities)}
+    claims["exp"] = int(time.time() + 300) if exp is None else int(exp)
+    if alg == "HS256":
+        return jwt.encode(claims, "shared-secret-of-at-least-32-bytes!!", algorithm="HS256")
+    return jwt.encode(claims, key, algorithm=alg)
+
+
+ALPHA_ECHO_BETA_ADD = {"tools": {"alpha": ["echo", "whoami"], "beta": ["add"]}}
+
+
+def granted_gateway(workdir: Path, upstreams, catalogs, missing: str, name: str) -> Gateway:
+    doc = make_document(upstreams, catalogs)
+    doc["grants"] = {"public_key": PUBLIC_PEM, "missing": missing}
+    gw = Gateway(workdir, upstreams=list(upstreams.values()), plugin_config={"document": doc},
+                 name=name, validate=True)
+    try:
+        gw.start()
+    except harness.HarnessError as e:
+        pytest.fail(str(e), pytrace=False)
+    return gw
+
+
+@pytest.fixture(scope="module")
+def strict(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
+    """Grants with `missing: nothing`."""
+    gw = granted_gateway(workdir, upstreams, catalogs, "nothing", "envoy-grants-strict")
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def lenient(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
+    """Grants with `missing: all`."""
+    gw = granted_gateway(workdir, upstreams, catalogs, "all", "envoy-grants-lenient")
+    yield gw
+    gw.stop()
+
+
+def session_on(gw: Gateway) -> Rpc:
+    c = Rpc(gw.url)
+    c.initialize()
+    return c
+
+
+def listed_tools(client: Rpc, headers: dict[str, str] | None = None) -> list[str]:
+    names: list[str] = []
+    cursor = None
+    while True:
+        resp, msg = client.request("tools/list", {"cursor": cursor} if cursor else {}, headers=headers)
+        assert resp.status_code == 200, describe(resp)
+        names += [t["name"] for t in msg["result"]["tools"]]
+        cursor = msg["result"].get("nextCursor")
+        if not cursor:
+            return names
+
+
+def test_a_grant_narrows_the_list_and_refuses_calls_outside_it(strict: Gateway):
+    token = {"x-mcp-authorized": grant(ALPHA_ECHO_BETA_ADD)}
+    with session_on(strict) as c:
+        assert sorted(listed_tools(c, token)) == ["alpha_echo", "alpha_whoami", "beta_add"]
+        resp, msg = c.call_tool("alpha_echo", {"text": "in"}, headers=token)
+        assert resp.status_code == 200 and tool_text(msg) == "alpha: in", describe(resp)
+        resp, msg = c.call_tool("beta_add", {"a": 2, "b": 3}, headers=token)
+        assert resp.status_code == 200 and tool_text(msg) == "5", describe(resp)
+        resp = c.post({"jsonrpc": "2.0", "id": "g-1", "method": "tools/call",
+                       "params": {"name": "alpha_add", "arguments": {"a": 1, "b": 1}}}, headers=token)
+        assert resp.status_code == 403, describe(resp)
+        err = rpc_error(resp)
+        assert err["id"] == "g-1" and err["error"]["code"] == -32001
+        assert "tool add on server alpha" in err["error"]["message"], err
+
+
+def test_the_grant_header_never_reaches_an_upstream(strict: Gateway):
+    token = {"x-mcp-authorized": grant(ALPHA_ECHO_BETA_ADD)}
+    with session_on(strict) as c:
+        resp, msg = c.call_tool("alpha_whoami", headers=token)
+        assert resp.status_code == 200, describe(resp)
+        seen = json.loads(tool_text(msg))["headers"]
+        assert "x-mcp-authorized" not in seen, seen
+        assert token["x-mcp-authorized"] not in json.dumps(seen)
+
+
+def test_missing_header_means_nothing_when_so_configured(strict: Gateway):
+    with session_on(strict) as c:
+        assert listed_tools(c) == []
+        resp, _ = c.call_tool("alpha_echo", {"text": "x"})
+        assert resp.status_code == 403, describe(resp)
+        assert rpc_error(resp)["error"]["code"] == -32001
+
+
+def test_missing_header_means_all_when_so_configured(lenient: Gateway, expected_tools):
+    with session_on(lenient) as c:
+        assert sorted(listed_tools(c)) == sorted(expected_tools)
+        # The header still narrows; a kind the claim does not name follows `missing` (all here).
+        token = {"x-mcp-authorized": grant({"prompts": {}})}
+        assert sorted(listed_tools(c, token)) == sorted(expected_tools)
+        token = {"x-mcp-authorized": grant({"tools": {"beta": ["echo"]}})}
+        assert listed_tools(c, token) == ["beta_echo"]
+
+
+@pytest.mark.parametrize("case,status,code,check", [
+    ("bad-signature", 401, -32001, "signature"),
+    ("expired", 401, -32001, "expired"),
+    ("claim-not-json", 400, -32600, "allowed-capabilities"),
+    ("claim-wrong-shape", 400, -32600, "allowed-capabilities"),
+    ("claim-missing", 400, -32600, "allowed-capabilities"),
+    ("hs256", 400, -32600, "ES256"),
+    ("garbage", 400, -32600, "malformed"),
+])
+def test_a_bad_grant_is_a_specific_error_not_an_empty_list(strict: Gateway, case, status, code, check):
+    token = {
+        "bad-signature": lambda: grant(ALPHA_ECHO_BETA_ADD, key=OTHER_SIGNER),
+        "expired": lambda: grant(ALPHA_ECHO_BETA_ADD, exp=time.time() - 60),
+        "claim-not-json": lambda: grant(None, raw_claim="{tools:"),
+        "claim-wrong-shape": lambda: grant(None, raw_claim=json.dumps({"tools": ["echo"]})),
+        "claim-missing": lambda: jwt.encode({"exp": int(time.time()) + 60}, SIGNER, algorithm="ES256"),
+        "hs256": lambda: grant(ALPHA_ECHO_BETA_ADD, alg="HS256"),
+        "garbage": lambda: "not-a-jwt",
+    }[case]()
+    with session_on(strict) as c:
+        for method, params in [("tools/list", {}), ("tools/call", {"name": "alpha_echo", "arguments": {"text": "x"}})]:
+            resp = c.post({"jsonrpc": "2.0", "id": 41, "method": method, "params": params},
+                          headers={"x-mcp-authorized": token})
+            assert resp.status_code == status, describe(resp)
+            err = rpc_error(resp)
+            assert err["id"] == 41 and err["error"]["code"] == code, err
+            assert check in err["error"]["message"], err
+
+
+def test_a_repeated_grant_header_is_refused(strict: Gateway):
+    with session_on(strict) as c:
+        headers = list(c.headers().items()) + [("x-mcp-authorized", grant(ALPHA_ECHO_BETA_ADD))] * 2
+        resp = c.http.post(c.url, content=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+                           headers=headers)
+        assert resp.status_code == 400, describe(resp)
+        assert "x-mcp-authorized" in rpc_error(resp)["error"]["message"]

@@ -1,0 +1,350 @@
+//! Signed capability grants: the `x-mcp-authorized` header (compatible with Kuadrant's
+//! mcp-gateway), an ES256 JWT set by a trusted authorization layer (Authorino, an `ext_authz`
+//! service, ...) whose `allowed-capabilities` claim is a JSON *string* mapping capability kinds
+//! to servers to unprefixed names:
+//!
+//! ```json
+//! {"tools": {"alpha": ["echo"]}, "prompts": {"alpha": ["greet"]}, "resources": {"beta": ["file:///a"]}}
+//! ```
+//!
+//! One grant filters the lists (`tools/list`, `prompts/list`, `resources/list`,
+//! `resources/templates/list`) and refuses the calls outside it (`tools/call`, `prompts/get`,
+//! `resources/*`, `completion/complete`). The header is verified against the configured P-256
+//! public key; a bad signature, an expired token or a malformed claim is an error of its own, never
+//! silently an empty list. Without the header, the configured `missing` policy decides (all or
+//! nothing). The header never reaches an upstream (see [`crate::pipeline`]).
+
+use std::collections::{HashMap, HashSet};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use p256::ecdsa::signature::Verifier;
+use p256::ecdsa::{Signature, VerifyingKey};
+use p256::pkcs8::DecodePublicKey;
+use serde::{Deserialize, Serialize};
+
+use crate::error::GatewayError;
+
+/// The header carrying the grant.
+pub const GRANT_HEADER: &str = "x-mcp-authorized";
+/// The claim holding the capabilities (a JSON string).
+pub const CLAIM: &str = "allowed-capabilities";
+
+/// Longest grant header read (a token is a few hundred bytes; a large catalog a few KB).
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// What a request without the header may see and call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Missing {
+    /// Everything (the header only narrows).
+    All,
+    /// Nothing: lists are empty, calls are refused.
+    Nothing,
+}
+
+/// `grants` of the configuration document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsConfig {
+    /// The signer's P-256 public key, PEM (`-----BEGIN PUBLIC KEY-----`, SubjectPublicKeyInfo).
+    pub public_key: String,
+    /// Without the header: `all` or `nothing` (no default: the choice is the operator's). Also
+    /// applies to a kind (tools, prompts, resources) the claim does not name.
+    pub missing: Missing,
+}
+
+/// The capability kinds a grant names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tools,
+    Prompts,
+    Resources,
+}
+
+impl Kind {
+    fn index(self) -> usize {
+        match self {
+            Kind::Tools => 0,
+            Kind::Prompts => 1,
+            Kind::Resources => 2,
+        }
+    }
+
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Tools => "tool",
+            Kind::Prompts => "prompt",
+            Kind::Resources => "resource",
+        }
+    }
+}
+
+/// What one kind allows.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    All,
+    /// Server name -> the unprefixed names (or upstream URIs) allowed on it.
+    Listed(HashMap<String, HashSet<String>>),
+}
+
+/// What a request may see and call.
+#[derive(Debug, Clone)]
+pub enum Grant {
+    All,
+    Only([Scope; 3]),
+}
+
+impl Grant {
+    /// `name` (unprefixed, or the upstream URI) of `server` is allowed.
+    pub fn allows(&self, kind: Kind, server: &str, name: &str) -> bool {
+        match self {
+            Grant::All => true,
+            Grant::Only(scopes) => match scopes.get(kind.index()) {
+                Some(Scope::All) => true,
+                Some(Scope::Listed(servers)) => servers
+                    .get(server)
+                    .is_some_and(|names| names.contains(name)),
+                None => false,
+            },
+        }
+    }
+
+    pub fn is_all(&self) -> bool {
+        matches!(self, Grant::All)
+    }
+
+    fn nothing() -> Self {
+        Grant::Only([
+            Scope::Listed(HashMap::new()),
+            Scope::Listed(HashMap::new()),
+            Scope::Listed(HashMap::new()),
+        ])
+    }
+}
+
+/// The configured verifier, built once per document.
+#[derive(Debug, Clone)]
+pub struct Grants {
+    key: VerifyingKey,
+    missing: Missing,
+}
+
+#[derive(Deserialize)]
+struct Header<'a> {
+    #[serde(borrow)]
+    alg: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    #[serde(default)]
+    exp: Option<f64>,
+    #[serde(default)]
+    nbf: Option<f64>,
+    #[serde(default, rename = "allowed-capabilities")]
+    capabilities: Option<serde_json::Value>,
+}
+
+impl Grants {
+    /// Parses the configured key; the error names the field.
+    pub fn new(config: &GrantsConfig) -> Result<Self, String> {
+        let der = pem_body(&config.public_key, "PUBLIC KEY")
+            .ok_or("grants.public_key: expected a PEM block -----BEGIN PUBLIC KEY-----")?;
+        let key = VerifyingKey::from_public_key_der(&der)
+            .map_err(|e| format!("grants.public_key: not a P-256 public key: {e}"))?;
+        Ok(Self {
+            key,
+            missing: config.missing,
+        })
+    }
+
+    /// The grant of a request: its header (`None`: absent), verified at `now` (Unix seconds).
+    pub fn evaluate(&self, header: Option<&[u8]>, now: u64) -> Result<Grant, GatewayError> {
+        let Some(token) = header else {
+            return Ok(match self.missing {
+                Missing::All => Grant::All,
+                Missing::Nothing => Grant::nothing(),
+            });
+        };
+        let payload = self.verify(token)?;
+        #[allow(clippy::cast_precision_loss)]
+        let now = now as f64;
+        if payload.exp.is_some_and(|exp| now >= exp) {
+            return Err(GatewayError::grant_rejected(
+                "grant_expired",
+                "x-mcp-authorized has expired",
+            ));
+        }
+        if payload.nbf.is_some_and(|nbf| now < nbf) {
+            return Err(GatewayError::grant_rejected(
+                "grant_not_yet_valid",
+                "x-mcp-authorized is not valid yet (nbf)",
+            ));
+        }
+        let claim = payload
+            .capabilities
+            .ok_or_else(|| malformed(&format!("no {CLAIM} claim")))?;
+        let serde_json::Value::String(text) = claim else {
+            return Err(malformed(&format!(
+                "the {CLAIM} claim must be a JSON string"
+            )));
+        };
+        let map: HashMap<String, HashMap<String, Vec<String>>> = serde_json::from_str(&text)
+            .map_err(|e| {
+                malformed(&format!(
+                    "the {CLAIM} claim must map kinds to servers to lists of names: {e}"
+                ))
+            })?;
+        let absent = || match self.missing {
+            Missing::All => Scope::All,
+            Missing::Nothing => Scope::Listed(HashMap::new()),
+        };
+        let scope = |kind: &str| match map.get(kind) {
+            None => absent(),
+            Some(servers) => Scope::Listed(
+                servers
+                    .iter()
+                    .map(|(server, names)| (server.clone(), names.iter().cloned().collect()))
+                    .collect(),
+            ),
+        };
+        Ok(Grant::Only([
+            scope("tools"),
+            scope("prompts"),
+            scope("resources"),
+        ]))
+    }
+
+    fn verify(&self, token: &[u8]) -> Result<Payload, GatewayError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(malformed("too long"));
+        }
+        let token = std::str::from_utf8(token).map_err(|_| malformed("not ASCII"))?;
+        let mut parts = token.trim().split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed(
+                "not a JWS compact token (header.payload.signature)",
+            ));
+        };
+        let decode = |part: &str, what: &str| {
+            URL_SAFE_NO_PAD
+                .decode(part)
+                .map_err(|_| malformed(&format!("the {what} is not base64url")))
+        };
+        let header_json = decode(header, "header")?;
+        let parsed: Header = serde_json::from_slice(&header_json)
+            .map_err(|_| malformed("the header is not a JSON object with alg"))?;
+        if parsed.alg != "ES256" {
+            return Err(malformed(&format!(
+                "alg must be ES256, got {:?}",
+                parsed.alg
+            )));
+        }
+        let signature = Signature::from_slice(&decode(signature, "signature")?)
+            .map_err(|_| malformed("the signature is not a 64-byte ES256 signature"))?;
+        let signed_len = header.len() + 1 + payload.len();
+        let signed = token
+            .trim()
+            .get(..signed_len)
+            .ok_or_else(|| malformed("bad token"))?;
+        self.key
+            .verify(signed.as_bytes(), &signature)
+            .map_err(|_| {
+                GatewayError::grant_rejected(
+                    "grant_bad_signature",
+                    "x-mcp-authorized: the signature does not verify with the configured key",
+                )
+            })?;
+        serde_json::from_slice(&decode(payload, "payload")?)
+            .map_err(|e| malformed(&format!("the payload is not a JSON object of claims: {e}")))
+    }
+}
+
+fn malformed(why: &str) -> GatewayError {
+    GatewayError::grant_malformed(format!("x-mcp-authorized is malformed: {why}"))
+}
+
+/// The base64 body of the PEM block `label`.
+fn pem_body(pem: &str, label: &str) -> Option<Vec<u8>> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = pem.find(&begin)? + begin.len();
+    let stop = start + pem.get(start..)?.find(&end)?;
+    let body: String = pem
+        .get(start..stop)?
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    STANDARD.decode(body).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The seed system's e2e test key (tests/e2e/jwt_helpers.go); tokens signed with it are
+    // checked end to end (tests/e2e/test_governance.py).
+    const PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE7WdMdvC8hviEAL4wcebqaYbLEtVO
+VEiyi/nozagw7BaWXmzbOWyy95gZLirTkhUb1P4Z4lgKLU2rD5NCbGPHAA==
+-----END PUBLIC KEY-----";
+
+    fn grants(missing: Missing) -> Grants {
+        Grants::new(&GrantsConfig {
+            public_key: PUBLIC.into(),
+            missing,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn missing_header_follows_the_policy() {
+        let all = grants(Missing::All).evaluate(None, 0).unwrap();
+        assert!(all.allows(Kind::Tools, "alpha", "anything"));
+        let none = grants(Missing::Nothing).evaluate(None, 0).unwrap();
+        assert!(!none.allows(Kind::Tools, "alpha", "echo"));
+        assert!(!none.allows(Kind::Prompts, "alpha", "p"));
+    }
+
+    #[test]
+    fn bad_tokens_get_their_own_errors() {
+        let g = grants(Missing::All);
+        for (token, check) in [
+            ("abc", "grant_malformed"),
+            ("a.b.c.d", "grant_malformed"),
+            ("e30.e30.AAAA", "grant_malformed"),
+        ] {
+            let e = g.evaluate(Some(token.as_bytes()), 0).unwrap_err();
+            assert_eq!(e.check, check, "{token}");
+        }
+        // A well-formed ES256 header with a signature that does not verify.
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"allowed-capabilities":"{}"}"#);
+        let sig = URL_SAFE_NO_PAD.encode([7u8; 64]);
+        let e = g
+            .evaluate(Some(format!("{header}.{payload}.{sig}").as_bytes()), 0)
+            .unwrap_err();
+        assert_eq!(e.check, "grant_bad_signature");
+        assert_eq!((e.code, e.http_status), (-32001, 401));
+        // alg none is refused before any signature check.
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
+        let e = g
+            .evaluate(Some(format!("{header}.{payload}.").as_bytes()), 0)
+            .unwrap_err();
+        assert_eq!(e.check, "grant_malformed");
+        assert!(e.message.contains("ES256"));
+    }
+
+    #[test]
+    fn a_bad_key_is_a_configuration_error() {
+        let e = Grants::new(&GrantsConfig {
+            public_key: "nope".into(),
+            missing: Missing::All,
+        })
+        .unwrap_err();
+        assert!(e.starts_with("grants.public_key"), "{e}");
+    }
+}
