@@ -20,7 +20,6 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
-use p256::pkcs8::DecodePublicKey;
 use serde::{Deserialize, Serialize};
 
 use crate::error::GatewayError;
@@ -32,6 +31,12 @@ pub const CLAIM: &str = "allowed-capabilities";
 
 /// Longest grant header read (a token is a few hundred bytes; a large catalog a few KB).
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// DER of a P-256 SubjectPublicKeyInfo up to its uncompressed point.
+const P256_SPKI_HEADER: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
 
 /// What a request without the header may see and call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,16 +148,25 @@ struct Payload {
     #[serde(default)]
     nbf: Option<f64>,
     #[serde(default, rename = "allowed-capabilities")]
-    capabilities: Option<serde_json::Value>,
+    capabilities: Option<Box<serde_json::value::RawValue>>,
 }
+
+/// The claim's decoded value: kind -> server -> names.
+type Capabilities = HashMap<String, HashMap<String, HashSet<String>>>;
 
 impl Grants {
     /// Parses the configured key; the error names the field.
     pub fn new(config: &GrantsConfig) -> Result<Self, String> {
         let der = pem_body(&config.public_key, "PUBLIC KEY")
             .ok_or("grants.public_key: expected a PEM block -----BEGIN PUBLIC KEY-----")?;
-        let key = VerifyingKey::from_public_key_der(&der)
-            .map_err(|e| format!("grants.public_key: not a P-256 public key: {e}"))?;
+        // A P-256 SubjectPublicKeyInfo is one fixed header (id-ecPublicKey, prime256v1, BIT
+        // STRING) and the 65-byte uncompressed point: read as such, no general DER parser.
+        let point = der
+            .strip_prefix(P256_SPKI_HEADER.as_slice())
+            .filter(|point| point.len() == 65)
+            .ok_or("grants.public_key: not a P-256 (prime256v1) public key, uncompressed")?;
+        let key = VerifyingKey::from_sec1_bytes(point)
+            .map_err(|_| "grants.public_key: not a point of P-256".to_owned())?;
         Ok(Self {
             key,
             missing: config.missing,
@@ -185,29 +199,20 @@ impl Grants {
         let claim = payload
             .capabilities
             .ok_or_else(|| malformed(&format!("no {CLAIM} claim")))?;
-        let serde_json::Value::String(text) = claim else {
-            return Err(malformed(&format!(
-                "the {CLAIM} claim must be a JSON string"
-            )));
-        };
-        let map: HashMap<String, HashMap<String, Vec<String>>> = serde_json::from_str(&text)
-            .map_err(|e| {
-                malformed(&format!(
-                    "the {CLAIM} claim must map kinds to servers to lists of names: {e}"
-                ))
-            })?;
+        let text: String = serde_json::from_str(claim.get())
+            .map_err(|_| malformed(&format!("the {CLAIM} claim must be a JSON string")))?;
+        let mut map: Capabilities = serde_json::from_str(&text).map_err(|e| {
+            malformed(&format!(
+                "the {CLAIM} claim must map kinds to servers to lists of names: {e}"
+            ))
+        })?;
         let absent = || match self.missing {
             Missing::All => Scope::All,
             Missing::Nothing => Scope::Listed(HashMap::new()),
         };
-        let scope = |kind: &str| match map.get(kind) {
+        let mut scope = |kind: &str| match map.remove(kind) {
             None => absent(),
-            Some(servers) => Scope::Listed(
-                servers
-                    .iter()
-                    .map(|(server, names)| (server.clone(), names.iter().cloned().collect()))
-                    .collect(),
-            ),
+            Some(servers) => Scope::Listed(servers),
         };
         Ok(Grant::Only([
             scope("tools"),
