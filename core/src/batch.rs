@@ -42,7 +42,7 @@ pub(crate) struct Context<'a> {
     pub(crate) sidecar: Option<&'a SidecarLink>,
     /// The request's capability grant, while elements are read (`None` later: then nothing is
     /// allowed, fail-closed).
-    pub(crate) grant: Option<&'a crate::grant::Grant>,
+    pub(crate) access: Option<&'a crate::grant::Access<'a>>,
 }
 
 /// Where a batch stands after an event.
@@ -177,9 +177,9 @@ impl Batch {
                     Ok(result) => jsonrpc::result_body(&slot.id, result),
                     Err(e) => jsonrpc::error_body(Some(&slot.id), &e),
                 };
-                let list = |kind: ListKind| match (cursor_of(&params), ctx.grant) {
-                    (Ok(cursor), Some(grant)) => {
-                        match ctx.catalog.page_for(kind, cursor.as_deref(), grant) {
+                let list = |kind: ListKind| match (cursor_of(&params), ctx.access) {
+                    (Ok(cursor), Some(access)) => {
+                        match ctx.catalog.page_for(kind, cursor.as_deref(), access) {
                             Ok(page) => local(Ok(&page)),
                             Err(e) => local(Err(e)),
                         }
@@ -209,8 +209,8 @@ impl Batch {
                     | "resources/subscribe"
                     | "resources/unsubscribe"
                     | "completion/complete") => {
-                        let granted = |destination: &Destination| match ctx.grant {
-                            Some(grant) => destination.check(ctx.catalog, grant),
+                        let granted = |destination: &Destination| match ctx.access {
+                            Some(access) => destination.check(ctx.catalog, access),
                             None => Err(GatewayError::upstream("no grant evaluated")),
                         };
                         match Destination::of(ctx.catalog, text, routed, &params).and_then(

@@ -75,6 +75,8 @@ struct Listed {
     server: usize,
     /// Unprefixed name, or upstream URI / URI template.
     granted_as: String,
+    /// The name clients see (prefixed), or the URI as listed.
+    shown_as: String,
 }
 
 /// The kinds of list the gateway serves from its catalog.
@@ -143,6 +145,8 @@ pub struct Catalog {
     listed: [Vec<Listed>; 4],
     /// Verifier of `x-mcp-authorized` (`grants` of the document).
     pub grants: Option<crate::grant::Grants>,
+    /// Virtual servers by name.
+    pub virtual_servers: HashMap<String, crate::grant::VirtualServer>,
     /// The `initialize` result after `"protocolVersion":"…",`.
     initialize_tail: String,
     /// Problems that did not reject the document (shadowed names), for the log.
@@ -226,6 +230,7 @@ impl Catalog {
             limits,
             servers,
             grants,
+            virtual_servers,
         } = config;
         let grants = grants.as_ref().map(crate::grant::Grants::new).transpose()?;
         gateway.validate()?;
@@ -312,6 +317,7 @@ impl Catalog {
                         out.push(Listed {
                             definition: text.to_owned(),
                             server: index,
+                            shown_as: uri.clone(),
                             granted_as: uri,
                         });
                         continue;
@@ -323,9 +329,25 @@ impl Catalog {
                         definition: splice(text, span, &json_string(&mapped_uri))
                             .ok_or_else(|| format!("{}: bad span", at()))?,
                         server: index,
+                        shown_as: mapped_uri,
                         granted_as: uri,
                     });
                 }
+            }
+        }
+        let mut virtual_index = HashMap::new();
+        for (i, config) in virtual_servers.iter().enumerate() {
+            let known = |kind: crate::grant::Kind, name: &str| match kind {
+                crate::grant::Kind::Tools => tools.routes.contains_key(name),
+                crate::grant::Kind::Prompts => prompts.routes.contains_key(name),
+                crate::grant::Kind::Resources => true,
+            };
+            let server = crate::grant::VirtualServer::new(i, config, &known, &mut warnings)?;
+            if virtual_index.insert(config.name.clone(), server).is_some() {
+                return Err(format!(
+                    "virtual_servers[{i}].name: duplicate virtual server {:?}",
+                    config.name
+                ));
             }
         }
         let listed = [
@@ -359,6 +381,7 @@ impl Catalog {
             pages,
             listed,
             grants,
+            virtual_servers: virtual_index,
             initialize_tail,
             warnings,
         })
@@ -439,15 +462,15 @@ impl Catalog {
         pages.get(index).map(String::as_str).ok_or_else(unknown)
     }
 
-    /// A page of a list as `grant` narrows it: the pre-built page when it allows everything,
-    /// else built from the definitions it allows (same page size, same cursors).
+    /// A page of a list as `access` narrows it: the pre-built page when it allows everything,
+    /// else built from the definitions it shows (same page size, same cursors).
     pub fn page_for(
         &self,
         kind: ListKind,
         cursor: Option<&str>,
-        grant: &crate::grant::Grant,
+        access: &crate::grant::Access<'_>,
     ) -> Result<Cow<'_, str>, GatewayError> {
-        if grant.is_all() {
+        if access.is_all() {
             return self.page(kind, cursor).map(Cow::Borrowed);
         }
         let listed = match kind {
@@ -460,7 +483,7 @@ impl Catalog {
         let allowed = listed.iter().filter(|item| {
             self.servers
                 .get(item.server)
-                .is_some_and(|s| grant.allows(granted, &s.name, &item.granted_as))
+                .is_some_and(|s| access.shows(granted, &s.name, &item.granted_as, &item.shown_as))
         });
         let mut pages = paginate(kind, allowed, self.limits.page_size);
         let unknown = || GatewayError::invalid_params("Invalid params: unknown cursor");
@@ -528,6 +551,7 @@ impl<'a> Named<'a> {
                     definition: renamed,
                     server: index,
                     granted_as: upstream_name.clone(),
+                    shown_as: prefixed.clone(),
                 });
                 routes.insert(
                     prefixed,

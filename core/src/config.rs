@@ -26,6 +26,9 @@ pub struct GatewayConfig {
     /// Signed capability grants (`x-mcp-authorized`); none: the header is removed and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grants: Option<crate::grant::GrantsConfig>,
+    /// Virtual servers: named, curated subsets of the catalog (docs/governance.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_servers: Vec<crate::grant::VirtualServerConfig>,
 }
 
 /// How the gateway presents itself to clients.

@@ -153,6 +153,26 @@ impl GatewayError {
             format!("Access denied: {noun} {name} on server {server} is not in x-mcp-authorized"),
         )
     }
+    /// No virtual server of that name: an error, never the full catalog.
+    pub fn unknown_virtual_server(name: &str) -> Self {
+        Self::new(
+            "unknown_virtual_server",
+            INVALID_REQUEST,
+            400,
+            format!("Bad Request: unknown virtual server {name:?}"),
+        )
+    }
+    /// The path and `x-mcp-virtualserver` name different virtual servers.
+    pub fn virtual_server_conflict(path: &str, header: &str) -> Self {
+        Self::new(
+            "virtual_server_conflict",
+            INVALID_REQUEST,
+            400,
+            format!(
+                "Bad Request: the path selects virtual server {path:?} but x-mcp-virtualserver says {header:?}"
+            ),
+        )
+    }
     /// MCP's "resource not found" (-32002), inside HTTP 200.
     pub fn resource_not_found(uri: &str) -> Self {
         Self::new(

@@ -59,6 +59,135 @@ pub struct GrantsConfig {
     pub missing: Missing,
 }
 
+/// Selects a virtual server (`<namespace>/<name>`, as the seed system's MCPVirtualServer); a
+/// path `<mcp_path>/<name>` does the same for clients that cannot set headers.
+pub const VIRTUAL_SERVER_HEADER: &str = "x-mcp-virtualserver";
+
+/// `virtual_servers[]` of the configuration document: a named, curated subset of the catalog.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualServerConfig {
+    /// `<namespace>/<name>` (or any name of `[A-Za-z0-9._-]` segments joined by `/`).
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Tools as clients see them (prefixed names).
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Prompts as clients see them; absent: every prompt (as the seed system).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<Vec<String>>,
+}
+
+/// A virtual server, indexed.
+#[derive(Debug, Clone)]
+pub struct VirtualServer {
+    pub name: String,
+    tools: HashSet<String>,
+    prompts: Option<HashSet<String>>,
+}
+
+impl VirtualServer {
+    /// Checks the name; unknown tool or prompt names are `warnings` (catalogs change).
+    pub fn new(
+        index: usize,
+        config: &VirtualServerConfig,
+        known: &dyn Fn(Kind, &str) -> bool,
+        warnings: &mut Vec<String>,
+    ) -> Result<Self, String> {
+        let valid = |segment: &str| {
+            !segment.is_empty()
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if !config.name.split('/').all(valid) {
+            return Err(format!(
+                "virtual_servers[{index}].name: must be [A-Za-z0-9._-] segments joined by '/', got {:?}",
+                config.name
+            ));
+        }
+        for (kind, names) in [
+            (Kind::Tools, Some(&config.tools)),
+            (Kind::Prompts, config.prompts.as_ref()),
+        ] {
+            for name in names.into_iter().flatten() {
+                if !known(kind, name) {
+                    warnings.push(format!(
+                        "virtual server {:?} names {} {name:?}, which no server offers",
+                        config.name,
+                        kind.noun()
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            name: config.name.clone(),
+            tools: config.tools.iter().cloned().collect(),
+            prompts: config.prompts.as_ref().map(|p| p.iter().cloned().collect()),
+        })
+    }
+
+    /// The virtual server shows `shown_as` (a prefixed name; resources are not curated).
+    pub fn shows(&self, kind: Kind, shown_as: &str) -> bool {
+        match kind {
+            Kind::Tools => self.tools.contains(shown_as),
+            Kind::Prompts => self.prompts.as_ref().is_none_or(|p| p.contains(shown_as)),
+            Kind::Resources => true,
+        }
+    }
+}
+
+/// What one request may see and call: its grant, within its virtual server.
+#[derive(Debug)]
+pub struct Access<'c> {
+    pub grant: Grant,
+    pub virtual_server: Option<&'c VirtualServer>,
+}
+
+impl Access<'_> {
+    pub fn is_all(&self) -> bool {
+        self.grant.is_all() && self.virtual_server.is_none()
+    }
+
+    /// Shown in a list: `server`'s `name` (unprefixed, for the grant), `shown_as` (prefixed, for
+    /// the virtual server).
+    pub fn shows(&self, kind: Kind, server: &str, name: &str, shown_as: &str) -> bool {
+        self.grant.allows(kind, server, name)
+            && self.virtual_server.is_none_or(|v| v.shows(kind, shown_as))
+    }
+
+    /// A call: outside the virtual server it does not exist (-32602, as an unknown name);
+    /// outside the grant it is refused (403).
+    pub fn admits(
+        &self,
+        kind: Kind,
+        server: &str,
+        name: &str,
+        shown_as: &str,
+    ) -> Result<(), GatewayError> {
+        if let Some(v) = self.virtual_server {
+            if !v.shows(kind, shown_as) {
+                let noun = match kind {
+                    Kind::Tools => "tool",
+                    Kind::Prompts => "prompt",
+                    Kind::Resources => "resource",
+                };
+                return Err(GatewayError::invalid_params(format!(
+                    "Unknown {noun}: {shown_as} (not in virtual server {})",
+                    v.name
+                ))
+                .because("virtual_server_scope"));
+            }
+        }
+        if self.grant.allows(kind, server, name) {
+            Ok(())
+        } else {
+            Err(GatewayError::grant_denied(kind.noun(), name, server))
+        }
+    }
+}
+
 /// The capability kinds a grant names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

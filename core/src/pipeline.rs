@@ -195,6 +195,9 @@ pub struct Request {
     headers: Vec<(String, Vec<u8>)>,
     /// `x-mcp-authorized`, taken out of `headers` (see [`crate::grant`]).
     grant_token: Option<Vec<u8>>,
+    /// The virtual server the request is for (`x-mcp-virtualserver` or `<mcp_path>/<name>`),
+    /// checked to exist when the request arrived.
+    virtual_server: Option<String>,
 }
 
 impl Request {
@@ -215,14 +218,15 @@ impl Request {
             session_token: None,
             headers: Vec::new(),
             grant_token: None,
+            virtual_server: None,
         }
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
         let headers = client_headers(host);
-        if !is_path(&headers, &self.catalog.gateway.mcp_path) {
+        let Some(path_server) = mcp_path_of(&headers, &self.catalog) else {
             return Action::Continue;
-        }
+        };
         self.headers = headers;
         if let Some(name) = repeated_header(&self.headers) {
             return self.fail(host, GatewayError::repeated_header(name));
@@ -233,6 +237,24 @@ impl Request {
             .position(|(n, _)| n == crate::grant::GRANT_HEADER)
         {
             self.grant_token = Some(self.headers.swap_remove(at).1);
+        }
+        let by_header = self
+            .headers
+            .iter()
+            .position(|(n, _)| n == crate::grant::VIRTUAL_SERVER_HEADER)
+            .map(|at| String::from_utf8_lossy(&self.headers.swap_remove(at).1).into_owned());
+        let on_path = path_server.is_some();
+        let selected = match (path_server, by_header) {
+            (Some(path), Some(header)) if path != header => {
+                return self.fail(host, GatewayError::virtual_server_conflict(&path, &header));
+            }
+            (path, header) => path.or(header),
+        };
+        if let Some(name) = selected {
+            if !self.catalog.virtual_servers.contains_key(&name) {
+                return self.fail(host, GatewayError::unknown_virtual_server(&name));
+            }
+            self.virtual_server = Some(name);
         }
         if let Some(origin) = self.header("origin") {
             if !crate::origin::allowed(origin, &self.catalog.gateway.allowed_origins) {
@@ -246,7 +268,7 @@ impl Request {
         let checked = match method.as_slice() {
             b"POST" => check_post(&self.catalog, &header, end_of_stream),
             b"DELETE" => return self.close_session(host),
-            b"GET" if self.catalog.gateway.list_changed => {
+            b"GET" if self.catalog.gateway.list_changed && !on_path => {
                 // The notification stream is served behind the plugin (the sidecar).
                 return match self.open_session(host) {
                     Ok(Some(session)) => {
@@ -567,7 +589,7 @@ impl Request {
                     catalog: &self.catalog,
                     headers: &self.headers,
                     sidecar: self.sidecar.as_deref(),
-                    grant: None,
+                    access: None,
                 };
                 let progress = batch.on_call_response(&ctx, host, token, &response);
                 self.batch_progress(host, batch, progress);
@@ -627,7 +649,7 @@ impl Request {
                             .ok_or_else(GatewayError::missing_session)?;
                         let catalog = Rc::clone(&self.catalog);
                         let destination = Destination::of(&catalog, text, routed, &params)?;
-                        destination.check(&catalog, &self.grant(host)?)?;
+                        destination.check(&catalog, &self.access(&catalog, host)?)?;
                         self.route(host, destination.into_call(text, body.len(), session)?)
                     }
                     other => {
@@ -645,12 +667,12 @@ impl Request {
         let elements =
             jsonrpc::parse_batch(text, catalog.limits.max_json_depth, jsonrpc::MAX_BATCH)?;
         let session = batch::admit(self.open_session(host)?)?;
-        let grant = self.grant(host)?;
+        let access = self.access(&catalog, host)?;
         let ctx = batch::Context {
             catalog: &catalog,
             headers: &self.headers,
             sidecar: self.sidecar.as_deref(),
-            grant: Some(&grant),
+            access: Some(&access),
         };
         let (batch, progress) = Batch::start(&ctx, host, session, &elements);
         Ok(self.batch_progress(host, batch, progress))
@@ -842,18 +864,35 @@ impl Request {
         self.open_session(host)?;
         let cursor = cursor_of(params)?;
         let catalog = Rc::clone(&self.catalog);
-        let grant = self.grant(host)?;
-        let page = catalog.page_for(kind, cursor.as_deref(), &grant)?;
+        let access = self.access(&catalog, host)?;
+        let page = catalog.page_for(kind, cursor.as_deref(), &access)?;
         Ok(self.reply_result(host, &page))
     }
 
     /// What this request may see and call: its `x-mcp-authorized`, verified (everything when
-    /// the document configures no grants).
-    fn grant(&self, host: &dyn Host) -> Result<crate::grant::Grant, GatewayError> {
-        match &self.catalog.grants {
-            None => Ok(crate::grant::Grant::All),
-            Some(grants) => grants.evaluate(self.grant_token.as_deref(), host.now_secs()),
-        }
+    /// the document configures no grants), within its virtual server.
+    fn access<'c>(
+        &self,
+        catalog: &'c Catalog,
+        host: &dyn Host,
+    ) -> Result<crate::grant::Access<'c>, GatewayError> {
+        let grant = match &catalog.grants {
+            None => crate::grant::Grant::All,
+            Some(grants) => grants.evaluate(self.grant_token.as_deref(), host.now_secs())?,
+        };
+        let virtual_server = match &self.virtual_server {
+            None => None,
+            Some(name) => Some(
+                catalog
+                    .virtual_servers
+                    .get(name)
+                    .ok_or_else(|| GatewayError::unknown_virtual_server(name))?,
+            ),
+        };
+        Ok(crate::grant::Access {
+            grant,
+            virtual_server,
+        })
     }
 
     /// Forwards a call on the client session's upstream session, opening one first if needed.
@@ -1414,20 +1453,45 @@ impl Request {
 /// routes match on them and a client must not reach an upstream by sending them itself.
 fn client_headers(host: &mut dyn Host) -> Vec<(String, Vec<u8>)> {
     let mut headers = host.request_headers();
-    let mut grant_removed = false;
+    let mut consumed_removed = [false; CONSUMED_HEADERS.len()];
     headers.retain(|(name, _)| {
         let spoofed = ROUTING_HEADERS.contains(&name.as_str());
         if spoofed {
             host.remove_request_header(name);
         }
-        // The capability grant is the gateway's to read (kept here), never an upstream's.
-        if name == crate::grant::GRANT_HEADER && !grant_removed {
-            host.remove_request_header(name);
-            grant_removed = true;
+        // The capability grant and the virtual server are the gateway's to read (kept here),
+        // never an upstream's.
+        if let Some(i) = CONSUMED_HEADERS.iter().position(|c| c == name) {
+            if let Some(removed) = consumed_removed.get_mut(i).filter(|r| !**r) {
+                host.remove_request_header(name);
+                *removed = true;
+            }
         }
         !spoofed
     });
     headers
+}
+
+/// Headers the gateway reads and removes on every path: they never reach an upstream.
+const CONSUMED_HEADERS: [&str; 2] = [
+    crate::grant::GRANT_HEADER,
+    crate::grant::VIRTUAL_SERVER_HEADER,
+];
+
+/// The request is for the MCP endpoint: `Some(None)` on `mcp_path` itself, `Some(Some(name))` on
+/// `<mcp_path>/<name>` when virtual servers are configured (the name is checked later).
+fn mcp_path_of(headers: &[(String, Vec<u8>)], catalog: &Catalog) -> Option<Option<String>> {
+    let path = catalog.gateway.mcp_path.as_bytes();
+    let full = find_header(headers, ":path").unwrap_or_default();
+    let bare = full.split(|b| *b == b'?').next().unwrap_or_default();
+    if bare == path {
+        return Some(None);
+    }
+    if catalog.virtual_servers.is_empty() {
+        return None;
+    }
+    let name = bare.strip_prefix(path)?.strip_prefix(b"/")?;
+    Some(Some(String::from_utf8_lossy(name).into_owned()))
 }
 
 /// The request's path, without its query, is `path`.
@@ -1494,8 +1558,9 @@ impl Unconfigured {
 
 /// Headers that carry one value each: sent twice, the gateway and an upstream could each read
 /// another one.
-const SINGLE_HEADERS: [&str; 6] = [
+const SINGLE_HEADERS: [&str; 7] = [
     crate::grant::GRANT_HEADER,
+    crate::grant::VIRTUAL_SERVER_HEADER,
     "mcp-session-id",
     "mcp-protocol-version",
     "content-type",

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use crate::catalog::{Catalog, Route};
 use crate::error::GatewayError;
-use crate::grant::{Grant, Kind};
+use crate::grant::{Access, Kind};
 use crate::jsonrpc::{self, Params};
 use crate::session::Session;
 
@@ -40,6 +40,8 @@ pub(crate) struct Destination {
     policy: Vec<(&'static str, String)>,
     /// What a capability grant must allow: the kind and the unprefixed name (upstream URI).
     subject: (Kind, String),
+    /// The name as the client sent it (prefixed), or the URI: what a virtual server shows.
+    shown_as: String,
 }
 
 impl Destination {
@@ -55,14 +57,14 @@ impl Destination {
                 let (route, _) = catalog
                     .route(&name)
                     .ok_or_else(|| GatewayError::invalid_params(format!("Unknown tool: {name}")))?;
-                Ok(Self::named(text, "tools/call", raw, route, true))
+                Ok(Self::named(text, "tools/call", raw, route, true, &name))
             }
             "prompts/get" => {
                 let (raw, name) = required_str(params.name, "params.name")?;
                 let (route, _) = catalog.prompt_route(&name).ok_or_else(|| {
                     GatewayError::invalid_params(format!("Unknown prompt: {name}"))
                 })?;
-                Ok(Self::named(text, "prompts/get", raw, route, false))
+                Ok(Self::named(text, "prompts/get", raw, route, false, &name))
             }
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 let method = match method {
@@ -84,7 +86,14 @@ impl Destination {
                         let (route, _) = catalog.prompt_route(&name).ok_or_else(|| {
                             GatewayError::invalid_params(format!("Unknown prompt: {name}"))
                         })?;
-                        Ok(Self::named(text, "completion/complete", raw, route, false))
+                        Ok(Self::named(
+                            text,
+                            "completion/complete",
+                            raw,
+                            route,
+                            false,
+                            &name,
+                        ))
                     }
                     "ref/resource" => {
                         let (raw, uri) = required_str(reference.uri, "params.ref.uri")?;
@@ -98,7 +107,14 @@ impl Destination {
         }
     }
 
-    fn named(text: &str, method: &'static str, raw: &RawValue, route: &Route, tool: bool) -> Self {
+    fn named(
+        text: &str,
+        method: &'static str,
+        raw: &RawValue,
+        route: &Route,
+        tool: bool,
+        shown_as: &str,
+    ) -> Self {
         let name = header_safe(&route.upstream_name);
         let policy = match (tool, &route.hints) {
             (true, Some(hints)) => vec![
@@ -118,18 +134,16 @@ impl Destination {
                 if tool { Kind::Tools } else { Kind::Prompts },
                 route.upstream_name.clone(),
             ),
+            shown_as: shown_as.to_owned(),
         }
     }
 
-    /// Refused (403) when `grant` does not allow what this request reaches.
-    pub(crate) fn check(&self, catalog: &Catalog, grant: &Grant) -> Result<(), GatewayError> {
+    /// Refused when `access` does not admit what this request reaches (see
+    /// [`Access::admits`]).
+    pub(crate) fn check(&self, catalog: &Catalog, access: &Access<'_>) -> Result<(), GatewayError> {
         let (kind, name) = &self.subject;
         let server = catalog.server(self.server).map_or("?", |s| s.name.as_str());
-        if grant.allows(*kind, server, name) {
-            Ok(())
-        } else {
-            Err(GatewayError::grant_denied(kind.noun(), name, server))
-        }
+        access.admits(*kind, server, name, &self.shown_as)
     }
 
     fn located(
@@ -158,6 +172,7 @@ impl Destination {
             rewrite,
             policy,
             subject: (Kind::Resources, upstream),
+            shown_as: uri.to_owned(),
         })
     }
 

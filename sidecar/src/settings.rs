@@ -55,6 +55,9 @@ struct FileConfig {
     /// Signed capability grants (`x-mcp-authorized`, docs/governance.md).
     #[serde(default)]
     grants: Option<GrantsSection>,
+    /// Virtual servers: named, curated subsets of the catalog (docs/governance.md).
+    #[serde(default)]
+    virtual_servers: Vec<mcpgw_core::grant::VirtualServerConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -314,6 +317,7 @@ pub struct Settings {
     pub servers: Vec<ServerSpec>,
     /// `grants`, as the document carries them (key checked by the core when the document is).
     pub grants: SerdeEq<Option<mcpgw_core::grant::GrantsConfig>>,
+    pub virtual_servers: SerdeEq<Vec<mcpgw_core::grant::VirtualServerConfig>>,
 }
 
 /// Where the plugin token comes from.
@@ -533,6 +537,7 @@ pub fn parse(
         envoy,
         servers,
         grants,
+        virtual_servers,
     } = file;
     let grants = match grants {
         None => None,
@@ -683,6 +688,7 @@ pub fn parse(
         },
         servers: specs,
         grants: SerdeEq(grants),
+        virtual_servers: SerdeEq(virtual_servers),
     };
     crate::catalog::check_document(&settings)?;
     Ok(settings)

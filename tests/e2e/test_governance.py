@@ -213,9 +213,17 @@ def grant(capabilities: Any, *, key=SIGNER, exp: float | None = None, alg: str =
 ALPHA_ECHO_BETA_ADD = {"tools": {"alpha": ["echo", "whoami"], "beta": ["add"]}}
 
 
+VIRTUAL_SERVERS = [
+    {"name": "team-a/readers", "description": "read-only tools",
+     "tools": ["alpha_echo", "alpha_whoami", "beta_echo"]},
+    {"name": "team-b/adders", "tools": ["beta_add"], "prompts": []},
+]
+
+
 def granted_gateway(workdir: Path, upstreams, catalogs, missing: str, name: str) -> Gateway:
     doc = make_document(upstreams, catalogs)
     doc["grants"] = {"public_key": PUBLIC_PEM, "missing": missing}
+    doc["virtual_servers"] = VIRTUAL_SERVERS
     gw = Gateway(workdir, upstreams=list(upstreams.values()), plugin_config={"document": doc},
                  name=name, validate=True)
     try:
@@ -339,3 +347,71 @@ def test_a_repeated_grant_header_is_refused(strict: Gateway):
                            headers=headers)
         assert resp.status_code == 400, describe(resp)
         assert "x-mcp-authorized" in rpc_error(resp)["error"]["message"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Virtual servers: X-Mcp-Virtualserver: <ns>/<name>, or the path <mcp_path>/<ns>/<name>.
+
+VS = "x-mcp-virtualserver"
+
+
+def test_a_virtual_server_by_header_lists_and_admits_only_its_tools(lenient: Gateway, expected_tools):
+    with session_on(lenient) as c:
+        h = {VS: "team-a/readers"}
+        assert sorted(listed_tools(c, h)) == ["alpha_echo", "alpha_whoami", "beta_echo"]
+        assert sorted(listed_tools(c)) == sorted(expected_tools), "no header: the whole catalog"
+        resp, msg = c.call_tool("beta_echo", {"text": "vs"}, headers=h)
+        assert resp.status_code == 200 and tool_text(msg) == "beta: vs", describe(resp)
+        resp = c.post({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                       "params": {"name": "beta_add", "arguments": {"a": 1, "b": 2}}}, headers=h)
+        assert resp.status_code == 200, describe(resp)
+        err = rpc_error(resp)
+        assert err["id"] == 9 and err["error"]["code"] == -32602
+        assert "not in virtual server team-a/readers" in err["error"]["message"], err
+
+
+def test_a_virtual_server_by_path(lenient: Gateway):
+    with Rpc(f"{lenient.url}/team-b/adders") as c:
+        c.initialize()
+        assert listed_tools(c) == ["beta_add"]
+        resp, msg = c.call_tool("beta_add", {"a": 20, "b": 22})
+        assert resp.status_code == 200 and tool_text(msg) == "42", describe(resp)
+        resp, _ = c.call_tool("alpha_echo", {"text": "x"})
+        assert rpc_error(resp)["error"]["code"] == -32602
+        # prompts: [] -> no prompt at all on this virtual server.
+        resp, msg = c.request("prompts/list")
+        assert resp.status_code == 200 and msg["result"]["prompts"] == [], describe(resp)
+        # The same name by header too is fine; another one is a conflict.
+        resp, _ = c.request("tools/list", headers={VS: "team-b/adders"})
+        assert resp.status_code == 200, describe(resp)
+        resp, _ = c.request("tools/list", headers={VS: "team-a/readers"})
+        assert resp.status_code == 400 and rpc_error(resp)["error"]["code"] == -32600, describe(resp)
+
+
+@pytest.mark.parametrize("how", ["header", "path"])
+def test_an_unknown_virtual_server_is_an_error_not_the_full_catalog(lenient: Gateway, how: str):
+    url = lenient.url + ("/nope/missing" if how == "path" else "")
+    headers = {VS: "nope/missing"} if how == "header" else None
+    with Rpc(url) as c:
+        resp, msg = c.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                             "clientInfo": {"name": "t", "version": "1"}},
+                              headers=headers, session=False)
+        assert resp.status_code == 400, describe(resp)
+        assert msg["error"]["code"] == -32600 and "unknown virtual server" in msg["error"]["message"]
+
+
+def test_the_virtual_server_header_never_reaches_an_upstream(lenient: Gateway):
+    with session_on(lenient) as c:
+        resp, msg = c.call_tool("alpha_whoami", headers={VS: "team-a/readers"})
+        assert resp.status_code == 200, describe(resp)
+        assert VS not in json.loads(tool_text(msg))["headers"]
+
+
+def test_a_grant_and_a_virtual_server_intersect(lenient: Gateway):
+    with session_on(lenient) as c:
+        h = {VS: "team-a/readers", "x-mcp-authorized": grant({"tools": {"alpha": ["echo", "add"]}})}
+        assert listed_tools(c, h) == ["alpha_echo"]
+        resp, _ = c.call_tool("alpha_add", {"a": 1, "b": 1}, headers=h)
+        assert rpc_error(resp)["error"]["code"] == -32602, "outside the virtual server first"
+        resp, _ = c.call_tool("beta_echo", {"text": "x"}, headers=h)
+        assert resp.status_code == 403 and rpc_error(resp)["error"]["code"] == -32001
