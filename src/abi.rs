@@ -94,6 +94,12 @@ mod ffi {
             cas: u32,
         ) -> u32;
         pub fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+        pub fn proxy_get_property(
+            path_data: *const u8,
+            path_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
         pub fn proxy_call_foreign_function(
             function_name_data: *const u8,
             function_name_size: usize,
@@ -206,6 +212,23 @@ pub fn current_time_nanos() -> Result<u64, Status> {
     // SAFETY: out-pointer to a live local.
     match unsafe { ffi::proxy_get_current_time_nanoseconds(&mut now) } {
         OK => Ok(now),
+        status => Err(status),
+    }
+}
+
+/// A property of the stream (`path` segments, e.g. dynamic metadata); `Ok(None)` when absent.
+/// Leaf values (strings) come back as their bytes.
+pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
+    let joined = path.join("\0");
+    let mut data = std::ptr::null_mut();
+    let mut size = 0;
+    // SAFETY: as above.
+    let status =
+        unsafe { ffi::proxy_get_property(joined.as_ptr(), joined.len(), &mut data, &mut size) };
+    let bytes = owned(data, size);
+    match status {
+        OK => Ok(bytes),
+        NOT_FOUND | EMPTY => Ok(None),
         status => Err(status),
     }
 }

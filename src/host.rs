@@ -147,6 +147,13 @@ impl Host for ProxyHost {
         read_buffer("response body", abi::RESPONSE_BODY, size)
     }
 
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        abi::property(path)
+            .inspect_err(|status| report("property", *status))
+            .ok()
+            .flatten()
+    }
+
     fn set_response_body(&mut self, size: usize, body: &[u8]) {
         report(
             "set response body",

@@ -147,6 +147,8 @@ pub struct Catalog {
     pub grants: Option<crate::grant::Grants>,
     /// Virtual servers by name.
     pub virtual_servers: HashMap<String, crate::grant::VirtualServer>,
+    /// Client authentication (`oauth` of the document).
+    pub identity: Option<crate::identity::Identity>,
     /// The `initialize` result after `"protocolVersion":"…",`.
     initialize_tail: String,
     /// Problems that did not reject the document (shadowed names), for the log.
@@ -231,7 +233,12 @@ impl Catalog {
             servers,
             grants,
             virtual_servers,
+            oauth,
         } = config;
+        let identity = oauth
+            .as_ref()
+            .map(crate::identity::Identity::new)
+            .transpose()?;
         let grants = grants.as_ref().map(crate::grant::Grants::new).transpose()?;
         gateway.validate()?;
         if limits.page_size == 0 {
@@ -382,6 +389,7 @@ impl Catalog {
             listed,
             grants,
             virtual_servers: virtual_index,
+            identity,
             initialize_tail,
             warnings,
         })

@@ -29,6 +29,9 @@ pub struct GatewayConfig {
     /// Virtual servers: named, curated subsets of the catalog (docs/governance.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub virtual_servers: Vec<crate::grant::VirtualServerConfig>,
+    /// Client authentication through Envoy's `jwt_authn` and RFC 9728 metadata (docs/governance.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<crate::identity::OAuthConfig>,
 }
 
 /// How the gateway presents itself to clients.

@@ -153,6 +153,15 @@ impl GatewayError {
             format!("Access denied: {noun} {name} on server {server} is not in x-mcp-authorized"),
         )
     }
+    /// `oauth` is configured and Envoy's `jwt_authn` verified no token for this request.
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            "unauthenticated",
+            ACCESS_DENIED,
+            401,
+            "Unauthorized: a valid bearer token is required (see WWW-Authenticate)",
+        )
+    }
     /// No virtual server of that name: an error, never the full catalog.
     pub fn unknown_virtual_server(name: &str) -> Self {
         Self::new(

@@ -77,4 +77,9 @@ pub trait Host {
     fn resume_request(&mut self);
     fn resume_response(&mut self);
     fn log(&self, level: Level, message: &str);
+    /// A property of the stream, e.g. a filter's dynamic metadata (`["metadata",
+    /// "filter_metadata", <filter>, <key>, <field>]`); leaf strings as their bytes.
+    fn property(&self, _path: &[&str]) -> Option<Vec<u8>> {
+        None
+    }
 }

@@ -9,6 +9,7 @@ pub mod ended;
 pub mod error;
 pub mod grant;
 pub mod host;
+pub mod identity;
 pub mod jsonrpc;
 pub mod opening;
 pub mod origin;

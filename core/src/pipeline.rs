@@ -122,6 +122,9 @@ enum Stage {
     Bypass,
     /// A POST whose body is being buffered.
     ReadingBody,
+    /// A POST refused from its headers alone (no verified identity): its body is read only for
+    /// the request id the refusal carries.
+    Refusing { error: GatewayError },
     /// Another stream is opening this upstream session (see [`crate::opening`]): woken by
     /// [`Request::on_wake`] when it is cached or failed, or when the opening went stale.
     WaitingForSession {
@@ -195,6 +198,9 @@ pub struct Request {
     headers: Vec<(String, Vec<u8>)>,
     /// `x-mcp-authorized`, taken out of `headers` (see [`crate::grant`]).
     grant_token: Option<Vec<u8>>,
+    /// The client's verified subject (`sub` of the token Envoy's `jwt_authn` verified), when
+    /// the document configures `oauth`.
+    subject: Option<String>,
     /// The virtual server the request is for (`x-mcp-virtualserver` or `<mcp_path>/<name>`),
     /// checked to exist when the request arrived.
     virtual_server: Option<String>,
@@ -218,16 +224,28 @@ impl Request {
             session_token: None,
             headers: Vec::new(),
             grant_token: None,
+            subject: None,
             virtual_server: None,
         }
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
         let headers = client_headers(host);
+        if let Some(identity) = &self.catalog.identity {
+            if identity.serves(find_header(&headers, ":path").unwrap_or_default()) {
+                return self.serve_metadata(host, find_header(&headers, ":method"));
+            }
+        }
         let Some(path_server) = mcp_path_of(&headers, &self.catalog) else {
             return Action::Continue;
         };
         self.headers = headers;
+        if let Some(identity) = &self.catalog.identity {
+            match identity.subject(host) {
+                Some(subject) => self.subject = Some(subject),
+                None => return self.refuse(host, GatewayError::unauthenticated(), end_of_stream),
+            }
+        }
         if let Some(name) = repeated_header(&self.headers) {
             return self.fail(host, GatewayError::repeated_header(name));
         }
@@ -298,6 +316,22 @@ impl Request {
         size: usize,
         end_of_stream: bool,
     ) -> Action {
+        if let Stage::Refusing { .. } = self.stage {
+            let limit = self.catalog.limits.max_body_bytes;
+            if !end_of_stream && size <= limit {
+                return Action::Pause;
+            }
+            let Stage::Refusing { error } = std::mem::replace(&mut self.stage, Stage::Answered)
+            else {
+                return Action::Continue;
+            };
+            if size <= limit {
+                let body = host.request_body(size).unwrap_or_default();
+                self.id = jsonrpc::salvage_id(&String::from_utf8_lossy(&body))
+                    .map(|id| id.get().to_owned());
+            }
+            return self.fail(host, error);
+        }
         if !matches!(self.stage, Stage::ReadingBody) {
             return Action::Continue;
         }
@@ -1405,6 +1439,10 @@ impl Request {
         if error.http_status == 429 {
             headers.push(("retry-after", b"1"));
         }
+        let catalog = Rc::clone(&self.catalog);
+        if let (Some(identity), "unauthenticated") = (&catalog.identity, error.check) {
+            headers.push(("www-authenticate", identity.challenge.as_bytes()));
+        }
         let details = format!("mcpgw_{}", error.check);
         host.send_response(error.http_status, &headers, &body, &details);
         self.stage = Stage::Answered;
@@ -1441,6 +1479,38 @@ impl Request {
 
     fn header(&self, name: &str) -> Option<&[u8]> {
         find_header(&self.headers, name)
+    }
+
+    /// Refuses the request: at once, or (a POST with a body) once its body told the request id.
+    fn refuse(&mut self, host: &mut dyn Host, error: GatewayError, end_of_stream: bool) -> Action {
+        if self.header(":method") == Some(b"POST") && !end_of_stream {
+            self.stage = Stage::Refusing { error };
+            return Action::Pause;
+        }
+        self.fail(host, error)
+    }
+
+    /// RFC 9728 protected-resource metadata (GET only), open to everyone.
+    fn serve_metadata(&mut self, host: &mut dyn Host, method: Option<&[u8]>) -> Action {
+        let catalog = Rc::clone(&self.catalog);
+        let Some(identity) = &catalog.identity else {
+            return Action::Continue;
+        };
+        if method != Some(b"GET") {
+            host.send_response(405, &[("allow", b"GET")], b"", "mcpgw_method_not_allowed");
+        } else {
+            host.send_response(
+                200,
+                &[
+                    ("content-type", CONTENT_TYPE_JSON),
+                    ("cache-control", b"max-age=300"),
+                ],
+                identity.metadata.as_bytes(),
+                "mcpgw_resource_metadata",
+            );
+        }
+        self.stage = Stage::Answered;
+        Action::Pause
     }
 
     fn server_name(&self, index: usize) -> &str {

@@ -250,6 +250,7 @@ pub fn build(settings: &Settings, health: &HashMap<String, Health>) -> Built {
         servers,
         grants: settings.grants.0.clone(),
         virtual_servers: settings.virtual_servers.0.clone(),
+        oauth: settings.oauth.0.clone(),
     };
     let hash = content_hash(&document);
     document.hash = hash.clone();

@@ -58,6 +58,10 @@ struct FileConfig {
     /// Virtual servers: named, curated subsets of the catalog (docs/governance.md).
     #[serde(default)]
     virtual_servers: Vec<mcpgw_core::grant::VirtualServerConfig>,
+    /// Client authentication through Envoy's `jwt_authn` (put it in
+    /// `envoy.http_filters_before_plugin`) and RFC 9728 metadata.
+    #[serde(default)]
+    oauth: Option<mcpgw_core::identity::OAuthConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +210,8 @@ struct EnvoySection {
     /// `name` and `typed_config`): an authorization filter (`rbac`, `ext_authz`) deciding on the
     /// plugin's policy headers (docs/governance.md). Bootstrap only.
     http_filters_after_plugin: Vec<serde_json::Value>,
+    /// Envoy HTTP filters placed before the plugin: `jwt_authn` verifying clients' tokens.
+    http_filters_before_plugin: Vec<serde_json::Value>,
 }
 
 /// Which requests Envoy's access log (stdout) records in the generated bootstrap.
@@ -234,6 +240,7 @@ impl Default for EnvoySection {
             connect_timeout_ms: 5_000,
             access_log: AccessLog::All,
             http_filters_after_plugin: Vec::new(),
+            http_filters_before_plugin: Vec::new(),
         }
     }
 }
@@ -318,6 +325,7 @@ pub struct Settings {
     /// `grants`, as the document carries them (key checked by the core when the document is).
     pub grants: SerdeEq<Option<mcpgw_core::grant::GrantsConfig>>,
     pub virtual_servers: SerdeEq<Vec<mcpgw_core::grant::VirtualServerConfig>>,
+    pub oauth: SerdeEq<Option<mcpgw_core::identity::OAuthConfig>>,
 }
 
 /// Where the plugin token comes from.
@@ -416,6 +424,8 @@ pub struct EnvoySettings {
     pub access_log: AccessLog,
     /// Extra HTTP filters after the plugin (checked: each names itself and has a `typed_config`).
     pub http_filters_after_plugin: Vec<serde_json::Value>,
+    /// Extra HTTP filters before the plugin (same checks).
+    pub http_filters_before_plugin: Vec<serde_json::Value>,
 }
 
 /// One configured upstream server, resolved.
@@ -538,6 +548,7 @@ pub fn parse(
         servers,
         grants,
         virtual_servers,
+        oauth,
     } = file;
     let grants = match grants {
         None => None,
@@ -684,11 +695,19 @@ pub fn parse(
             retry_ms: envoy.retry_ms,
             connect_timeout: positive("envoy.connect_timeout_ms", envoy.connect_timeout_ms)?,
             access_log: envoy.access_log,
-            http_filters_after_plugin: check_filters(envoy.http_filters_after_plugin)?,
+            http_filters_after_plugin: check_filters(
+                "envoy.http_filters_after_plugin",
+                envoy.http_filters_after_plugin,
+            )?,
+            http_filters_before_plugin: check_filters(
+                "envoy.http_filters_before_plugin",
+                envoy.http_filters_before_plugin,
+            )?,
         },
         servers: specs,
         grants: SerdeEq(grants),
         virtual_servers: SerdeEq(virtual_servers),
+        oauth: SerdeEq(oauth),
     };
     crate::catalog::check_document(&settings)?;
     Ok(settings)
@@ -696,9 +715,12 @@ pub fn parse(
 
 /// `envoy.http_filters_after_plugin`: each entry an Envoy HTTP filter with a `name` and a
 /// `typed_config` carrying its `@type` (Envoy itself validates the rest when it loads them).
-fn check_filters(filters: Vec<serde_json::Value>) -> Result<Vec<serde_json::Value>, String> {
+fn check_filters(
+    name: &str,
+    filters: Vec<serde_json::Value>,
+) -> Result<Vec<serde_json::Value>, String> {
     for (i, filter) in filters.iter().enumerate() {
-        let field = format!("envoy.http_filters_after_plugin[{i}]");
+        let field = format!("{name}[{i}]");
         let name = filter.get("name").and_then(serde_json::Value::as_str);
         if name.is_none_or(str::is_empty) {
             return Err(format!("{field}.name: a filter name is required"));

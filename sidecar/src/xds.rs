@@ -344,7 +344,8 @@ pub fn bootstrap(settings: &Settings, xds_dir: &Path, options: &BootstrapOptions
             "resource_api_version": "V3",
         })
     };
-    let mut filters = Vec::new();
+    // Authentication (jwt_authn) before the plugin, which reads the verified claims.
+    let mut filters: Vec<Value> = settings.envoy.http_filters_before_plugin.clone();
     if let Some(token) = &options.plugin_token {
         let plugin_configuration = json!({
             "sidecar": {

@@ -415,3 +415,111 @@ def test_a_grant_and_a_virtual_server_intersect(lenient: Gateway):
         assert rpc_error(resp)["error"]["code"] == -32602, "outside the virtual server first"
         resp, _ = c.call_tool("beta_echo", {"text": "x"}, headers=h)
         assert resp.status_code == 403 and rpc_error(resp)["error"]["code"] == -32001
+
+
+# ------------------------------------------------------------------------------------------------
+# Verified identity: Envoy's jwt_authn (before the plugin) verifies the bearer token; the plugin reads the
+# verified claims from its dynamic metadata, answers 401 + WWW-Authenticate without them, and serves the
+# RFC 9728 protected-resource metadata.
+
+import base64  # noqa: E402
+
+ISSUER = "https://idp.test"
+IDP_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def b64url_int(n: int) -> str:
+    return base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()
+
+
+def idp_jwks() -> str:
+    nums = IDP_KEY.public_key().public_numbers()
+    return json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "k1", "use": "sig",
+                                 "x": b64url_int(nums.x), "y": b64url_int(nums.y)}]})
+
+
+def access_token(sub: str = "alice", *, key=IDP_KEY, exp: float | None = None, aud: str = "mcp") -> str:
+    claims = {"iss": ISSUER, "sub": sub, "aud": aud,
+              "exp": int(time.time() + 300 if exp is None else exp)}
+    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k1"})
+
+
+JWT_AUTHN = {
+    "name": "envoy.filters.http.jwt_authn",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"idp": {
+            "issuer": ISSUER,
+            "audiences": ["mcp"],
+            "local_jwks": {"inline_string": None},  # filled in by the fixture
+            "payload_in_metadata": "jwt_payload",
+            "forward": False,
+        }},
+        # Verify whatever is there, decide nothing: the plugin decides (and answers in JSON-RPC).
+        "rules": [{"match": {"prefix": "/"}, "requires": {"allow_missing_or_failed": {}}}],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def authn(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
+    doc = make_document(upstreams, catalogs)
+    doc["oauth"] = {"resource": "https://mcp.example.test/mcp", "authorization_servers": [ISSUER],
+                    "scopes_supported": ["mcp:tools"]}
+    gw = Gateway(workdir, upstreams=list(upstreams.values()), plugin_config={"document": doc},
+                 name="envoy-authn", validate=True)
+    filt = json.loads(json.dumps(JWT_AUTHN))
+    filt["typed_config"]["providers"]["idp"]["local_jwks"]["inline_string"] = idp_jwks()
+    hcm = gw.bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"].insert(0, filt)
+    try:
+        gw.start()
+    except harness.HarnessError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield gw
+    gw.stop()
+
+
+METADATA_URL = "https://mcp.example.test/.well-known/oauth-protected-resource/mcp"
+
+
+@pytest.mark.parametrize("case", ["none", "other-key", "expired", "wrong-audience"])
+def test_no_verified_token_gets_401_with_the_metadata_url(authn: Gateway, case: str):
+    token = {"none": None, "other-key": access_token(key=SIGNER), "expired": access_token(exp=time.time() - 600),
+             "wrong-audience": access_token(aud="other")}[case]
+    headers = {"authorization": f"Bearer {token}"} if token else None
+    with Rpc(authn.url) as c:
+        resp = c.post({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                       "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                                  "clientInfo": {"name": "t", "version": "1"}}}, headers=headers, session=False)
+        assert resp.status_code == 401, describe(resp)
+        assert resp.headers["www-authenticate"] == f'Bearer resource_metadata="{METADATA_URL}"'
+        err = rpc_error(resp)
+        assert err["id"] == 1 and err["error"]["code"] == -32001
+
+
+def test_a_verified_token_is_served_and_never_forwarded(authn: Gateway):
+    bearer = {"authorization": f"Bearer {access_token('alice')}"}
+    with Rpc(authn.url) as c:
+        resp, msg = c.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                             "clientInfo": {"name": "t", "version": "1"}},
+                              headers=bearer, session=False)
+        assert resp.status_code == 200, describe(resp)
+        c.session = resp.headers["mcp-session-id"]
+        resp, msg = c.call_tool("alpha_whoami", headers=bearer)
+        assert resp.status_code == 200, describe(resp)
+        seen = json.loads(tool_text(msg))["headers"]
+        assert seen["authorization"] == "Bearer alpha-secret", "the server's own credential, not the client's"
+        # Every request needs the token, not only the first.
+        resp, _ = c.call_tool("alpha_echo", {"text": "x"})
+        assert resp.status_code == 401, describe(resp)
+
+
+@pytest.mark.parametrize("path", ["/.well-known/oauth-protected-resource",
+                                  "/.well-known/oauth-protected-resource/mcp"])
+def test_protected_resource_metadata_is_served(authn: Gateway, path: str):
+    status, body = harness.http_get(f"{authn.base_url}{path}")
+    assert status == 200, body
+    doc = json.loads(body)
+    assert doc == {"resource": "https://mcp.example.test/mcp", "authorization_servers": [ISSUER],
+                   "bearer_methods_supported": ["header"], "scopes_supported": ["mcp:tools"]}
