@@ -94,6 +94,12 @@ mod ffi {
             cas: u32,
         ) -> u32;
         pub fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+        pub fn proxy_set_property(
+            path_data: *const u8,
+            path_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
         pub fn proxy_get_property(
             path_data: *const u8,
             path_size: usize,
@@ -231,6 +237,12 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
         NOT_FOUND | EMPTY => Ok(None),
         status => Err(status),
     }
+}
+
+/// Sets a property (one path segment); Envoy stores it as filter state `wasm.<name>`.
+pub fn set_property(name: &str, value: &[u8]) -> Status {
+    // SAFETY: pointers and lengths come from live slices; the host copies them.
+    unsafe { ffi::proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) }
 }
 
 /// Calls a host extension by name; its result is dropped.

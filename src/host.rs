@@ -147,6 +147,10 @@ impl Host for ProxyHost {
         read_buffer("response body", abi::RESPONSE_BODY, size)
     }
 
+    fn set_property(&mut self, name: &str, value: &[u8]) {
+        report("set property", abi::set_property(name, value));
+    }
+
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         abi::property(path)
             .inspect_err(|status| report("property", *status))

@@ -82,4 +82,7 @@ pub trait Host {
     fn property(&self, _path: &[&str]) -> Option<Vec<u8>> {
         None
     }
+    /// Sets a property of the stream: Envoy keeps it as filter state `wasm.<name>`, for the
+    /// access log (`%FILTER_STATE(wasm.<name>:PLAIN)%`).
+    fn set_property(&mut self, _name: &str, _value: &[u8]) {}
 }

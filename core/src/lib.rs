@@ -1,6 +1,7 @@
 //! Pure core of the MCP gateway: no proxy-wasm, no I/O. The plugin edge (`src/`) translates
 //! proxy callbacks into [`pipeline::Request`] events and implements [`host::Host`].
 
+pub mod audit;
 mod batch;
 pub mod budget;
 pub mod catalog;

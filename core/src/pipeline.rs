@@ -201,6 +201,8 @@ pub struct Request {
     /// The client's verified subject (`sub` of the token Envoy's `jwt_authn` verified), when
     /// the document configures `oauth`.
     subject: Option<String>,
+    /// The audit line of a routed call, written once its outcome is known (see [`crate::audit`]).
+    audit: Option<crate::audit::Audit>,
     /// The virtual server the request is for (`x-mcp-virtualserver` or `<mcp_path>/<name>`),
     /// checked to exist when the request arrived.
     virtual_server: Option<String>,
@@ -225,6 +227,7 @@ impl Request {
             headers: Vec::new(),
             grant_token: None,
             subject: None,
+            audit: None,
             virtual_server: None,
         }
     }
@@ -403,6 +406,17 @@ impl Request {
                 None => GatewayError::upstream(format!("upstream answered HTTP {status}")),
             };
             return self.fail(host, error);
+        }
+        let answered = status
+            .as_deref()
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if let Some(audit) = self.audit.take() {
+            host.set_property(
+                crate::audit::AUDIT_PROPERTY,
+                audit.line(answered, None).as_bytes(),
+            );
         }
         match &self.session_token {
             Some(token) => host.set_response_header("mcp-session-id", token),
@@ -678,11 +692,24 @@ impl Request {
                     | "resources/subscribe"
                     | "resources/unsubscribe"
                     | "completion/complete") => {
+                        self.audit = Some(crate::audit::Audit::new(
+                            routed,
+                            self.id.as_deref(),
+                            self.subject.as_deref(),
+                            self.session_token
+                                .as_deref()
+                                .map(String::from_utf8_lossy)
+                                .as_deref(),
+                        ));
                         let session = self
                             .open_session(host)?
                             .ok_or_else(GatewayError::missing_session)?;
                         let catalog = Rc::clone(&self.catalog);
                         let destination = Destination::of(&catalog, text, routed, &params)?;
+                        if let Some(audit) = &mut self.audit {
+                            let (server, name) = destination.target(&catalog);
+                            audit.target(server, name);
+                        }
                         destination.check(&catalog, &self.access(&catalog, host)?)?;
                         self.route(host, destination.into_call(text, body.len(), session)?)
                     }
@@ -1323,6 +1350,7 @@ impl Request {
             }
         };
         host.send_response(status, &headers, &body, "mcpgw_replayed");
+        self.audit(host, status, None);
         self.stage = Stage::Answered;
     }
 
@@ -1424,8 +1452,19 @@ impl Request {
         Action::Pause
     }
 
+    /// Writes the audit line of a routed call (once) with its outcome.
+    fn audit(&mut self, host: &mut dyn Host, status: u16, code: Option<i32>) {
+        if let Some(audit) = self.audit.take() {
+            host.set_property(
+                crate::audit::AUDIT_PROPERTY,
+                audit.line(status, code).as_bytes(),
+            );
+        }
+    }
+
     fn fail(&mut self, host: &mut dyn Host, error: GatewayError) -> Action {
         self.report(host, &error);
+        self.audit(host, error.http_status, Some(error.code));
         let body = jsonrpc::error_body(self.id.as_deref(), &error);
         let mut headers: Vec<(&str, &[u8])> = vec![("content-type", CONTENT_TYPE_JSON)];
         if error.http_status == 405 {

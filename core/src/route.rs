@@ -138,6 +138,12 @@ impl Destination {
         }
     }
 
+    /// The server this request reaches and the name (URI) as the client sent it, for the audit.
+    pub(crate) fn target<'c>(&'c self, catalog: &'c Catalog) -> (&'c str, &'c str) {
+        let server = catalog.server(self.server).map_or("?", |s| s.name.as_str());
+        (server, &self.shown_as)
+    }
+
     /// Refused when `access` does not admit what this request reaches (see
     /// [`Access::admits`]).
     pub(crate) fn check(&self, catalog: &Catalog, access: &Access<'_>) -> Result<(), GatewayError> {

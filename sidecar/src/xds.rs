@@ -444,7 +444,7 @@ fn access_log(which: AccessLog) -> Value {
     const FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% \
 %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% \
 %BYTES_SENT% %DURATION%ms %UPSTREAM_CLUSTER% %UPSTREAM_HOST% server=%REQ(X-MCP-SERVERNAME)% \
-tool=%REQ(X-MCP-TOOLNAME)% conn=%CONNECTION_ID%\n";
+tool=%REQ(X-MCP-TOOLNAME)% conn=%CONNECTION_ID% audit=%FILTER_STATE(wasm.mcpgw_audit:PLAIN)%\n";
     let mut log = json!({
         "name": "envoy.access_loggers.stdout",
         "typed_config": {

@@ -78,6 +78,7 @@ def governed(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
     filters = hcm["http_filters"]
     assert filters[0]["name"] == "envoy.filters.http.wasm"
     filters.insert(1, RBAC)
+    audit_log(gw)
     try:
         gw.start()
     except harness.HarnessError as e:
@@ -92,6 +93,29 @@ def client(governed: Gateway) -> Iterator[Rpc]:
         c.initialize()
         yield c
         c.delete()
+
+
+def audit_log(gw: Gateway) -> None:
+    """The access log of `gw` writes only the plugin's audit line (filter state wasm.mcpgw_audit)."""
+    hcm = gw.bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["access_log"][0]["typed_config"]["log_format"] = {
+        "text_format_source": {"inline_string": "%FILTER_STATE(wasm.mcpgw_audit:PLAIN)%\n"}}
+
+
+def audit_lines(gw: Gateway, request_id: Any) -> list[dict[str, Any]]:
+    """The audit lines of the request `request_id`, once Envoy has flushed them."""
+    path = gw.workdir / f"{gw.envoy.name}-access.log"
+
+    def lines() -> list[dict[str, Any]]:
+        out = []
+        for line in path.read_text().splitlines() if path.exists() else []:
+            if line.startswith("{"):
+                entry = json.loads(line)
+                if entry["id"] == request_id:
+                    out.append(entry)
+        return out
+
+    return harness.wait_until(lines, timeout=15, what=f"audit line of request {request_id!r}")
 
 
 def rbac_denied(gw: Gateway) -> int:
@@ -472,6 +496,7 @@ def authn(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
     filt["typed_config"]["providers"]["idp"]["local_jwks"]["inline_string"] = idp_jwks()
     hcm = gw.bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["http_filters"].insert(0, filt)
+    audit_log(gw)
     try:
         gw.start()
     except harness.HarnessError as e:
@@ -523,3 +548,37 @@ def test_protected_resource_metadata_is_served(authn: Gateway, path: str):
     doc = json.loads(body)
     assert doc == {"resource": "https://mcp.example.test/mcp", "authorization_servers": [ISSUER],
                    "bearer_methods_supported": ["header"], "scopes_supported": ["mcp:tools"]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Audit: one structured line per routed call, through Envoy's access log (%FILTER_STATE(wasm.mcpgw_audit)%).
+
+def test_audit_lines_record_allowed_and_denied_calls(governed: Gateway, client: Rpc):
+    resp, _ = client.request("tools/call", {"name": "alpha_echo", "arguments": {"text": "a"}}, id="audit-ok")
+    assert resp.status_code == 200, describe(resp)
+    resp, _ = client.request("tools/call", {"name": "alpha_add", "arguments": {"a": 1, "b": 2}}, id="audit-no")
+    assert resp.status_code == 403, describe(resp)
+    resp, _ = client.request("tools/call", {"name": "alpha_nope", "arguments": {}}, id="audit-unknown")
+    [ok] = audit_lines(governed, "audit-ok")
+    assert ok == {"sub": None, "method": "tools/call", "server": "alpha", "name": "alpha_echo", "status": 200,
+                  "code": None, "id": "audit-ok", "session": ok["session"]}
+    assert len(ok["session"]) == 16 and client.session not in json.dumps(ok)
+    [denied] = audit_lines(governed, "audit-no")
+    assert (denied["server"], denied["name"], denied["status"], denied["code"]) == ("alpha", "alpha_add", 403, -32001)
+    assert denied["session"] == ok["session"]
+    [unknown] = audit_lines(governed, "audit-unknown")
+    assert (unknown["server"], unknown["status"], unknown["code"]) == (None, 200, -32602)
+
+
+def test_audit_lines_carry_the_verified_subject(authn: Gateway):
+    bearer = {"authorization": f"Bearer {access_token('bob')}"}
+    with Rpc(authn.url) as c:
+        resp, _ = c.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                           "clientInfo": {"name": "t", "version": "1"}},
+                            headers=bearer, session=False)
+        c.session = resp.headers["mcp-session-id"]
+        resp, _ = c.request("tools/call", {"name": "beta_echo", "arguments": {"text": "b"}}, id=4242,
+                            headers=bearer)
+        assert resp.status_code == 200, describe(resp)
+    [line] = audit_lines(authn, 4242)
+    assert line["sub"] == "bob" and line["server"] == "beta" and line["status"] == 200
