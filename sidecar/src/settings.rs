@@ -1065,6 +1065,45 @@ mod tests {
     }
 
     #[test]
+    fn governance_sections_reach_the_document_and_are_checked() {
+        let pem = "-----BEGIN PUBLIC KEY-----\\n\
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE7WdMdvC8hviEAL4wcebqaYbLEtVO\\n\
+VEiyi/nozagw7BaWXmzbOWyy95gZLirTkhUb1P4Z4lgKLU2rD5NCbGPHAA==\\n\
+-----END PUBLIC KEY-----";
+        let s = parse_ok(&format!(
+            "grants: {{public_key: \"{pem}\", missing: nothing}}\n\
+             virtual_servers: [{{name: team-a/readers, tools: [a_echo]}}]\n\
+             oauth: {{resource: 'https://mcp.example.com/mcp', authorization_servers: ['https://idp']}}\n"
+        ));
+        let grants = s.grants.0.as_ref().unwrap();
+        assert_eq!(grants.missing, mcpgw_core::grant::Missing::Nothing);
+        assert!(grants.public_key.contains("MFkw"));
+        assert_eq!(s.virtual_servers.0[0].name, "team-a/readers");
+        assert_eq!(
+            s.oauth.0.as_ref().unwrap().resource,
+            "https://mcp.example.com/mcp"
+        );
+        for (bad, says) in [
+            (
+                "grants: {public_key: nope, missing: all}\n",
+                "grants.public_key",
+            ),
+            ("grants: {public_key: x}\n", "missing"),
+            (
+                "virtual_servers: [{name: 'a b', tools: []}]\n",
+                "virtual_servers[0].name",
+            ),
+            (
+                "oauth: {resource: 'mcp', authorization_servers: [x]}\n",
+                "oauth.resource",
+            ),
+        ] {
+            let err = parse_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn minimal_file_gets_defaults() {
         let s = parse_ok("servers: []\n");
         assert_eq!(s.listen, "127.0.0.1:18000".parse().unwrap());
