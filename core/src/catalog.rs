@@ -34,6 +34,8 @@ pub struct Route {
     pub upstream_name: String,
     /// A tool's `x-mcp-annotation-hints` (see [`annotation_hints`]); `None` for prompts.
     pub hints: Option<String>,
+    /// Arguments pinned by configuration (name, JSON value), injected into every call.
+    pub pins: Vec<(String, String)>,
 }
 
 /// The client request headers a server may receive, sorted and deduplicated (lower-case):
@@ -234,7 +236,24 @@ impl Catalog {
             grants,
             virtual_servers,
             oauth,
+            tool_overrides,
         } = config;
+        for (i, o) in tool_overrides.iter().enumerate() {
+            if !servers.iter().any(|s| s.name == o.server) {
+                return Err(format!(
+                    "tool_overrides[{i}].server: no server {:?}",
+                    o.server
+                ));
+            }
+            if o.tool == "*" && (o.name.is_some() || o.description.is_some()) {
+                return Err(format!(
+                    "tool_overrides[{i}]: tool \"*\" takes only hidden and pin"
+                ));
+            }
+            if o.name.as_deref().is_some_and(str::is_empty) {
+                return Err(format!("tool_overrides[{i}].name: must not be empty"));
+            }
+        }
         let identity = oauth
             .as_ref()
             .map(crate::identity::Identity::new)
@@ -258,8 +277,14 @@ impl Catalog {
         }
         let keys = SessionKeys::new(&session)?;
         let mut warnings = Vec::new();
-        let mut tools = Named::index(&servers, "tools", |s| &s.tools, &mut warnings)?;
-        let mut prompts = Named::index(&servers, "prompts", |s| &s.prompts, &mut warnings)?;
+        let mut tools = Named::index(
+            &servers,
+            "tools",
+            |s| &s.tools,
+            &tool_overrides,
+            &mut warnings,
+        )?;
+        let mut prompts = Named::index(&servers, "prompts", |s| &s.prompts, &[], &mut warnings)?;
         let mut resources = Vec::new();
         let mut templates = Vec::new();
         let mut plain_uris = HashMap::new();
@@ -528,18 +553,36 @@ impl<'a> Named<'a> {
         servers: &[ServerConfig],
         field: &str,
         list: impl Fn(&ServerConfig) -> &Vec<Box<RawValue>>,
+        overrides: &[crate::curation::ToolOverride],
         warnings: &mut Vec<String>,
     ) -> Result<NameIndex, String> {
         let mut routes: HashMap<String, Route> = HashMap::new();
         let mut listed = Vec::new();
         for (index, server) in servers.iter().enumerate() {
             for (t, definition) in list(server).iter().enumerate() {
-                let text = definition.get();
-                let parsed: Named = serde_json::from_str(text)
+                let original = definition.get();
+                let parsed: Named = serde_json::from_str(original)
                     .map_err(|e| format!("servers[{index}].{field}[{t}]: {e}"))?;
                 let upstream_name: String = serde_json::from_str(parsed.name.get())
                     .map_err(|_| format!("servers[{index}].{field}[{t}].name: must be a string"))?;
-                let prefixed = format!("{}{}", server.prefix, upstream_name);
+                let curated = crate::curation::curate(
+                    overrides,
+                    &server.name,
+                    &upstream_name,
+                    original,
+                    &format!("servers[{index}].{field}[{t}]"),
+                )?
+                .unwrap_or_default();
+                if curated.hidden {
+                    continue;
+                }
+                let text = curated.definition.as_deref().unwrap_or(original);
+                let parsed: Named = serde_json::from_str(text)
+                    .map_err(|e| format!("servers[{index}].{field}[{t}]: {e}"))?;
+                let prefixed = curated
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("{}{}", server.prefix, upstream_name));
                 if let Some(existing) = routes.get(&prefixed) {
                     let owner = servers
                         .get(existing.server)
@@ -568,6 +611,7 @@ impl<'a> Named<'a> {
                         upstream_name_json: parsed.name.get().to_owned(),
                         upstream_name,
                         hints: (field == "tools").then(|| annotation_hints(parsed.annotations)),
+                        pins: curated.pins,
                     },
                 );
             }

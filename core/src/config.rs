@@ -32,6 +32,9 @@ pub struct GatewayConfig {
     /// Client authentication through Envoy's `jwt_authn` and RFC 9728 metadata (docs/governance.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth: Option<crate::identity::OAuthConfig>,
+    /// Curated tools: hide, rename, describe, pin arguments (docs/governance.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_overrides: Vec<crate::curation::ToolOverride>,
 }
 
 /// How the gateway presents itself to clients.

@@ -6,6 +6,7 @@ mod batch;
 pub mod budget;
 pub mod catalog;
 pub mod config;
+pub mod curation;
 pub mod ended;
 pub mod error;
 pub mod grant;

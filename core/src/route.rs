@@ -36,7 +36,8 @@ pub(crate) struct Call {
 pub(crate) struct Destination {
     server: usize,
     method: &'static str,
-    rewrite: Option<(std::ops::Range<usize>, String)>,
+    /// Spans of the body replaced on the way (a prefixed name, a mapped URI, pinned arguments).
+    rewrite: Vec<(std::ops::Range<usize>, String)>,
     policy: Vec<(&'static str, String)>,
     /// What a capability grant must allow: the kind and the unprefixed name (upstream URI).
     subject: (Kind, String),
@@ -57,7 +58,11 @@ impl Destination {
                 let (route, _) = catalog
                     .route(&name)
                     .ok_or_else(|| GatewayError::invalid_params(format!("Unknown tool: {name}")))?;
-                Ok(Self::named(text, "tools/call", raw, route, true, &name))
+                let mut destination = Self::named(text, "tools/call", raw, route, true, &name);
+                if !route.pins.is_empty() {
+                    destination.pin(text, raw, params.arguments, &route.pins)?;
+                }
+                Ok(destination)
             }
             "prompts/get" => {
                 let (raw, name) = required_str(params.name, "params.name")?;
@@ -128,7 +133,9 @@ impl Destination {
             server: route.server,
             method,
             rewrite: jsonrpc::span_in(text, raw.get())
-                .map(|span| (span, route.upstream_name_json.clone())),
+                .map(|span| (span, route.upstream_name_json.clone()))
+                .into_iter()
+                .collect(),
             policy,
             subject: (
                 if tool { Kind::Tools } else { Kind::Prompts },
@@ -136,6 +143,38 @@ impl Destination {
             ),
             shown_as: shown_as.to_owned(),
         }
+    }
+
+    /// Pinned arguments replace the client's `arguments` (or join `params` after the name).
+    fn pin(
+        &mut self,
+        text: &str,
+        name: &RawValue,
+        arguments: Option<&RawValue>,
+        pins: &[(String, String)],
+    ) -> Result<(), GatewayError> {
+        let pinned = crate::curation::pinned_arguments(arguments, pins)
+            .map_err(|e| GatewayError::invalid_params(format!("Invalid params: {e}")))?;
+        let bad = || GatewayError::invalid_params("Invalid params: arguments");
+        match arguments {
+            Some(raw) => {
+                let span = jsonrpc::span_in(text, raw.get()).ok_or_else(bad)?;
+                self.rewrite.push((span, pinned));
+            }
+            None => {
+                // After the name (whose own rewrite ends at the same place): the name's
+                // replacement gains the new member.
+                let span = jsonrpc::span_in(text, name.get()).ok_or_else(bad)?;
+                let (_, replacement) = self
+                    .rewrite
+                    .iter_mut()
+                    .find(|(s, _)| *s == span)
+                    .ok_or_else(bad)?;
+                replacement.push_str(",\"arguments\":");
+                replacement.push_str(&pinned);
+            }
+        }
+        Ok(())
     }
 
     /// The server this request reaches and the name (URI) as the client sent it, for the audit.
@@ -165,12 +204,12 @@ impl Destination {
         let upstream = upstream_uri.as_deref().unwrap_or(uri).to_owned();
         let policy = vec![("x-mcp-resourceuri", header_safe(&upstream))];
         let rewrite = match upstream_uri {
-            None => None,
-            Some(upstream) => Some((
+            None => Vec::new(),
+            Some(upstream) => vec![(
                 jsonrpc::span_in(text, raw.get())
                     .ok_or_else(|| GatewayError::invalid_params("Invalid params: uri"))?,
                 jsonrpc::json_string(&upstream),
-            )),
+            )],
         };
         Ok(Self {
             server,
@@ -189,12 +228,17 @@ impl Destination {
         received_len: usize,
         session: Rc<Session>,
     ) -> Result<Call, GatewayError> {
-        let body = match self.rewrite {
-            None => text.as_bytes().to_vec(),
-            Some((span, replacement)) => jsonrpc::splice(text, span, &replacement)
-                .ok_or_else(|| GatewayError::invalid_params("Invalid params"))?
-                .into_bytes(),
-        };
+        let mut rewrite = self.rewrite;
+        // Last span first: earlier spans keep their offsets.
+        rewrite.sort_by_key(|(span, _)| std::cmp::Reverse(span.start));
+        let mut body = std::borrow::Cow::Borrowed(text);
+        for (span, replacement) in rewrite {
+            body = std::borrow::Cow::Owned(
+                jsonrpc::splice(&body, span, &replacement)
+                    .ok_or_else(|| GatewayError::invalid_params("Invalid params"))?,
+            );
+        }
+        let body = body.into_owned().into_bytes();
         Ok(Call {
             server: self.server,
             method: Some(self.method),

@@ -251,6 +251,7 @@ pub fn build(settings: &Settings, health: &HashMap<String, Health>) -> Built {
         grants: settings.grants.0.clone(),
         virtual_servers: settings.virtual_servers.0.clone(),
         oauth: settings.oauth.0.clone(),
+        tool_overrides: settings.tool_overrides.0.clone(),
     };
     let hash = content_hash(&document);
     document.hash = hash.clone();

@@ -62,6 +62,9 @@ struct FileConfig {
     /// `envoy.http_filters_before_plugin`) and RFC 9728 metadata.
     #[serde(default)]
     oauth: Option<mcpgw_core::identity::OAuthConfig>,
+    /// Curated tools: hide, rename, describe, pin arguments (docs/governance.md).
+    #[serde(default)]
+    tool_overrides: Vec<mcpgw_core::curation::ToolOverride>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,6 +329,7 @@ pub struct Settings {
     pub grants: SerdeEq<Option<mcpgw_core::grant::GrantsConfig>>,
     pub virtual_servers: SerdeEq<Vec<mcpgw_core::grant::VirtualServerConfig>>,
     pub oauth: SerdeEq<Option<mcpgw_core::identity::OAuthConfig>>,
+    pub tool_overrides: SerdeEq<Vec<mcpgw_core::curation::ToolOverride>>,
 }
 
 /// Where the plugin token comes from.
@@ -549,6 +553,7 @@ pub fn parse(
         grants,
         virtual_servers,
         oauth,
+        tool_overrides,
     } = file;
     let grants = match grants {
         None => None,
@@ -708,6 +713,7 @@ pub fn parse(
         grants: SerdeEq(grants),
         virtual_servers: SerdeEq(virtual_servers),
         oauth: SerdeEq(oauth),
+        tool_overrides: SerdeEq(tool_overrides),
     };
     crate::catalog::check_document(&settings)?;
     Ok(settings)

@@ -582,3 +582,73 @@ def test_audit_lines_carry_the_verified_subject(authn: Gateway):
         assert resp.status_code == 200, describe(resp)
     [line] = audit_lines(authn, 4242)
     assert line["sub"] == "bob" and line["server"] == "beta" and line["status"] == 200
+
+
+# ------------------------------------------------------------------------------------------------
+# Curated tools: hide, rename, describe, pin arguments (removed from the schema, injected into calls).
+
+OVERRIDES = [
+    {"server": "alpha", "tool": "add", "hidden": True},
+    {"server": "beta", "tool": "echo", "name": "shout", "description": "Echo, curated."},
+    {"server": "alpha", "tool": "echo", "pin": {"text": "pinned!"}},
+]
+
+
+@pytest.fixture(scope="module")
+def curated(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
+    doc = make_document(upstreams, catalogs)
+    doc["tool_overrides"] = OVERRIDES
+    gw = Gateway(workdir, upstreams=list(upstreams.values()), plugin_config={"document": doc},
+                 name="envoy-curated", validate=True)
+    try:
+        gw.start()
+    except harness.HarnessError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield gw
+    gw.stop()
+
+
+def all_tools(client: Rpc) -> dict[str, dict[str, Any]]:
+    tools: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        resp, msg = client.request("tools/list", {"cursor": cursor} if cursor else {})
+        assert resp.status_code == 200, describe(resp)
+        tools += msg["result"]["tools"]
+        cursor = msg["result"].get("nextCursor")
+        if not cursor:
+            return {t["name"]: t for t in tools}
+
+
+def test_curated_list(curated: Gateway, catalogs):
+    with session_on(curated) as c:
+        tools = all_tools(c)
+        assert "alpha_add" not in tools, "hidden"
+        assert "beta_echo" not in tools and tools["shout"]["description"] == "Echo, curated."
+        schema = tools["alpha_echo"]["inputSchema"]
+        assert "text" not in schema.get("properties", {}) and "text" not in schema.get("required", [])
+        assert "alpha_whoami" in tools and "beta_add" in tools
+
+
+def test_curated_calls(curated: Gateway, upstreams):
+    with session_on(curated) as c:
+        resp, _ = c.call_tool("alpha_add", {"a": 1, "b": 2})
+        err = rpc_error(resp)["error"]
+        assert err["code"] == -32602 and "Unknown tool" in err["message"], "hidden tools cannot be called"
+        resp, msg = c.call_tool("shout", {"text": "hi"})
+        assert resp.status_code == 200 and tool_text(msg) == "beta: hi", describe(resp)
+        resp, _ = c.call_tool("beta_echo", {"text": "hi"})
+        assert rpc_error(resp)["error"]["code"] == -32602, "the old name is gone"
+        # The pinned argument wins over the client's, and is there when the client sends none.
+        resp, msg = c.call_tool("alpha_echo", {"text": "evil"})
+        assert resp.status_code == 200 and tool_text(msg) == "alpha: pinned!", describe(resp)
+        resp = c.post({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "alpha_echo"}})
+        assert resp.status_code == 200 and tool_text(rpc_error_free(resp)) == "alpha: pinned!", describe(resp)
+        resp = c.post({"jsonrpc": "2.0", "id": 6, "method": "tools/call",
+                       "params": {"name": "alpha_echo", "arguments": [1]}})
+        assert rpc_error(resp)["error"]["code"] == -32602
+
+
+def rpc_error_free(resp) -> dict[str, Any]:
+    from rpc import message_of
+    return message_of(resp)
