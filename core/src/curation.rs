@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 /// `tool_overrides[]` of the configuration document.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,9 +24,9 @@ pub struct ToolOverride {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Arguments fixed by the gateway (JSON values).
+    /// Arguments fixed by the gateway (JSON values, kept raw: no JSON tree in the plugin).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub pin: BTreeMap<String, Value>,
+    pub pin: BTreeMap<String, Box<RawValue>>,
 }
 
 /// What the overrides make of one tool.
@@ -53,7 +52,7 @@ pub fn curate(
     let mut curated = Curated::default();
     let mut any = false;
     let mut description = None;
-    let mut pins: BTreeMap<&str, &Value> = BTreeMap::new();
+    let mut pins: BTreeMap<&str, &RawValue> = BTreeMap::new();
     // `*` first, so a tool's own override wins.
     for exact in [false, true] {
         for o in overrides.iter().filter(|o| o.server == server) {
@@ -79,29 +78,53 @@ pub fn curate(
         return Ok(None);
     }
     if description.is_some() || !pins.is_empty() {
-        let mut definition: Map<String, Value> =
-            serde_json::from_str(text).map_err(|e| format!("{at}: {e}"))?;
+        // Objects edited member by member, values kept raw (no JSON tree in the plugin).
+        type Object = BTreeMap<String, Box<RawValue>>;
+        let bad = |e: serde_json::Error| format!("{at}: {e}");
+        let raw = |text: String| RawValue::from_string(text).map_err(bad);
+        let mut definition: Object = serde_json::from_str(text).map_err(bad)?;
         if let Some(d) = description {
-            definition.insert("description".into(), Value::String(d.to_owned()));
+            definition.insert("description".into(), raw(crate::jsonrpc::json_string(d))?);
         }
-        if let Some(Value::Object(schema)) = definition.get_mut("inputSchema") {
-            if let Some(Value::Object(properties)) = schema.get_mut("properties") {
-                for name in pins.keys() {
-                    properties.remove(*name);
+        if let Some(schema_raw) = definition.get("inputSchema") {
+            if let Ok(mut schema) = serde_json::from_str::<Object>(schema_raw.get()) {
+                if let Some(props) = schema.get("properties") {
+                    if let Ok(mut props) = serde_json::from_str::<Object>(props.get()) {
+                        for name in pins.keys() {
+                            props.remove(*name);
+                        }
+                        schema.insert("properties".into(), raw(render(&props))?);
+                    }
                 }
-            }
-            if let Some(Value::Array(required)) = schema.get_mut("required") {
-                required.retain(|r| !r.as_str().is_some_and(|r| pins.contains_key(r)));
+                if let Some(required) = schema.get("required") {
+                    if let Ok(mut required) = serde_json::from_str::<Vec<String>>(required.get()) {
+                        required.retain(|r| !pins.contains_key(r.as_str()));
+                        let items: Vec<String> = required
+                            .iter()
+                            .map(|r| crate::jsonrpc::json_string(r))
+                            .collect();
+                        schema.insert("required".into(), raw(format!("[{}]", items.join(",")))?);
+                    }
+                }
+                definition.insert("inputSchema".into(), raw(render(&schema))?);
             }
         }
-        curated.definition =
-            Some(serde_json::to_string(&definition).map_err(|e| format!("{at}: {e}"))?);
+        curated.definition = Some(render(&definition));
     }
     curated.pins = pins
         .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_string()))
+        .map(|(k, v)| (k.to_owned(), v.get().to_owned()))
         .collect();
     Ok(Some(curated))
+}
+
+/// An object of raw members as JSON text (rendered by hand: no serializer in the plugin).
+fn render(object: &BTreeMap<String, Box<RawValue>>) -> String {
+    let members: Vec<String> = object
+        .iter()
+        .map(|(k, v)| format!("{}:{}", crate::jsonrpc::json_string(k), v.get()))
+        .collect();
+    format!("{{{}}}", members.join(","))
 }
 
 /// The call's `arguments` with the pinned ones set (the client's values for them dropped).
@@ -142,6 +165,7 @@ pub fn pinned_arguments(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn o(json: &str) -> ToolOverride {
         serde_json::from_str(json).unwrap()

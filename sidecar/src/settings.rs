@@ -64,7 +64,23 @@ struct FileConfig {
     oauth: Option<mcpgw_core::identity::OAuthConfig>,
     /// Curated tools: hide, rename, describe, pin arguments (docs/governance.md).
     #[serde(default)]
-    tool_overrides: Vec<mcpgw_core::curation::ToolOverride>,
+    tool_overrides: Vec<ToolOverrideSection>,
+}
+
+/// `mcpgw_core::curation::ToolOverride` as written in YAML (pinned values as any YAML value).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolOverrideSection {
+    server: String,
+    tool: String,
+    #[serde(default)]
+    hidden: bool,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    pin: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -713,7 +729,31 @@ pub fn parse(
         grants: SerdeEq(grants),
         virtual_servers: SerdeEq(virtual_servers),
         oauth: SerdeEq(oauth),
-        tool_overrides: SerdeEq(tool_overrides),
+        tool_overrides: SerdeEq(
+            tool_overrides
+                .into_iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    let pin = o
+                        .pin
+                        .into_iter()
+                        .map(|(k, v)| {
+                            serde_json::value::to_raw_value(&v)
+                                .map(|v| (k, v))
+                                .map_err(|e| format!("tool_overrides[{i}].pin: {e}"))
+                        })
+                        .collect::<Result<_, String>>()?;
+                    Ok(mcpgw_core::curation::ToolOverride {
+                        server: o.server,
+                        tool: o.tool,
+                        hidden: o.hidden,
+                        name: o.name,
+                        description: o.description,
+                        pin,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?,
+        ),
     };
     crate::catalog::check_document(&settings)?;
     Ok(settings)
