@@ -36,6 +36,8 @@ pub struct Route {
     pub hints: Option<String>,
     /// Arguments pinned by configuration (name, JSON value), injected into every call.
     pub pins: Vec<(String, String)>,
+    /// The advertised `inputSchema`, compiled, when the document asks for argument validation.
+    pub schema: Option<Box<crate::schema::Schema>>,
 }
 
 /// The client request headers a server may receive, sorted and deduplicated (lower-case):
@@ -164,6 +166,8 @@ struct Named<'a> {
     /// Read leniently (see [`annotation_hints`]): a malformed value counts as absent.
     #[serde(default, borrow)]
     annotations: Option<&'a RawValue>,
+    #[serde(default, borrow, rename = "inputSchema")]
+    input_schema: Option<&'a RawValue>,
 }
 
 /// The four behaviour hints of a tool's `annotations`, with MCP's defaults for those absent.
@@ -237,6 +241,7 @@ impl Catalog {
             virtual_servers,
             oauth,
             tool_overrides,
+            validate_arguments,
         } = config;
         for (i, o) in tool_overrides.iter().enumerate() {
             if !servers.iter().any(|s| s.name == o.server) {
@@ -282,9 +287,17 @@ impl Catalog {
             "tools",
             |s| &s.tools,
             &tool_overrides,
+            validate_arguments,
             &mut warnings,
         )?;
-        let mut prompts = Named::index(&servers, "prompts", |s| &s.prompts, &[], &mut warnings)?;
+        let mut prompts = Named::index(
+            &servers,
+            "prompts",
+            |s| &s.prompts,
+            &[],
+            false,
+            &mut warnings,
+        )?;
         let mut resources = Vec::new();
         let mut templates = Vec::new();
         let mut plain_uris = HashMap::new();
@@ -554,6 +567,7 @@ impl<'a> Named<'a> {
         field: &str,
         list: impl Fn(&ServerConfig) -> &Vec<Box<RawValue>>,
         overrides: &[crate::curation::ToolOverride],
+        validate: bool,
         warnings: &mut Vec<String>,
     ) -> Result<NameIndex, String> {
         let mut routes: HashMap<String, Route> = HashMap::new();
@@ -612,6 +626,10 @@ impl<'a> Named<'a> {
                         upstream_name,
                         hints: (field == "tools").then(|| annotation_hints(parsed.annotations)),
                         pins: curated.pins,
+                        schema: parsed
+                            .input_schema
+                            .filter(|_| validate)
+                            .map(|s| Box::new(crate::schema::Schema::compile(s.get()))),
                     },
                 );
             }

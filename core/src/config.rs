@@ -35,6 +35,10 @@ pub struct GatewayConfig {
     /// Curated tools: hide, rename, describe, pin arguments (docs/governance.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_overrides: Vec<crate::curation::ToolOverride>,
+    /// Check `tools/call` arguments against the advertised `inputSchema` at the gateway
+    /// (-32602 naming the failing path; see [`crate::schema`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub validate_arguments: bool,
 }
 
 /// How the gateway presents itself to clients.

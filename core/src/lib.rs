@@ -18,6 +18,7 @@ pub mod origin;
 pub mod pipeline;
 pub mod relay;
 mod route;
+pub mod schema;
 pub mod session;
 pub mod sse;
 pub mod sync;

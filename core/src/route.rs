@@ -58,6 +58,18 @@ impl Destination {
                 let (route, _) = catalog
                     .route(&name)
                     .ok_or_else(|| GatewayError::invalid_params(format!("Unknown tool: {name}")))?;
+                if let Some(schema) = &route.schema {
+                    let arguments = params.arguments.map_or("{}", RawValue::get);
+                    let arguments = if arguments.trim() == "null" {
+                        "{}"
+                    } else {
+                        arguments
+                    };
+                    schema.check(arguments, "arguments").map_err(|e| {
+                        GatewayError::invalid_params(format!("Invalid params: {e}"))
+                            .because("invalid_arguments")
+                    })?;
+                }
                 let mut destination = Self::named(text, "tools/call", raw, route, true, &name);
                 if !route.pins.is_empty() {
                     destination.pin(text, raw, params.arguments, &route.pins)?;

@@ -252,6 +252,7 @@ pub fn build(settings: &Settings, health: &HashMap<String, Health>) -> Built {
         virtual_servers: settings.virtual_servers.0.clone(),
         oauth: settings.oauth.0.clone(),
         tool_overrides: settings.tool_overrides.0.clone(),
+        validate_arguments: settings.validate_arguments,
     };
     let hash = content_hash(&document);
     document.hash = hash.clone();

@@ -65,6 +65,9 @@ struct FileConfig {
     /// Curated tools: hide, rename, describe, pin arguments (docs/governance.md).
     #[serde(default)]
     tool_overrides: Vec<ToolOverrideSection>,
+    /// Check tools/call arguments against the advertised inputSchema at the gateway.
+    #[serde(default)]
+    validate_arguments: bool,
 }
 
 /// `mcpgw_core::curation::ToolOverride` as written in YAML (pinned values as any YAML value).
@@ -346,6 +349,7 @@ pub struct Settings {
     pub virtual_servers: SerdeEq<Vec<mcpgw_core::grant::VirtualServerConfig>>,
     pub oauth: SerdeEq<Option<mcpgw_core::identity::OAuthConfig>>,
     pub tool_overrides: SerdeEq<Vec<mcpgw_core::curation::ToolOverride>>,
+    pub validate_arguments: bool,
 }
 
 /// Where the plugin token comes from.
@@ -570,6 +574,7 @@ pub fn parse(
         virtual_servers,
         oauth,
         tool_overrides,
+        validate_arguments,
     } = file;
     let grants = match grants {
         None => None,
@@ -729,6 +734,7 @@ pub fn parse(
         grants: SerdeEq(grants),
         virtual_servers: SerdeEq(virtual_servers),
         oauth: SerdeEq(oauth),
+        validate_arguments,
         tool_overrides: SerdeEq(
             tool_overrides
                 .into_iter()

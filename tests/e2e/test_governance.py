@@ -598,6 +598,7 @@ OVERRIDES = [
 def curated(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
     doc = make_document(upstreams, catalogs)
     doc["tool_overrides"] = OVERRIDES
+    doc["validate_arguments"] = True
     gw = Gateway(workdir, upstreams=list(upstreams.values()), plugin_config={"document": doc},
                  name="envoy-curated", validate=True)
     try:
@@ -652,3 +653,26 @@ def test_curated_calls(curated: Gateway, upstreams):
 def rpc_error_free(resp) -> dict[str, Any]:
     from rpc import message_of
     return message_of(resp)
+
+
+@pytest.mark.parametrize("tool,arguments,message", [
+    ("beta_add", {"a": "one", "b": 2}, "arguments.a: expected integer, got string"),
+    ("beta_add", {"a": 1}, "arguments.b: is required"),
+    ("beta_add", {"a": 1.5, "b": 2}, "arguments.a: expected integer, got number"),
+    ("shout", {"text": 5}, "arguments.text: expected string, got number"),
+])
+def test_arguments_are_validated_against_the_advertised_schema(curated: Gateway, upstreams, tool, arguments,
+                                                                message):
+    upstreams["beta"].clear_log()
+    with session_on(curated) as c:
+        resp = c.post({"jsonrpc": "2.0", "id": "v", "method": "tools/call",
+                       "params": {"name": tool, "arguments": arguments}})
+        assert resp.status_code == 200, describe(resp)
+        err = rpc_error(resp)
+        assert err["id"] == "v" and err["error"]["code"] == -32602
+        assert message in err["error"]["message"], err
+        # Valid arguments pass (and pinned ones need none).
+        resp, msg = c.call_tool("beta_add", {"a": 1, "b": 2})
+        assert resp.status_code == 200 and tool_text(msg) == "3", describe(resp)
+    assert not [r for r in upstreams["beta"].requests_log()
+                if r.get("rpc_method") == "tools/call" and r.get("status") not in (200, 202)]
