@@ -676,3 +676,31 @@ def test_arguments_are_validated_against_the_advertised_schema(curated: Gateway,
         assert resp.status_code == 200 and tool_text(msg) == "3", describe(resp)
     assert not [r for r in upstreams["beta"].requests_log()
                 if r.get("rpc_method") == "tools/call" and r.get("status") not in (200, 202)]
+
+
+def test_a_batch_is_held_to_the_grant_and_the_virtual_server(lenient: Gateway):
+    with Rpc(lenient.url) as c:
+        c.initialize("2025-03-26")
+        batch = [
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+             "params": {"name": "alpha_echo", "arguments": {"text": "in"}}},
+            {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+             "params": {"name": "alpha_add", "arguments": {"a": 1, "b": 2}}},
+            {"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+             "params": {"name": "beta_add", "arguments": {"a": 1, "b": 2}}},
+        ]
+        resp = c.post(batch, headers={"x-mcp-authorized": grant({"tools": {"alpha": ["echo", "add"]}})})
+        assert resp.status_code == 200, describe(resp)
+        a = {m["id"]: m for m in resp.json()}
+        assert [t["name"] for t in a[1]["result"]["tools"]] == ["alpha_echo", "alpha_add"]
+        assert tool_text(a[2]) == "alpha: in"
+        assert tool_text(a[3]) == "3"
+        assert a[4]["error"]["code"] == -32001, a[4]
+        resp = c.post(batch, headers={VS: "team-a/readers"})
+        a = {m["id"]: m for m in resp.json()}
+        assert tool_text(a[2]) == "alpha: in"
+        assert a[3]["error"]["code"] == -32602 and a[4]["error"]["code"] == -32602
+        resp = c.post(batch, headers={"x-mcp-authorized": "garbage"})
+        assert resp.status_code == 400 and rpc_error(resp)["error"]["code"] == -32600, describe(resp)
+        c.delete()
