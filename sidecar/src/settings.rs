@@ -68,6 +68,19 @@ struct FileConfig {
     /// Check tools/call arguments against the advertised inputSchema at the gateway.
     #[serde(default)]
     validate_arguments: bool,
+    /// Tool hygiene: an upstream tool with an invalid name or schema is left out (`filter`) or
+    /// its whole server refused (`reject_server`).
+    #[serde(default)]
+    invalid_tools: InvalidTools,
+}
+
+/// What the catalog does with an upstream tool whose name or schema is invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidTools {
+    #[default]
+    Filter,
+    RejectServer,
 }
 
 /// `mcpgw_core::curation::ToolOverride` as written in YAML (pinned values as any YAML value).
@@ -350,6 +363,7 @@ pub struct Settings {
     pub oauth: SerdeEq<Option<mcpgw_core::identity::OAuthConfig>>,
     pub tool_overrides: SerdeEq<Vec<mcpgw_core::curation::ToolOverride>>,
     pub validate_arguments: bool,
+    pub invalid_tools: InvalidTools,
 }
 
 /// Where the plugin token comes from.
@@ -575,6 +589,7 @@ pub fn parse(
         oauth,
         tool_overrides,
         validate_arguments,
+        invalid_tools,
     } = file;
     let grants = match grants {
         None => None,
@@ -735,6 +750,7 @@ pub fn parse(
         virtual_servers: SerdeEq(virtual_servers),
         oauth: SerdeEq(oauth),
         validate_arguments,
+        invalid_tools,
         tool_overrides: SerdeEq(
             tool_overrides
                 .into_iter()
