@@ -243,10 +243,13 @@ impl Catalog {
             tool_overrides,
             validate_arguments,
         } = config;
+        let mut warnings = Vec::new();
         for (i, o) in tool_overrides.iter().enumerate() {
+            // A server that is down (or not yet discovered) is not in the document: its
+            // overrides wait for it, they do not refuse the document.
             if !servers.iter().any(|s| s.name == o.server) {
-                return Err(format!(
-                    "tool_overrides[{i}].server: no server {:?}",
+                warnings.push(format!(
+                    "tool_overrides[{i}]: no server {:?} in this document",
                     o.server
                 ));
             }
@@ -281,7 +284,6 @@ impl Catalog {
             return Err("limits.max_session_opens_per_second: must be positive".into());
         }
         let keys = SessionKeys::new(&session)?;
-        let mut warnings = Vec::new();
         let mut tools = Named::index(
             &servers,
             "tools",

@@ -704,3 +704,64 @@ def test_a_batch_is_held_to_the_grant_and_the_virtual_server(lenient: Gateway):
         resp = c.post(batch, headers={"x-mcp-authorized": "garbage"})
         assert resp.status_code == 400 and rpc_error(resp)["error"]["code"] == -32600, describe(resp)
         c.delete()
+
+
+# ------------------------------------------------------------------------------------------------
+# Standalone mode end to end: the sidecar's settings carry the governance sections, its bootstrap
+# generator puts rbac after the plugin (envoy.http_filters_after_plugin).
+
+@pytest.fixture(scope="module")
+def sidecar_stack(workdir: Path, upstreams):
+    from sidecar_harness import Sidecar, SidecarGateway, base_config, build_sidecar, envoy_settings
+
+    build_sidecar()
+    envoy, _, _ = envoy_settings()
+    cfg = base_config(harness.free_port(), workdir / "xds-gov", **envoy)
+    cfg["envoy"]["http_filters_after_plugin"] = [RBAC]
+    cfg["servers"] = [{"name": "alpha", "url": upstreams["alpha"].url, "credential": {"env": "ALPHA_TOKEN"}}]
+    cfg["tool_overrides"] = [{"server": "alpha", "tool": "whoami", "hidden": True}]
+    cfg["virtual_servers"] = [{"name": "ns/only-echo", "tools": ["alpha_echo"]}]
+    sc = Sidecar(workdir, cfg, env={"ALPHA_TOKEN": "alpha-secret"})
+    gw = SidecarGateway(workdir, sc, wasm=True, name="envoy-gov-sidecar")
+    try:
+        gw.bootstrap()
+        gw.envoy.start(60)
+        sc.start()
+        sc.wait_state("alpha", "serving")
+    except harness.HarnessError as e:
+        gw.stop()
+        sc.stop()
+        pytest.fail(str(e), pytrace=False)
+    yield sc, gw
+    gw.stop()
+    sc.stop()
+
+
+def test_standalone_mode_governance_end_to_end(sidecar_stack):
+    sc, gw = sidecar_stack
+    filters = json.loads(gw.config_path.read_text())["static_resources"]["listeners"][0]["filter_chains"][0][
+        "filters"][0]["typed_config"]["http_filters"]
+    assert [f["name"] for f in filters] == ["envoy.filters.http.wasm", "envoy.filters.http.rbac",
+                                           "envoy.filters.http.router"]
+
+    def listed() -> list[str] | None:
+        with Rpc(gw.url) as c:
+            try:
+                c.initialize()
+            except AssertionError:
+                return None
+            names = listed_tools(c)
+            return names if "alpha_echo" in names else None
+
+    names = harness.wait_until(listed, timeout=30, what="the plugin serving the sidecar's catalog")
+    assert "alpha_whoami" not in names and "alpha_add" in names, names
+    with Rpc(gw.url) as c:
+        c.initialize()
+        assert listed_tools(c, {VS: "ns/only-echo"}) == ["alpha_echo"]
+        resp, msg = c.call_tool("alpha_echo", {"text": "sc"})
+        assert resp.status_code == 200 and tool_text(msg) == "alpha: sc", describe(resp)
+        resp = c.post({"jsonrpc": "2.0", "id": "sc-deny", "method": "tools/call",
+                       "params": {"name": "alpha_add", "arguments": {"a": 1, "b": 2}}})
+        assert resp.status_code == 403, describe(resp)
+        err = rpc_error(resp)
+        assert err["id"] == "sc-deny" and err["error"]["code"] == -32001
