@@ -79,6 +79,40 @@ pub struct ServerReport {
     pub invalid_tools: Vec<String>,
 }
 
+const SCHEMA_TYPES: [&str; 7] = [
+    "array", "boolean", "integer", "null", "number", "object", "string",
+];
+
+/// The first `type` anywhere in a schema that is not a JSON Schema type name (as the seed system's
+/// check: `"type": "int"` in a property makes the tool invalid).
+fn bad_type(schema: &serde_json::Value) -> Option<String> {
+    match schema {
+        serde_json::Value::Object(map) => {
+            if let Some(t) = map.get("type") {
+                let names: Vec<&serde_json::Value> = match t {
+                    serde_json::Value::Array(items) => items.iter().collect(),
+                    other => vec![other],
+                };
+                for n in names {
+                    if !n.as_str().is_some_and(|n| SCHEMA_TYPES.contains(&n)) {
+                        return Some(n.to_string());
+                    }
+                }
+            }
+            map.iter().find_map(|(k, v)| match k.as_str() {
+                // Values, not schemas.
+                "enum" | "const" | "default" | "examples" => None,
+                // Maps of name -> schema: a property may well be called "type".
+                "properties" | "patternProperties" | "$defs" | "definitions"
+                | "dependentSchemas" => v.as_object()?.values().find_map(bad_type),
+                _ => bad_type(v),
+            })
+        }
+        serde_json::Value::Array(items) => items.iter().find_map(bad_type),
+        _ => None,
+    }
+}
+
 /// Why a tool is unfit to publish: a name outside MCP's 1-128 of `[A-Za-z0-9_.-]`, an
 /// `inputSchema` that is not a JSON object schema of `"type": "object"`, an `outputSchema` that is
 /// present and not one.
@@ -108,6 +142,16 @@ pub fn tool_defect(item: &Item) -> Option<String> {
         s.as_object()
             .is_some_and(|o| o.get("type").and_then(|t| t.as_str()) == Some("object"))
     };
+    if let Some(bad) = [&schemas.input, &schemas.output]
+        .into_iter()
+        .flatten()
+        .find_map(bad_type)
+    {
+        return Some(format!(
+            "tool {name:?}: schema uses unknown type {bad} (JSON Schema types: {})",
+            SCHEMA_TYPES.join(", ")
+        ));
+    }
     match &schemas.input {
         Some(s) if object_schema(s) => {}
         _ => {
@@ -541,6 +585,26 @@ mod tests {
         assert!(report.invalid_tools[1].contains("inputSchema"));
         assert!(report.invalid_tools[2].contains("outputSchema"));
         assert_eq!(b.problems.len(), 3);
+        let int = Item::new(
+            "int",
+            RawValue::from_string(
+                r#"{"name":"int","inputSchema":{"type":"object","properties":{"n":{"type":"int"},"e":{"enum":[{"type":"x"}]}}}}"#.into(),
+            )
+            .unwrap(),
+        );
+        assert!(tool_defect(&int).unwrap().contains("unknown type \"int\""));
+        let named_type = Item::new(
+            "t",
+            RawValue::from_string(
+                r#"{"name":"t","inputSchema":{"type":"object","properties":{"type":{"type":"string"}}}}"#.into(),
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            tool_defect(&named_type),
+            None,
+            "a property may be called type"
+        );
 
         let mut strict = s.clone();
         strict.invalid_tools = crate::settings::InvalidTools::RejectServer;
