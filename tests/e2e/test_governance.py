@@ -765,3 +765,66 @@ def test_standalone_mode_governance_end_to_end(sidecar_stack):
         assert resp.status_code == 403, describe(resp)
         err = rpc_error(resp)
         assert err["id"] == "sc-deny" and err["error"]["code"] == -32001
+
+
+# ------------------------------------------------------------------------------------------------
+# Policy headers on prompts/get and resources/read (a server with a prompt and a resource).
+
+RBAC_PROMPTS = {
+    "name": "envoy.filters.http.rbac",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": "DENY", "policies": {"no-greeting": {
+            "permissions": [{"and_rules": {"rules": [
+                {"header": {"name": "x-mcp-method", "string_match": {"exact": "prompts/get"}}},
+                {"header": {"name": "x-mcp-promptname", "string_match": {"exact": "greeting"}}},
+            ]}}],
+            "principals": [{"any": True}],
+        }}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def prompt_stack(workdir: Path):
+    from sidecar_harness import DynamicServer
+
+    dyn = DynamicServer("dyn", workdir)
+    harness.start_all([dyn])
+    entry = harness.server_entry(dyn, "dyn_", harness.discover_tools(dyn.url))
+    entry["prompts"] = [{"name": "greeting", "arguments": [{"name": "who", "required": True}]}]
+    entry["resources"] = [{"uri": "demo://info", "name": "info"}]
+    entry["capabilities"] = {"prompts": {}, "resources": {}, "tools": {}}
+    doc = harness.gateway_document([entry], keys=[harness.new_session_key()])
+    gw = Gateway(workdir, upstreams=[dyn], plugin_config={"document": doc}, name="envoy-prompts", validate=True)
+    hcm = gw.bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"].insert(1, RBAC_PROMPTS)
+    try:
+        gw.start()
+    except harness.HarnessError as e:
+        dyn.stop()
+        pytest.fail(str(e), pytrace=False)
+    yield gw, dyn
+    gw.stop()
+    dyn.stop()
+
+
+def test_policy_headers_on_prompts_and_resources(prompt_stack):
+    gw, dyn = prompt_stack
+    with session_on(gw) as c:
+        resp = c.post({"jsonrpc": "2.0", "id": "pg", "method": "prompts/get",
+                       "params": {"name": "dyn_greeting", "arguments": {"who": "x"}}},
+                      headers={"x-mcp-promptname": "other"})
+        assert resp.status_code == 403, describe(resp)
+        err = rpc_error(resp)
+        assert err["id"] == "pg" and err["error"]["code"] == -32001
+        assert "prompts/get greeting on server dyn" in err["error"]["message"], err
+        dyn.clear_log()
+        resp, msg = c.request("resources/read", {"uri": "mcpgw://dyn/demo://info"},
+                              headers={"x-mcp-resourceuri": "file:///etc/passwd"})
+        assert resp.status_code == 200 and "result" in msg, describe(resp)
+        [read] = [r for r in dyn.requests_log() if r.get("rpc_method") == "resources/read"]
+        h = read["headers"]
+        assert h["x-mcp-method"] == "resources/read" and h["x-mcp-servername"] == "dyn"
+        assert h["x-mcp-resourceuri"] == "demo://info", "the upstream URI, never the client's copy"
+        assert "x-mcp-toolname" not in h and "x-mcp-promptname" not in h
