@@ -209,6 +209,17 @@ impl Batch {
                     | "resources/subscribe"
                     | "resources/unsubscribe"
                     | "completion/complete") => {
+                        if ctx.catalog.authorization_after_plugin {
+                            // Batched calls go upstream through the plugin's own calls, past
+                            // the authorization filter that decides on single requests.
+                            self.answers
+                                .push(Some(local(Err(GatewayError::invalid_request(format!(
+                                    "Invalid Request: {routed} must be sent alone, not in a batch \
+                                     (the gateway's authorization decides on single requests)"
+                                ))
+                                .because("batched_call_refused")))));
+                            return;
+                        }
                         let granted = |destination: &Destination| match ctx.access {
                             Some(access) => destination.check(ctx.catalog, access),
                             None => Err(GatewayError::upstream("no grant evaluated")),

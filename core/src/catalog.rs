@@ -153,6 +153,8 @@ pub struct Catalog {
     pub virtual_servers: HashMap<String, crate::grant::VirtualServer>,
     /// Client authentication (`oauth` of the document).
     pub identity: Option<crate::identity::Identity>,
+    /// `authorization_after_plugin` of the document: no routed call inside a batch.
+    pub authorization_after_plugin: bool,
     /// The `initialize` result after `"protocolVersion":"…",`.
     initialize_tail: String,
     /// Problems that did not reject the document (shadowed names), for the log.
@@ -242,6 +244,7 @@ impl Catalog {
             oauth,
             tool_overrides,
             validate_arguments,
+            authorization_after_plugin,
         } = config;
         let mut warnings = Vec::new();
         for (i, o) in tool_overrides.iter().enumerate() {
@@ -430,6 +433,7 @@ impl Catalog {
             grants,
             virtual_servers: virtual_index,
             identity,
+            authorization_after_plugin,
             initialize_tail,
             warnings,
         })

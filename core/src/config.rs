@@ -39,6 +39,12 @@ pub struct GatewayConfig {
     /// (-32602 naming the failing path; see [`crate::schema`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub validate_arguments: bool,
+    /// An authorization filter after the plugin (rbac, ext_authz, an Istio AuthorizationPolicy)
+    /// decides on routed calls: calls inside a JSON-RPC batch, which the plugin sends to upstreams
+    /// itself (past Envoy's filters), are refused. The sidecar sets it when
+    /// `envoy.http_filters_after_plugin` is not empty.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub authorization_after_plugin: bool,
 }
 
 /// How the gateway presents itself to clients.

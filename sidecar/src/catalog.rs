@@ -389,6 +389,7 @@ pub fn build(settings: &Settings, health: &HashMap<String, Health>) -> Built {
         oauth: settings.oauth.0.clone(),
         tool_overrides: settings.tool_overrides.0.clone(),
         validate_arguments: settings.validate_arguments,
+        authorization_after_plugin: !settings.envoy.http_filters_after_plugin.is_empty(),
     };
     let hash = content_hash(&document);
     document.hash = hash.clone();

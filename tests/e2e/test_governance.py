@@ -61,6 +61,7 @@ ANNOTATIONS = {
 
 def annotated_document(upstreams, catalogs) -> dict[str, Any]:
     doc = make_document(upstreams, catalogs)
+    doc["authorization_after_plugin"] = True  # what the sidecar sets when it puts rbac after the plugin
     for server in doc["servers"]:
         for tool in server["tools"]:
             hints = ANNOTATIONS.get((server["name"], tool["name"]))
@@ -828,3 +829,21 @@ def test_policy_headers_on_prompts_and_resources(prompt_stack):
         assert h["x-mcp-method"] == "resources/read" and h["x-mcp-servername"] == "dyn"
         assert h["x-mcp-resourceuri"] == "demo://info", "the upstream URI, never the client's copy"
         assert "x-mcp-toolname" not in h and "x-mcp-promptname" not in h
+
+
+
+def test_calls_cannot_dodge_the_filter_inside_a_batch(governed: Gateway):
+    """A batch's calls go upstream through the plugin's own calls, past rbac: with an authorization
+    filter after the plugin they are refused (the rest of the batch is answered)."""
+    with Rpc(governed.url) as c:
+        c.initialize("2025-03-26")
+        resp = c.post([{"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                       {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                        "params": {"name": "alpha_add", "arguments": {"a": 1, "b": 2}}}])
+        assert resp.status_code == 200, describe(resp)
+        a = {m["id"]: m for m in resp.json()}
+        assert a[1]["result"] == {}
+        assert a[2]["error"]["code"] == -32600 and "must be sent alone" in a[2]["error"]["message"], a[2]
+        resp, _ = c.call_tool("alpha_add", {"a": 1, "b": 2})
+        assert resp.status_code == 403, "alone, rbac decides"
+        c.delete()
