@@ -94,6 +94,18 @@ mod ffi {
             cas: u32,
         ) -> u32;
         pub fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+        pub fn proxy_set_property(
+            path_data: *const u8,
+            path_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        pub fn proxy_get_property(
+            path_data: *const u8,
+            path_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
         pub fn proxy_call_foreign_function(
             function_name_data: *const u8,
             function_name_size: usize,
@@ -123,12 +135,6 @@ mod ffi {
         ) -> u32;
         pub fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
         pub fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
-        pub fn proxy_set_property(
-            path_data: *const u8,
-            path_size: usize,
-            value_data: *const u8,
-            value_size: usize,
-        ) -> u32;
         pub fn proxy_dequeue_shared_queue(
             queue_id: u32,
             return_value_data: *mut *mut u8,
@@ -222,6 +228,30 @@ pub fn current_time_nanos() -> Result<u64, Status> {
         OK => Ok(now),
         status => Err(status),
     }
+}
+
+/// A property of the stream (`path` segments, e.g. dynamic metadata); `Ok(None)` when absent.
+/// Leaf values (strings) come back as their bytes.
+pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
+    let joined = path.join("\0");
+    let mut data = std::ptr::null_mut();
+    let mut size = 0;
+    // SAFETY: as above.
+    let status =
+        unsafe { ffi::proxy_get_property(joined.as_ptr(), joined.len(), &mut data, &mut size) };
+    let bytes = owned(data, size);
+    match status {
+        OK => Ok(bytes),
+        NOT_FOUND | EMPTY => Ok(None),
+        status => Err(status),
+    }
+}
+
+/// Sets a property of the stream (one path segment): Envoy keeps it as filter state
+/// `wasm.<name>`, which its access log prints with `%FILTER_STATE(wasm.<name>:PLAIN)%`.
+pub fn set_property(name: &str, value: &[u8]) -> Status {
+    // SAFETY: pointers and lengths come from live slices; the host copies them.
+    unsafe { ffi::proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) }
 }
 
 /// Calls a host extension by name; its result is dropped.
@@ -433,13 +463,6 @@ pub fn increment_metric(id: u32, offset: i64) -> Status {
 pub fn record_metric(id: u32, value: u64) -> Status {
     // SAFETY: no pointers.
     unsafe { ffi::proxy_record_metric(id, value) }
-}
-
-/// Sets a property of the stream (one path segment): Envoy keeps it as filter state
-/// `wasm.<name>`, which its access log prints with `%FILTER_STATE(wasm.<name>:PLAIN)%`.
-pub fn set_property(name: &str, value: &[u8]) -> Status {
-    // SAFETY: pointers and lengths come from live slices; the host copies them.
-    unsafe { ffi::proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) }
 }
 
 #[cfg(test)]

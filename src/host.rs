@@ -150,6 +150,17 @@ impl Host for ProxyHost {
         read_buffer("response body", abi::RESPONSE_BODY, size)
     }
 
+    fn set_property(&mut self, name: &str, value: &[u8]) {
+        report("set property", abi::set_property(name, value));
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        abi::property(path)
+            .inspect_err(|status| report("property", *status))
+            .ok()
+            .flatten()
+    }
+
     fn set_response_body(&mut self, size: usize, body: &[u8]) {
         report(
             "set response body",

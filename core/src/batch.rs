@@ -40,6 +40,9 @@ pub(crate) struct Context<'a> {
     /// The client's request headers (routing headers removed), for the allow-listed ones.
     pub(crate) headers: &'a [(String, Vec<u8>)],
     pub(crate) sidecar: Option<&'a SidecarLink>,
+    /// The request's capability grant, while elements are read (`None` later: then nothing is
+    /// allowed, fail-closed).
+    pub(crate) access: Option<&'a crate::grant::Access<'a>>,
 }
 
 /// Where a batch stands after an event.
@@ -174,11 +177,15 @@ impl Batch {
                     Ok(result) => jsonrpc::result_body(&slot.id, result),
                     Err(e) => jsonrpc::error_body(Some(&slot.id), &e),
                 };
-                let list = |kind: ListKind| {
-                    local(
-                        cursor_of(&params)
-                            .and_then(|cursor| ctx.catalog.page(kind, cursor.as_deref())),
-                    )
+                let list = |kind: ListKind| match (cursor_of(&params), ctx.access) {
+                    (Ok(cursor), Some(access)) => {
+                        match ctx.catalog.page_for(kind, cursor.as_deref(), access) {
+                            Ok(page) => local(Ok(&page)),
+                            Err(e) => local(Err(e)),
+                        }
+                    }
+                    (Err(e), _) => local(Err(e)),
+                    (Ok(_), None) => local(Err(GatewayError::upstream("no grant evaluated"))),
                 };
                 let answer = match method.as_ref() {
                     "initialize" => local(Err(GatewayError::invalid_request(
@@ -202,8 +209,26 @@ impl Batch {
                     | "resources/subscribe"
                     | "resources/unsubscribe"
                     | "completion/complete") => {
+                        if ctx.catalog.authorization_after_plugin {
+                            // Batched calls go upstream through the plugin's own calls, past
+                            // the authorization filter that decides on single requests.
+                            self.answers
+                                .push(Some(local(Err(GatewayError::invalid_request(format!(
+                                    "Invalid Request: {routed} must be sent alone, not in a batch \
+                                     (the gateway's authorization decides on single requests)"
+                                ))
+                                .because("batched_call_refused")))));
+                            return;
+                        }
+                        let granted = |destination: &Destination| match ctx.access {
+                            Some(access) => destination.check(ctx.catalog, access),
+                            None => Err(GatewayError::upstream("no grant evaluated")),
+                        };
                         match Destination::of(ctx.catalog, text, routed, &params).and_then(
-                            |destination| destination.into_call(text, 0, Rc::clone(&self.session)),
+                            |destination| {
+                                granted(&destination)?;
+                                destination.into_call(text, 0, Rc::clone(&self.session))
+                            },
                         ) {
                             Ok(call) => {
                                 self.answers.push(None);

@@ -32,6 +32,12 @@ pub struct Route {
     /// The name upstream, already JSON-encoded (ready to splice into a body).
     pub upstream_name_json: String,
     pub upstream_name: String,
+    /// A tool's `x-mcp-annotation-hints` (see [`annotation_hints`]); `None` for prompts.
+    pub hints: Option<String>,
+    /// Arguments pinned by configuration (name, JSON value), injected into every call.
+    pub pins: Vec<(String, String)>,
+    /// The advertised `inputSchema`, compiled, when the document asks for argument validation.
+    pub schema: Option<Box<crate::schema::Schema>>,
 }
 
 /// The client request headers a server may receive, sorted and deduplicated (lower-case):
@@ -66,6 +72,17 @@ impl ForwardHeaders {
 /// A tool's route (the historical name).
 pub type ToolRoute = Route;
 
+/// One listed definition (see [`Catalog::page_for`]).
+#[derive(Debug)]
+struct Listed {
+    definition: String,
+    server: usize,
+    /// Unprefixed name, or upstream URI / URI template.
+    granted_as: String,
+    /// The name clients see (prefixed), or the URI as listed.
+    shown_as: String,
+}
+
 /// The kinds of list the gateway serves from its catalog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListKind {
@@ -77,6 +94,15 @@ pub enum ListKind {
 
 impl ListKind {
     /// The result member holding the items.
+    /// The capability kind a grant names for this list.
+    fn granted_kind(self) -> crate::grant::Kind {
+        match self {
+            ListKind::Tools => crate::grant::Kind::Tools,
+            ListKind::Prompts => crate::grant::Kind::Prompts,
+            ListKind::Resources | ListKind::ResourceTemplates => crate::grant::Kind::Resources,
+        }
+    }
+
     fn member(self) -> &'static str {
         match self {
             ListKind::Tools => "tools",
@@ -118,6 +144,17 @@ pub struct Catalog {
     plain_servers: Vec<usize>,
     /// List results, one JSON text per page, per kind.
     pages: [Vec<String>; 4],
+    /// Every listed definition per kind (as the pages hold them), with its server and the name
+    /// (or URI, URI template) a grant names: to build the pages of a narrowed list.
+    listed: [Vec<Listed>; 4],
+    /// Verifier of `x-mcp-authorized` (`grants` of the document).
+    pub grants: Option<crate::grant::Grants>,
+    /// Virtual servers by name.
+    pub virtual_servers: HashMap<String, crate::grant::VirtualServer>,
+    /// Client authentication (`oauth` of the document).
+    pub identity: Option<crate::identity::Identity>,
+    /// `authorization_after_plugin` of the document: no routed call inside a batch.
+    pub authorization_after_plugin: bool,
     /// The `initialize` result after `"protocolVersion":"…",`.
     initialize_tail: String,
     /// Problems that did not reject the document (shadowed names), for the log.
@@ -128,6 +165,41 @@ pub struct Catalog {
 struct Named<'a> {
     #[serde(borrow)]
     name: &'a RawValue,
+    /// Read leniently (see [`annotation_hints`]): a malformed value counts as absent.
+    #[serde(default, borrow)]
+    annotations: Option<&'a RawValue>,
+    #[serde(default, borrow, rename = "inputSchema")]
+    input_schema: Option<&'a RawValue>,
+}
+
+/// The four behaviour hints of a tool's `annotations`, with MCP's defaults for those absent.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Hints {
+    #[serde(default)]
+    read_only_hint: Option<bool>,
+    #[serde(default)]
+    destructive_hint: Option<bool>,
+    #[serde(default)]
+    idempotent_hint: Option<bool>,
+    #[serde(default)]
+    open_world_hint: Option<bool>,
+}
+
+/// `x-mcp-annotation-hints` of a tool: `readOnly=…,destructive=…,idempotent=…,openWorld=…` from
+/// its `annotations`, MCP's defaults (false, true, false, true) for hints absent or malformed, so
+/// an authorization filter can match one fixed shape.
+pub fn annotation_hints(annotations: Option<&RawValue>) -> String {
+    let hints: Hints = annotations
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_default();
+    format!(
+        "readOnly={},destructive={},idempotent={},openWorld={}",
+        hints.read_only_hint.unwrap_or(false),
+        hints.destructive_hint.unwrap_or(true),
+        hints.idempotent_hint.unwrap_or(false),
+        hints.open_world_hint.unwrap_or(true),
+    )
 }
 
 #[derive(Deserialize)]
@@ -167,7 +239,37 @@ impl Catalog {
             session,
             limits,
             servers,
+            grants,
+            virtual_servers,
+            oauth,
+            tool_overrides,
+            validate_arguments,
+            authorization_after_plugin,
         } = config;
+        let mut warnings = Vec::new();
+        for (i, o) in tool_overrides.iter().enumerate() {
+            // A server that is down (or not yet discovered) is not in the document: its
+            // overrides wait for it, they do not refuse the document.
+            if !servers.iter().any(|s| s.name == o.server) {
+                warnings.push(format!(
+                    "tool_overrides[{i}]: no server {:?} in this document",
+                    o.server
+                ));
+            }
+            if o.tool == "*" && (o.name.is_some() || o.description.is_some()) {
+                return Err(format!(
+                    "tool_overrides[{i}]: tool \"*\" takes only hidden and pin"
+                ));
+            }
+            if o.name.as_deref().is_some_and(str::is_empty) {
+                return Err(format!("tool_overrides[{i}].name: must not be empty"));
+            }
+        }
+        let identity = oauth
+            .as_ref()
+            .map(crate::identity::Identity::new)
+            .transpose()?;
+        let grants = grants.as_ref().map(crate::grant::Grants::new).transpose()?;
         gateway.validate()?;
         if limits.page_size == 0 {
             return Err("limits.page_size: must be positive".into());
@@ -185,9 +287,22 @@ impl Catalog {
             return Err("limits.max_session_opens_per_second: must be positive".into());
         }
         let keys = SessionKeys::new(&session)?;
-        let mut warnings = Vec::new();
-        let mut tools = Named::index(&servers, "tools", |s| &s.tools, &mut warnings)?;
-        let mut prompts = Named::index(&servers, "prompts", |s| &s.prompts, &mut warnings)?;
+        let mut tools = Named::index(
+            &servers,
+            "tools",
+            |s| &s.tools,
+            &tool_overrides,
+            validate_arguments,
+            &mut warnings,
+        )?;
+        let mut prompts = Named::index(
+            &servers,
+            "prompts",
+            |s| &s.prompts,
+            &[],
+            false,
+            &mut warnings,
+        )?;
         let mut resources = Vec::new();
         let mut templates = Vec::new();
         let mut plain_uris = HashMap::new();
@@ -245,28 +360,58 @@ impl Catalog {
                                         server.name,
                                         servers.get(owner).map_or("?", |s| s.name.as_str())
                                     ));
-                                    plain_uris.insert(uri, owner);
+                                    plain_uris.insert(uri.clone(), owner);
                                 }
                             }
                         }
-                        out.push(text.to_owned());
+                        out.push(Listed {
+                            definition: text.to_owned(),
+                            server: index,
+                            shown_as: uri.clone(),
+                            granted_as: uri,
+                        });
                         continue;
                     }
                     let span =
                         span_in(text, raw.get()).ok_or_else(|| format!("{}: bad span", at()))?;
                     let mapped_uri = map_uri(&server.name, &uri);
-                    out.push(
-                        splice(text, span, &json_string(&mapped_uri))
+                    out.push(Listed {
+                        definition: splice(text, span, &json_string(&mapped_uri))
                             .ok_or_else(|| format!("{}: bad span", at()))?,
-                    );
+                        server: index,
+                        shown_as: mapped_uri,
+                        granted_as: uri,
+                    });
                 }
             }
         }
+        let mut virtual_index = HashMap::new();
+        for (i, config) in virtual_servers.iter().enumerate() {
+            let known = |kind: crate::grant::Kind, name: &str| match kind {
+                crate::grant::Kind::Tools => tools.routes.contains_key(name),
+                crate::grant::Kind::Prompts => prompts.routes.contains_key(name),
+                crate::grant::Kind::Resources => true,
+            };
+            let server = crate::grant::VirtualServer::new(i, config, &known, &mut warnings)?;
+            if virtual_index.insert(config.name.clone(), server).is_some() {
+                return Err(format!(
+                    "virtual_servers[{i}].name: duplicate virtual server {:?}",
+                    config.name
+                ));
+            }
+        }
+        let listed = [
+            std::mem::take(&mut tools.listed),
+            std::mem::take(&mut prompts.listed),
+            resources,
+            templates,
+        ];
+        let [t, p, r, rt] = &listed;
         let pages = [
-            paginate(ListKind::Tools, &tools.listed, limits.page_size),
-            paginate(ListKind::Prompts, &prompts.listed, limits.page_size),
-            paginate(ListKind::Resources, &resources, limits.page_size),
-            paginate(ListKind::ResourceTemplates, &templates, limits.page_size),
+            paginate(ListKind::Tools, t.iter(), limits.page_size),
+            paginate(ListKind::Prompts, p.iter(), limits.page_size),
+            paginate(ListKind::Resources, r.iter(), limits.page_size),
+            paginate(ListKind::ResourceTemplates, rt.iter(), limits.page_size),
         ];
         let initialize_tail = initialize_tail(&gateway, capabilities);
         let forward_headers = servers.iter().map(ForwardHeaders::for_server).collect();
@@ -284,6 +429,11 @@ impl Catalog {
             plain_uris,
             plain_servers,
             pages,
+            listed,
+            grants,
+            virtual_servers: virtual_index,
+            identity,
+            authorization_after_plugin,
             initialize_tail,
             warnings,
         })
@@ -364,6 +514,43 @@ impl Catalog {
         pages.get(index).map(String::as_str).ok_or_else(unknown)
     }
 
+    /// A page of a list as `access` narrows it: the pre-built page when it allows everything,
+    /// else built from the definitions it shows (same page size, same cursors).
+    pub fn page_for(
+        &self,
+        kind: ListKind,
+        cursor: Option<&str>,
+        access: &crate::grant::Access<'_>,
+    ) -> Result<Cow<'_, str>, GatewayError> {
+        if access.is_all() {
+            return self.page(kind, cursor).map(Cow::Borrowed);
+        }
+        let listed = match kind {
+            ListKind::Tools => &self.listed[0],
+            ListKind::Prompts => &self.listed[1],
+            ListKind::Resources => &self.listed[2],
+            ListKind::ResourceTemplates => &self.listed[3],
+        };
+        let granted = kind.granted_kind();
+        let allowed = listed.iter().filter(|item| {
+            self.servers
+                .get(item.server)
+                .is_some_and(|s| access.shows(granted, &s.name, &item.granted_as, &item.shown_as))
+        });
+        let mut pages = paginate(kind, allowed, self.limits.page_size);
+        let unknown = || GatewayError::invalid_params("Invalid params: unknown cursor");
+        let index = match cursor {
+            None => 0,
+            Some(cursor) => decode_cursor(kind, cursor)
+                .filter(|i| *i > 0 && *i < pages.len())
+                .ok_or_else(unknown)?,
+        };
+        if index >= pages.len() {
+            return Err(unknown());
+        }
+        Ok(Cow::Owned(pages.swap_remove(index)))
+    }
+
     /// The `initialize` result for a negotiated protocol version.
     pub fn initialize_result(&self, protocol_version: &str) -> String {
         format!(
@@ -377,7 +564,7 @@ impl Catalog {
 /// A prefixed-name index (tools or prompts) and its listed definitions, renamed.
 struct NameIndex {
     routes: HashMap<String, Route>,
-    listed: Vec<String>,
+    listed: Vec<Listed>,
 }
 
 impl<'a> Named<'a> {
@@ -385,18 +572,37 @@ impl<'a> Named<'a> {
         servers: &[ServerConfig],
         field: &str,
         list: impl Fn(&ServerConfig) -> &Vec<Box<RawValue>>,
+        overrides: &[crate::curation::ToolOverride],
+        validate: bool,
         warnings: &mut Vec<String>,
     ) -> Result<NameIndex, String> {
         let mut routes: HashMap<String, Route> = HashMap::new();
         let mut listed = Vec::new();
         for (index, server) in servers.iter().enumerate() {
             for (t, definition) in list(server).iter().enumerate() {
-                let text = definition.get();
-                let parsed: Named = serde_json::from_str(text)
+                let original = definition.get();
+                let parsed: Named = serde_json::from_str(original)
                     .map_err(|e| format!("servers[{index}].{field}[{t}]: {e}"))?;
                 let upstream_name: String = serde_json::from_str(parsed.name.get())
                     .map_err(|_| format!("servers[{index}].{field}[{t}].name: must be a string"))?;
-                let prefixed = format!("{}{}", server.prefix, upstream_name);
+                let curated = crate::curation::curate(
+                    overrides,
+                    &server.name,
+                    &upstream_name,
+                    original,
+                    &format!("servers[{index}].{field}[{t}]"),
+                )?
+                .unwrap_or_default();
+                if curated.hidden {
+                    continue;
+                }
+                let text = curated.definition.as_deref().unwrap_or(original);
+                let parsed: Named = serde_json::from_str(text)
+                    .map_err(|e| format!("servers[{index}].{field}[{t}]: {e}"))?;
+                let prefixed = curated
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("{}{}", server.prefix, upstream_name));
                 if let Some(existing) = routes.get(&prefixed) {
                     let owner = servers
                         .get(existing.server)
@@ -412,13 +618,24 @@ impl<'a> Named<'a> {
                     .ok_or_else(|| format!("servers[{index}].{field}[{t}]: bad name span"))?;
                 let renamed = splice(text, span, &json_string(&prefixed))
                     .ok_or_else(|| format!("servers[{index}].{field}[{t}]: bad name span"))?;
-                listed.push(renamed);
+                listed.push(Listed {
+                    definition: renamed,
+                    server: index,
+                    granted_as: upstream_name.clone(),
+                    shown_as: prefixed.clone(),
+                });
                 routes.insert(
                     prefixed,
                     Route {
                         server: index,
                         upstream_name_json: parsed.name.get().to_owned(),
                         upstream_name,
+                        hints: (field == "tools").then(|| annotation_hints(parsed.annotations)),
+                        pins: curated.pins,
+                        schema: parsed
+                            .input_schema
+                            .filter(|_| validate)
+                            .map(|s| Box::new(crate::schema::Schema::compile(s.get()))),
                     },
                 );
             }
@@ -513,9 +730,14 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
 }
 
-fn paginate(kind: ListKind, definitions: &[String], page_size: usize) -> Vec<String> {
+fn paginate<'a>(
+    kind: ListKind,
+    listed: impl Iterator<Item = &'a Listed>,
+    page_size: usize,
+) -> Vec<String> {
     let member = kind.member();
-    let chunks: Vec<&[String]> = definitions.chunks(page_size).collect();
+    let definitions: Vec<&str> = listed.map(|l| l.definition.as_str()).collect();
+    let chunks: Vec<&[&str]> = definitions.chunks(page_size).collect();
     if chunks.is_empty() {
         return vec![format!("{{\"{member}\":[]}}")];
     }

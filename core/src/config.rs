@@ -23,6 +23,28 @@ pub struct GatewayConfig {
     pub limits: Limits,
     #[serde(default)]
     pub servers: Vec<ServerConfig>,
+    /// Signed capability grants (`x-mcp-authorized`); none: the header is removed and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<crate::grant::GrantsConfig>,
+    /// Virtual servers: named, curated subsets of the catalog (docs/governance.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_servers: Vec<crate::grant::VirtualServerConfig>,
+    /// Client authentication through Envoy's `jwt_authn` and RFC 9728 metadata (docs/governance.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<crate::identity::OAuthConfig>,
+    /// Curated tools: hide, rename, describe, pin arguments (docs/governance.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_overrides: Vec<crate::curation::ToolOverride>,
+    /// Check `tools/call` arguments against the advertised `inputSchema` at the gateway
+    /// (-32602 naming the failing path; see [`crate::schema`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub validate_arguments: bool,
+    /// An authorization filter after the plugin (rbac, ext_authz, an Istio AuthorizationPolicy)
+    /// decides on routed calls: calls inside a JSON-RPC batch, which the plugin sends to upstreams
+    /// itself (past Envoy's filters), are refused. The sidecar sets it when
+    /// `envoy.http_filters_after_plugin` is not empty.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub authorization_after_plugin: bool,
 }
 
 /// How the gateway presents itself to clients.
@@ -274,6 +296,11 @@ pub fn check_forward_header(field: &str, name: &str) -> Result<(), String> {
         return Err(format!(
             "{field}: {name:?} carries the client's credentials and is never forwarded \
              (a server's own credential goes in its `headers`)"
+        ));
+    }
+    if name == crate::grant::GRANT_HEADER || name.starts_with("x-mcp-") {
+        return Err(format!(
+            "{field}: {name:?} is set or consumed by the gateway and never forwarded from a client"
         ));
     }
     if HOP_BY_HOP_HEADERS.contains(&name) || name.starts_with("x-envoy-") {

@@ -10,6 +10,8 @@ pub const INVALID_PARAMS: i32 = -32602;
 pub const INTERNAL_ERROR: i32 = -32603;
 /// MCP: the resource a request names does not exist.
 pub const RESOURCE_NOT_FOUND: i32 = -32002;
+/// The gateway's authorization refused the request (a policy filter, a capability grant).
+pub const ACCESS_DENIED: i32 = -32001;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayError {
@@ -127,6 +129,57 @@ impl GatewayError {
             INVALID_REQUEST,
             405,
             format!("Method Not Allowed: {method} on the MCP endpoint"),
+        )
+    }
+    /// An authorization filter after the plugin answered 401 or 403 (`http_status`).
+    pub fn denied(http_status: u16, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("access_denied", ACCESS_DENIED, http_status, message)
+    }
+    /// `x-mcp-authorized` is present and well-formed but not acceptable: a bad signature,
+    /// expired, not yet valid (`check` says which).
+    pub fn grant_rejected(check: &'static str, message: &'static str) -> Self {
+        Self::new(check, ACCESS_DENIED, 401, message)
+    }
+    /// `x-mcp-authorized` cannot be read: not a JWS, not ES256, a malformed claim.
+    pub fn grant_malformed(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("grant_malformed", INVALID_REQUEST, 400, message)
+    }
+    /// The call names a tool, prompt or resource outside the request's grant.
+    pub fn grant_denied(noun: &str, name: &str, server: &str) -> Self {
+        Self::new(
+            "grant_denied",
+            ACCESS_DENIED,
+            403,
+            format!("Access denied: {noun} {name} on server {server} is not in x-mcp-authorized"),
+        )
+    }
+    /// `oauth` is configured and Envoy's `jwt_authn` verified no token for this request.
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            "unauthenticated",
+            ACCESS_DENIED,
+            401,
+            "Unauthorized: a valid bearer token is required (see WWW-Authenticate)",
+        )
+    }
+    /// No virtual server of that name: an error, never the full catalog.
+    pub fn unknown_virtual_server(name: &str) -> Self {
+        Self::new(
+            "unknown_virtual_server",
+            INVALID_REQUEST,
+            400,
+            format!("Bad Request: unknown virtual server {name:?}"),
+        )
+    }
+    /// The path and `x-mcp-virtualserver` name different virtual servers.
+    pub fn virtual_server_conflict(path: &str, header: &str) -> Self {
+        Self::new(
+            "virtual_server_conflict",
+            INVALID_REQUEST,
+            400,
+            format!(
+                "Bad Request: the path selects virtual server {path:?} but x-mcp-virtualserver says {header:?}"
+            ),
         )
     }
     /// MCP's "resource not found" (-32002), inside HTTP 200.

@@ -163,4 +163,12 @@ pub trait Host {
     fn observe(&mut self, _event: Event<'_>) {}
     /// A field of this request for the proxy's access log; hosts without telemetry ignore it.
     fn log_field(&mut self, _field: Field, _value: &str) {}
+    /// A property of the stream, e.g. a filter's dynamic metadata (`["metadata",
+    /// "filter_metadata", <filter>, <key>, <field>]`); leaf strings as their bytes.
+    fn property(&self, _path: &[&str]) -> Option<Vec<u8>> {
+        None
+    }
+    /// Sets a property of the stream: Envoy keeps it as filter state `wasm.<name>`, for the
+    /// access log (`%FILTER_STATE(wasm.<name>:PLAIN)%`).
+    fn set_property(&mut self, _name: &str, _value: &[u8]) {}
 }

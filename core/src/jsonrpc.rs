@@ -50,6 +50,8 @@ pub struct Params<'a> {
     pub protocol_version: Option<&'a RawValue>,
     pub capabilities: Option<&'a RawValue>,
     pub client_info: Option<&'a RawValue>,
+    /// `tools/call`'s arguments (read only when arguments are pinned).
+    pub arguments: Option<&'a RawValue>,
 }
 
 /// Members of a completion `ref` the gateway reads; routed on, so checked like `params`.
@@ -323,6 +325,7 @@ fn read_params(raw: &RawValue) -> Result<Params<'_>, GatewayError> {
         protocol_version: members.get("protocolVersion"),
         capabilities: members.get("capabilities"),
         client_info: members.get("clientInfo"),
+        arguments: members.get("arguments"),
     })
 }
 

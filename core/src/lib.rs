@@ -1,19 +1,24 @@
 //! Pure core of the MCP gateway: no proxy-wasm, no I/O. The plugin edge (`src/`) translates
 //! proxy callbacks into [`pipeline::Request`] events and implements [`host::Host`].
 
+pub mod audit;
 mod batch;
 pub mod budget;
 pub mod catalog;
 pub mod config;
+pub mod curation;
 pub mod ended;
 pub mod error;
+pub mod grant;
 pub mod host;
+pub mod identity;
 pub mod jsonrpc;
 pub mod opening;
 pub mod origin;
 pub mod pipeline;
 pub mod relay;
 mod route;
+pub mod schema;
 pub mod session;
 pub mod sse;
 pub mod sync;

@@ -94,10 +94,16 @@ const LOG_LEVELS: [&str; 8] = [
 
 /// Headers only the gateway may set (client copies are removed on every path): the routing
 /// headers upstream routes match on, and the client session a vouched notification stream is for.
-const ROUTING_HEADERS: [&str; 4] = [
+/// The policy headers among them (`x-mcp-toolname` and the rest) are what an authorization
+/// filter after the plugin (Envoy `rbac`, `ext_authz`, an Istio AuthorizationPolicy) decides on
+/// (docs/governance.md).
+const ROUTING_HEADERS: [&str; 7] = [
     "x-mcp-servername",
     "x-mcp-toolname",
     "x-mcp-method",
+    "x-mcp-promptname",
+    "x-mcp-resourceuri",
+    "x-mcp-annotation-hints",
     SESSION_HEADER,
 ];
 
@@ -162,6 +168,9 @@ enum Stage {
     Bypass,
     /// A POST whose body is being buffered.
     ReadingBody,
+    /// A POST refused from its headers alone (no verified identity): its body is read only for
+    /// the request id the refusal carries.
+    Refusing { error: GatewayError },
     /// Another stream is opening this upstream session (see [`crate::opening`]): woken by
     /// [`Request::on_wake`] when it is cached or failed, or when the opening went stale.
     WaitingForSession {
@@ -237,6 +246,16 @@ pub struct Request {
     /// `response` (a client's answer to an upstream's request), `GET`/`DELETE` (the session's
     /// notification stream and end), or `none` (no JSON-RPC message could be read).
     method: &'static str,
+    /// `x-mcp-authorized`, taken out of `headers` (see [`crate::grant`]).
+    grant_token: Option<Vec<u8>>,
+    /// The client's verified subject (`sub` of the token Envoy's `jwt_authn` verified), when
+    /// the document configures `oauth`.
+    subject: Option<String>,
+    /// The audit line of a routed call, written once its outcome is known (see [`crate::audit`]).
+    audit: Option<crate::audit::Audit>,
+    /// The virtual server the request is for (`x-mcp-virtualserver` or `<mcp_path>/<name>`),
+    /// checked to exist when the request arrived.
+    virtual_server: Option<String>,
 }
 
 impl Request {
@@ -257,17 +276,57 @@ impl Request {
             session_token: None,
             headers: Vec::new(),
             method: "none",
+            grant_token: None,
+            subject: None,
+            audit: None,
+            virtual_server: None,
         }
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
         let headers = client_headers(host);
-        if !is_path(&headers, &self.catalog.gateway.mcp_path) {
-            return Action::Continue;
+        if let Some(identity) = &self.catalog.identity {
+            if identity.serves(find_header(&headers, ":path").unwrap_or_default()) {
+                return self.serve_metadata(host, find_header(&headers, ":method"));
+            }
         }
+        let Some(path_server) = mcp_path_of(&headers, &self.catalog) else {
+            return Action::Continue;
+        };
         self.headers = headers;
+        if let Some(identity) = &self.catalog.identity {
+            match identity.subject(host) {
+                Some(subject) => self.subject = Some(subject),
+                None => return self.refuse(host, GatewayError::unauthenticated(), end_of_stream),
+            }
+        }
         if let Some(name) = repeated_header(&self.headers) {
             return self.fail(host, GatewayError::repeated_header(name));
+        }
+        if let Some(at) = self
+            .headers
+            .iter()
+            .position(|(n, _)| n == crate::grant::GRANT_HEADER)
+        {
+            self.grant_token = Some(self.headers.swap_remove(at).1);
+        }
+        let by_header = self
+            .headers
+            .iter()
+            .position(|(n, _)| n == crate::grant::VIRTUAL_SERVER_HEADER)
+            .map(|at| String::from_utf8_lossy(&self.headers.swap_remove(at).1).into_owned());
+        let on_path = path_server.is_some();
+        let selected = match (path_server, by_header) {
+            (Some(path), Some(header)) if path != header => {
+                return self.fail(host, GatewayError::virtual_server_conflict(&path, &header));
+            }
+            (path, header) => path.or(header),
+        };
+        if let Some(name) = selected {
+            if !self.catalog.virtual_servers.contains_key(&name) {
+                return self.fail(host, GatewayError::unknown_virtual_server(&name));
+            }
+            self.virtual_server = Some(name);
         }
         if let Some(origin) = self.header("origin") {
             if !crate::origin::allowed(origin, &self.catalog.gateway.allowed_origins) {
@@ -284,7 +343,7 @@ impl Request {
                 self.label(host, "DELETE");
                 return self.close_session(host);
             }
-            b"GET" if self.catalog.gateway.list_changed => {
+            b"GET" if self.catalog.gateway.list_changed && !on_path => {
                 self.label(host, "GET");
                 // The notification stream is served behind the plugin (the sidecar).
                 return match self.open_session(host) {
@@ -319,6 +378,22 @@ impl Request {
         size: usize,
         end_of_stream: bool,
     ) -> Action {
+        if let Stage::Refusing { .. } = self.stage {
+            let limit = self.catalog.limits.max_body_bytes;
+            if !end_of_stream && size <= limit {
+                return Action::Pause;
+            }
+            let Stage::Refusing { error } = std::mem::replace(&mut self.stage, Stage::Answered)
+            else {
+                return Action::Continue;
+            };
+            if size <= limit {
+                let body = host.request_body(size).unwrap_or_default();
+                self.id = jsonrpc::salvage_id(&String::from_utf8_lossy(&body))
+                    .map(|id| id.get().to_owned());
+            }
+            return self.fail(host, error);
+        }
         if !matches!(self.stage, Stage::ReadingBody) {
             return Action::Continue;
         }
@@ -376,6 +451,13 @@ impl Request {
                 Err(e) => self.fail(host, e),
             };
         }
+        if let Some(refusal) = policy_refusal(status.as_deref(), call, &self.catalog) {
+            // An authorization filter after the plugin (Envoy's rbac, ext_authz, ...) refused
+            // the call with its own local reply: the client gets a JSON-RPC error instead.
+            if !speaks_mcp(host) {
+                return self.fail(host, refusal);
+            }
+        }
         if !status.as_deref().is_some_and(|s| s.starts_with(b"2")) && !speaks_mcp(host) {
             // Envoy's own "upstream connect error" and the like: the client gets a JSON-RPC
             // error for this call, its session stays usable.
@@ -386,6 +468,17 @@ impl Request {
                 None => GatewayError::upstream(format!("upstream answered HTTP {status}")),
             };
             return self.fail(host, error);
+        }
+        let answered = status
+            .as_deref()
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if let Some(audit) = self.audit.take() {
+            host.set_property(
+                crate::audit::AUDIT_PROPERTY,
+                audit.line(answered, None).as_bytes(),
+            );
         }
         match &self.session_token {
             Some(token) => host.set_response_header("mcp-session-id", token),
@@ -608,6 +701,7 @@ impl Request {
                     catalog: &self.catalog,
                     headers: &self.headers,
                     sidecar: self.sidecar.as_deref(),
+                    access: None,
                 };
                 let progress = batch.on_call_response(&ctx, host, token, &response);
                 self.batch_progress(host, batch, progress);
@@ -670,11 +764,25 @@ impl Request {
                     | "resources/subscribe"
                     | "resources/unsubscribe"
                     | "completion/complete") => {
+                        self.audit = Some(crate::audit::Audit::new(
+                            routed,
+                            self.id.as_deref(),
+                            self.subject.as_deref(),
+                            self.session_token
+                                .as_deref()
+                                .map(String::from_utf8_lossy)
+                                .as_deref(),
+                        ));
                         let session = self
                             .open_session(host)?
                             .ok_or_else(GatewayError::missing_session)?;
                         let catalog = Rc::clone(&self.catalog);
                         let destination = Destination::of(&catalog, text, routed, &params)?;
+                        if let Some(audit) = &mut self.audit {
+                            let (server, name) = destination.target(&catalog);
+                            audit.target(server, name);
+                        }
+                        destination.check(&catalog, &self.access(&catalog, host)?)?;
                         self.route(host, destination.into_call(text, body.len(), session)?)
                     }
                     other => {
@@ -692,10 +800,12 @@ impl Request {
         let elements =
             jsonrpc::parse_batch(text, catalog.limits.max_json_depth, jsonrpc::MAX_BATCH)?;
         let session = batch::admit(self.open_session(host)?)?;
+        let access = self.access(&catalog, host)?;
         let ctx = batch::Context {
             catalog: &catalog,
             headers: &self.headers,
             sidecar: self.sidecar.as_deref(),
+            access: Some(&access),
         };
         let (batch, progress) = Batch::start(&ctx, host, session, &elements);
         Ok(self.batch_progress(host, batch, progress))
@@ -887,8 +997,35 @@ impl Request {
         self.open_session(host)?;
         let cursor = cursor_of(params)?;
         let catalog = Rc::clone(&self.catalog);
-        let page = catalog.page(kind, cursor.as_deref())?;
-        Ok(self.reply_result(host, page))
+        let access = self.access(&catalog, host)?;
+        let page = catalog.page_for(kind, cursor.as_deref(), &access)?;
+        Ok(self.reply_result(host, &page))
+    }
+
+    /// What this request may see and call: its `x-mcp-authorized`, verified (everything when
+    /// the document configures no grants), within its virtual server.
+    fn access<'c>(
+        &self,
+        catalog: &'c Catalog,
+        host: &dyn Host,
+    ) -> Result<crate::grant::Access<'c>, GatewayError> {
+        let grant = match &catalog.grants {
+            None => crate::grant::Grant::All,
+            Some(grants) => grants.evaluate(self.grant_token.as_deref(), host.now_secs())?,
+        };
+        let virtual_server = match &self.virtual_server {
+            None => None,
+            Some(name) => Some(
+                catalog
+                    .virtual_servers
+                    .get(name)
+                    .ok_or_else(|| GatewayError::unknown_virtual_server(name))?,
+            ),
+        };
+        Ok(crate::grant::Access {
+            grant,
+            virtual_server,
+        })
     }
 
     /// Forwards a call on the client session's upstream session, opening one first if needed.
@@ -1058,8 +1195,8 @@ impl Request {
         set(":path", server.path.as_bytes());
         set("accept", b"application/json, text/event-stream");
         set("x-mcp-servername", server.name.as_bytes());
-        if let Some(tool) = &call.tool {
-            set("x-mcp-toolname", tool.as_bytes());
+        for (name, value) in &call.policy {
+            set(name, value.as_bytes());
         }
         if let Some(method) = call.method {
             set("x-mcp-method", method.as_bytes());
@@ -1314,6 +1451,7 @@ impl Request {
             }
         };
         host.send_response(status, &headers, &body, "mcpgw_replayed");
+        self.audit(host, status, None);
         self.stage = Stage::Answered;
     }
 
@@ -1424,6 +1562,16 @@ impl Request {
         Action::Pause
     }
 
+    /// Writes the audit line of a routed call (once) with its outcome.
+    fn audit(&mut self, host: &mut dyn Host, status: u16, code: Option<i32>) {
+        if let Some(audit) = self.audit.take() {
+            host.set_property(
+                crate::audit::AUDIT_PROPERTY,
+                audit.line(status, code).as_bytes(),
+            );
+        }
+    }
+
     fn fail(&mut self, host: &mut dyn Host, error: GatewayError) -> Action {
         self.report(host, &error);
         host.observe(Event::Request {
@@ -1431,6 +1579,7 @@ impl Request {
             served: Served::Error(error.code),
         });
         host.log_field(Field::ErrorCode, &error.code.to_string());
+        self.audit(host, error.http_status, Some(error.code));
         let body = jsonrpc::error_body(self.id.as_deref(), &error);
         let mut headers: Vec<(&str, &[u8])> = vec![("content-type", CONTENT_TYPE_JSON)];
         if error.http_status == 405 {
@@ -1443,6 +1592,10 @@ impl Request {
         }
         if error.http_status == 429 {
             headers.push(("retry-after", b"1"));
+        }
+        let catalog = Rc::clone(&self.catalog);
+        if let (Some(identity), "unauthenticated") = (&catalog.identity, error.check) {
+            headers.push(("www-authenticate", identity.challenge.as_bytes()));
         }
         let details = format!("mcpgw_{}", error.check);
         host.send_response(error.http_status, &headers, &body, &details);
@@ -1488,6 +1641,38 @@ impl Request {
         host.log_field(Field::Method, method);
     }
 
+    /// Refuses the request: at once, or (a POST with a body) once its body told the request id.
+    fn refuse(&mut self, host: &mut dyn Host, error: GatewayError, end_of_stream: bool) -> Action {
+        if self.header(":method") == Some(b"POST") && !end_of_stream {
+            self.stage = Stage::Refusing { error };
+            return Action::Pause;
+        }
+        self.fail(host, error)
+    }
+
+    /// RFC 9728 protected-resource metadata (GET only), open to everyone.
+    fn serve_metadata(&mut self, host: &mut dyn Host, method: Option<&[u8]>) -> Action {
+        let catalog = Rc::clone(&self.catalog);
+        let Some(identity) = &catalog.identity else {
+            return Action::Continue;
+        };
+        if method != Some(b"GET") {
+            host.send_response(405, &[("allow", b"GET")], b"", "mcpgw_method_not_allowed");
+        } else {
+            host.send_response(
+                200,
+                &[
+                    ("content-type", CONTENT_TYPE_JSON),
+                    ("cache-control", b"max-age=300"),
+                ],
+                identity.metadata.as_bytes(),
+                "mcpgw_resource_metadata",
+            );
+        }
+        self.stage = Stage::Answered;
+        Action::Pause
+    }
+
     fn server_name(&self, index: usize) -> &str {
         self.catalog.server(index).map_or("?", |s| s.name.as_str())
     }
@@ -1498,10 +1683,19 @@ impl Request {
 /// routes match on them and a client must not reach an upstream by sending them itself.
 fn client_headers(host: &mut dyn Host) -> Vec<(String, Vec<u8>)> {
     let mut headers = host.request_headers();
+    let mut consumed_removed = [false; CONSUMED_HEADERS.len()];
     headers.retain(|(name, _)| {
         let spoofed = ROUTING_HEADERS.contains(&name.as_str());
         if spoofed {
             host.remove_request_header(name);
+        }
+        // The capability grant and the virtual server are the gateway's to read (kept here),
+        // never an upstream's.
+        if let Some(i) = CONSUMED_HEADERS.iter().position(|c| c == name) {
+            if let Some(removed) = consumed_removed.get_mut(i).filter(|r| !**r) {
+                host.remove_request_header(name);
+                *removed = true;
+            }
         }
         !spoofed
     });
@@ -1521,6 +1715,28 @@ pub(crate) fn trace_context<'h>(
         }
         Some((*name, std::str::from_utf8(value).ok()?))
     })
+}
+
+/// Headers the gateway reads and removes on every path: they never reach an upstream.
+const CONSUMED_HEADERS: [&str; 2] = [
+    crate::grant::GRANT_HEADER,
+    crate::grant::VIRTUAL_SERVER_HEADER,
+];
+
+/// The request is for the MCP endpoint: `Some(None)` on `mcp_path` itself, `Some(Some(name))` on
+/// `<mcp_path>/<name>` when virtual servers are configured (the name is checked later).
+fn mcp_path_of(headers: &[(String, Vec<u8>)], catalog: &Catalog) -> Option<Option<String>> {
+    let path = catalog.gateway.mcp_path.as_bytes();
+    let full = find_header(headers, ":path").unwrap_or_default();
+    let bare = full.split(|b| *b == b'?').next().unwrap_or_default();
+    if bare == path {
+        return Some(None);
+    }
+    if catalog.virtual_servers.is_empty() {
+        return None;
+    }
+    let name = bare.strip_prefix(path)?.strip_prefix(b"/")?;
+    Some(Some(String::from_utf8_lossy(name).into_owned()))
 }
 
 /// The request's path, without its query, is `path`.
@@ -1587,7 +1803,9 @@ impl Unconfigured {
 
 /// Headers that carry one value each: sent twice, the gateway and an upstream could each read
 /// another one.
-const SINGLE_HEADERS: [&str; 5] = [
+const SINGLE_HEADERS: [&str; 7] = [
+    crate::grant::GRANT_HEADER,
+    crate::grant::VIRTUAL_SERVER_HEADER,
     "mcp-session-id",
     "mcp-protocol-version",
     "content-type",
@@ -1668,6 +1886,27 @@ fn check_post<'h>(
         return Err(GatewayError::parse("Parse error: empty body"));
     }
     Ok(())
+}
+
+/// A 401 or 403 answer to a routed call that is not an MCP answer: an authorization filter after
+/// the plugin (or the upstream's own front door) refused it. Told apart from other failures: the
+/// client learns it was refused, and for what.
+fn policy_refusal(status: Option<&[u8]>, call: &Call, catalog: &Catalog) -> Option<GatewayError> {
+    let status: u16 = match status? {
+        b"401" => 401,
+        b"403" => 403,
+        _ => return None,
+    };
+    let server = catalog.server(call.server).map_or("?", |s| s.name.as_str());
+    let what = call
+        .policy
+        .first()
+        .map_or_else(String::new, |(_, name)| format!(" {name}"));
+    let method = call.method.unwrap_or("the answer");
+    Some(GatewayError::denied(
+        status,
+        format!("Access denied: {method}{what} on server {server} is not allowed"),
+    ))
 }
 
 /// The response carries an MCP answer (JSON or SSE), not a proxy's error page.
@@ -1756,8 +1995,8 @@ pub(crate) fn replay_headers<'a>(
     client: &'a [(String, Vec<u8>)],
 ) -> Vec<(&'a str, &'a str)> {
     let mut headers = upstream::call_headers(server, "POST", Some(upstream));
-    if let Some(tool) = &call.tool {
-        headers.push(("x-mcp-toolname", tool.as_str()));
+    for (name, value) in &call.policy {
+        headers.push((name, value.as_str()));
     }
     if let Some(method) = call.method {
         headers.push(("x-mcp-method", method));
@@ -1881,6 +2120,7 @@ pub(crate) fn answer_call(
         server,
         method: None,
         tool: None,
+        policy: Vec::new(),
         body,
         received_len,
         session,

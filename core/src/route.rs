@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 use crate::catalog::{Catalog, Route};
 use crate::error::GatewayError;
+use crate::grant::{Access, Kind};
 use crate::jsonrpc::{self, Params};
 use crate::session::Session;
 
@@ -18,8 +19,13 @@ pub(crate) struct Call {
     /// The MCP method, sent upstream as `x-mcp-method` (none for the client's answer to an
     /// upstream's request).
     pub(crate) method: Option<&'static str>,
-    /// The tool's name upstream (`tools/call` only), sent as `x-mcp-toolname`.
+    /// The tool's name upstream (`tools/call` only), for telemetry.
     pub(crate) tool: Option<String>,
+    /// The policy headers naming what the call reaches (besides `x-mcp-method` and
+    /// `x-mcp-servername`): `x-mcp-toolname` and `x-mcp-annotation-hints` on `tools/call`,
+    /// `x-mcp-promptname` on `prompts/get`, `x-mcp-resourceuri` on `resources/*`; values made
+    /// safe for a header (see [`header_safe`]).
+    pub(crate) policy: Vec<(&'static str, String)>,
     /// The rewritten body (kept to retry once when a cached upstream session has expired).
     pub(crate) body: Vec<u8>,
     /// The body buffered by Envoy, which the rewrite replaces.
@@ -32,8 +38,13 @@ pub(crate) struct Call {
 pub(crate) struct Destination {
     server: usize,
     method: &'static str,
-    rewrite: Option<(std::ops::Range<usize>, String)>,
-    tool: Option<String>,
+    /// Spans of the body replaced on the way (a prefixed name, a mapped URI, pinned arguments).
+    rewrite: Vec<(std::ops::Range<usize>, String)>,
+    policy: Vec<(&'static str, String)>,
+    /// What a capability grant must allow: the kind and the unprefixed name (upstream URI).
+    subject: (Kind, String),
+    /// The name as the client sent it (prefixed), or the URI: what a virtual server shows.
+    shown_as: String,
 }
 
 impl Destination {
@@ -49,14 +60,30 @@ impl Destination {
                 let (route, _) = catalog
                     .route(&name)
                     .ok_or_else(|| GatewayError::invalid_params(format!("Unknown tool: {name}")))?;
-                Ok(Self::named(text, "tools/call", raw, route, true))
+                if let Some(schema) = &route.schema {
+                    let arguments = params.arguments.map_or("{}", RawValue::get);
+                    let arguments = if arguments.trim() == "null" {
+                        "{}"
+                    } else {
+                        arguments
+                    };
+                    schema.check(arguments, "arguments").map_err(|e| {
+                        GatewayError::invalid_params(format!("Invalid params: {e}"))
+                            .because("invalid_arguments")
+                    })?;
+                }
+                let mut destination = Self::named(text, "tools/call", raw, route, true, &name);
+                if !route.pins.is_empty() {
+                    destination.pin(text, raw, params.arguments, &route.pins)?;
+                }
+                Ok(destination)
             }
             "prompts/get" => {
                 let (raw, name) = required_str(params.name, "params.name")?;
                 let (route, _) = catalog.prompt_route(&name).ok_or_else(|| {
                     GatewayError::invalid_params(format!("Unknown prompt: {name}"))
                 })?;
-                Ok(Self::named(text, "prompts/get", raw, route, false))
+                Ok(Self::named(text, "prompts/get", raw, route, false, &name))
             }
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 let method = match method {
@@ -78,7 +105,14 @@ impl Destination {
                         let (route, _) = catalog.prompt_route(&name).ok_or_else(|| {
                             GatewayError::invalid_params(format!("Unknown prompt: {name}"))
                         })?;
-                        Ok(Self::named(text, "completion/complete", raw, route, false))
+                        Ok(Self::named(
+                            text,
+                            "completion/complete",
+                            raw,
+                            route,
+                            false,
+                            &name,
+                        ))
                     }
                     "ref/resource" => {
                         let (raw, uri) = required_str(reference.uri, "params.ref.uri")?;
@@ -92,14 +126,83 @@ impl Destination {
         }
     }
 
-    fn named(text: &str, method: &'static str, raw: &RawValue, route: &Route, tool: bool) -> Self {
+    fn named(
+        text: &str,
+        method: &'static str,
+        raw: &RawValue,
+        route: &Route,
+        tool: bool,
+        shown_as: &str,
+    ) -> Self {
+        let name = header_safe(&route.upstream_name);
+        let policy = match (tool, &route.hints) {
+            (true, Some(hints)) => vec![
+                ("x-mcp-toolname", name),
+                ("x-mcp-annotation-hints", hints.clone()),
+            ],
+            (true, None) => vec![("x-mcp-toolname", name)],
+            (false, _) => vec![("x-mcp-promptname", name)],
+        };
         Self {
             server: route.server,
             method,
             rewrite: jsonrpc::span_in(text, raw.get())
-                .map(|span| (span, route.upstream_name_json.clone())),
-            tool: tool.then(|| route.upstream_name.clone()),
+                .map(|span| (span, route.upstream_name_json.clone()))
+                .into_iter()
+                .collect(),
+            policy,
+            subject: (
+                if tool { Kind::Tools } else { Kind::Prompts },
+                route.upstream_name.clone(),
+            ),
+            shown_as: shown_as.to_owned(),
         }
+    }
+
+    /// Pinned arguments replace the client's `arguments` (or join `params` after the name).
+    fn pin(
+        &mut self,
+        text: &str,
+        name: &RawValue,
+        arguments: Option<&RawValue>,
+        pins: &[(String, String)],
+    ) -> Result<(), GatewayError> {
+        let pinned = crate::curation::pinned_arguments(arguments, pins)
+            .map_err(|e| GatewayError::invalid_params(format!("Invalid params: {e}")))?;
+        let bad = || GatewayError::invalid_params("Invalid params: arguments");
+        match arguments {
+            Some(raw) => {
+                let span = jsonrpc::span_in(text, raw.get()).ok_or_else(bad)?;
+                self.rewrite.push((span, pinned));
+            }
+            None => {
+                // After the name (whose own rewrite ends at the same place): the name's
+                // replacement gains the new member.
+                let span = jsonrpc::span_in(text, name.get()).ok_or_else(bad)?;
+                let (_, replacement) = self
+                    .rewrite
+                    .iter_mut()
+                    .find(|(s, _)| *s == span)
+                    .ok_or_else(bad)?;
+                replacement.push_str(",\"arguments\":");
+                replacement.push_str(&pinned);
+            }
+        }
+        Ok(())
+    }
+
+    /// The server this request reaches and the name (URI) as the client sent it, for the audit.
+    pub(crate) fn target<'c>(&'c self, catalog: &'c Catalog) -> (&'c str, &'c str) {
+        let server = catalog.server(self.server).map_or("?", |s| s.name.as_str());
+        (server, &self.shown_as)
+    }
+
+    /// Refused when `access` does not admit what this request reaches (see
+    /// [`Access::admits`]).
+    pub(crate) fn check(&self, catalog: &Catalog, access: &Access<'_>) -> Result<(), GatewayError> {
+        let (kind, name) = &self.subject;
+        let server = catalog.server(self.server).map_or("?", |s| s.name.as_str());
+        access.admits(*kind, server, name, &self.shown_as)
     }
 
     fn located(
@@ -112,19 +215,23 @@ impl Destination {
         let (server, upstream_uri) = catalog
             .resource_route(uri)
             .ok_or_else(|| GatewayError::resource_not_found(uri))?;
+        let upstream = upstream_uri.as_deref().unwrap_or(uri).to_owned();
+        let policy = vec![("x-mcp-resourceuri", header_safe(&upstream))];
         let rewrite = match upstream_uri {
-            None => None,
-            Some(upstream) => Some((
+            None => Vec::new(),
+            Some(upstream) => vec![(
                 jsonrpc::span_in(text, raw.get())
                     .ok_or_else(|| GatewayError::invalid_params("Invalid params: uri"))?,
                 jsonrpc::json_string(&upstream),
-            )),
+            )],
         };
         Ok(Self {
             server,
             method,
             rewrite,
-            tool: None,
+            policy,
+            subject: (Kind::Resources, upstream),
+            shown_as: uri.to_owned(),
         })
     }
 
@@ -135,16 +242,23 @@ impl Destination {
         received_len: usize,
         session: Rc<Session>,
     ) -> Result<Call, GatewayError> {
-        let body = match self.rewrite {
-            None => text.as_bytes().to_vec(),
-            Some((span, replacement)) => jsonrpc::splice(text, span, &replacement)
-                .ok_or_else(|| GatewayError::invalid_params("Invalid params"))?
-                .into_bytes(),
-        };
+        let mut rewrite = self.rewrite;
+        // Last span first: earlier spans keep their offsets.
+        rewrite.sort_by_key(|(span, _)| std::cmp::Reverse(span.start));
+        let mut body = std::borrow::Cow::Borrowed(text);
+        for (span, replacement) in rewrite {
+            body = std::borrow::Cow::Owned(
+                jsonrpc::splice(&body, span, &replacement)
+                    .ok_or_else(|| GatewayError::invalid_params("Invalid params"))?,
+            );
+        }
+        let body = body.into_owned().into_bytes();
+        let (kind, name) = self.subject;
         Ok(Call {
             server: self.server,
             method: Some(self.method),
-            tool: self.tool,
+            tool: (self.method == "tools/call" && kind == Kind::Tools).then_some(name),
+            policy: self.policy,
             body,
             received_len,
             session,
@@ -164,4 +278,32 @@ pub(crate) fn required_str<'a>(
         GatewayError::invalid_params(format!("Invalid params: {field} must be a string"))
     })?;
     Ok((raw, value))
+}
+
+/// A name or URI as a header value: visible ASCII and spaces kept, every other byte (controls,
+/// DEL, non-ASCII UTF-8) percent-encoded, so a hostile name can neither break the header nor be
+/// refused by the proxy. Authorization rules match the encoded form.
+pub(crate) fn header_safe(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if (0x20..0x7f).contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_safe;
+
+    #[test]
+    fn header_values_are_visible_ascii() {
+        assert_eq!(header_safe("echo"), "echo");
+        assert_eq!(header_safe("a b/c?d"), "a b/c?d");
+        assert_eq!(header_safe("x\r\ny"), "x%0D%0Ay");
+        assert_eq!(header_safe("\u{e9}"), "%C3%A9");
+    }
 }

@@ -585,6 +585,7 @@ fn a_routed_call_carries_only_what_its_server_may_receive() {
             "user-agent",
             // Left for Envoy's route matching; the route removes it (docs/architecture.md).
             "x-forwarded-proto",
+            "x-mcp-annotation-hints",
             "x-mcp-method",
             "x-mcp-servername",
             "x-mcp-toolname",
@@ -597,6 +598,11 @@ fn a_routed_call_carries_only_what_its_server_may_receive() {
     assert_eq!(host.header("authorization").unwrap(), "Bearer alpha-secret");
     assert_eq!(host.header("x-tenant").unwrap(), "acme");
     assert_eq!(host.header("mcp-session-id").unwrap(), "up-alpha");
+    // No annotations: MCP's defaults, in the one fixed shape a policy matches.
+    assert_eq!(
+        host.header("x-mcp-annotation-hints").unwrap(),
+        "readOnly=false,destructive=true,idempotent=false,openWorld=true"
+    );
 
     // beta: no credential, no forward_headers: the client's authorization and x-tenant go too.
     let host = routed_call(&catalog, &token, "beta", "beta_echo");
@@ -718,6 +724,7 @@ fn an_expired_upstream_session_is_reopened_and_the_call_replayed() {
             "mcp-session-id",
             "traceparent",
             "user-agent",
+            "x-mcp-annotation-hints",
             "x-mcp-method",
             "x-mcp-servername",
             "x-mcp-toolname",
@@ -2887,4 +2894,76 @@ fn telemetry_events_and_access_log_fields() {
             "Request { method: \"other\", served: Error(-32600) }"
         ]
     );
+}
+
+/// Envoy's rbac (or any authorization filter after the plugin) refuses a routed call with its
+/// own text reply: the client gets a JSON-RPC error (-32001) under the same status, with its id.
+#[test]
+fn a_policy_refusal_after_the_plugin_becomes_a_jsonrpc_error() {
+    let catalog = catalog(10);
+    let token = initialize(&catalog);
+    for (status, tool) in [(403, "alpha_echo"), (401, "beta_echo")] {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":"r-{status}","method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#
+        );
+        let server = tool.split('_').next().unwrap();
+        let mut host = FakeHost::post(&body, Some(&token));
+        let session_id = catalog
+            .keys
+            .open(token.as_bytes(), host.now)
+            .unwrap()
+            .id
+            .clone();
+        let up = upstream::UpstreamSession {
+            session_id: format!("up-{server}"),
+            protocol_version: "2025-06-18".into(),
+        };
+        upstream::store(
+            &mut host,
+            catalog.limits.upstream_session_slots,
+            &session_id,
+            server,
+            &up,
+        );
+        let (mut request, action) = run(&catalog, &mut host);
+        assert_eq!(action, Action::Continue);
+        host.response_headers = vec![
+            (":status".into(), status.to_string().into_bytes()),
+            ("content-type".into(), b"text/plain".to_vec()),
+        ];
+        assert_eq!(request.on_response_headers(&mut host), Action::Pause);
+        assert_eq!(host.reply_status(), status);
+        let answer = host.reply_json();
+        assert_eq!(answer["id"], format!("r-{status}"));
+        assert_eq!(answer["error"]["code"], -32001);
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("tools/call echo on server"), "{message}");
+    }
+    // An MCP answer with 403 (the upstream's own JSON-RPC error) passes through untouched.
+    let body = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"alpha_echo","arguments":{}}}"#;
+    let mut host = FakeHost::post(body, Some(&token));
+    let session_id = catalog
+        .keys
+        .open(token.as_bytes(), host.now)
+        .unwrap()
+        .id
+        .clone();
+    let up = upstream::UpstreamSession {
+        session_id: "up-alpha".into(),
+        protocol_version: "2025-06-18".into(),
+    };
+    upstream::store(
+        &mut host,
+        catalog.limits.upstream_session_slots,
+        &session_id,
+        "alpha",
+        &up,
+    );
+    let (mut request, _) = run(&catalog, &mut host);
+    host.response_headers = vec![
+        (":status".into(), b"403".to_vec()),
+        ("content-type".into(), b"application/json".to_vec()),
+    ];
+    assert_eq!(request.on_response_headers(&mut host), Action::Continue);
+    assert!(host.reply.is_none());
 }

@@ -74,6 +74,98 @@ pub struct ServerReport {
     pub resources: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_info: Option<String>,
+    /// Tools left out for an invalid name or schema, with the reason (tool hygiene).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub invalid_tools: Vec<String>,
+}
+
+const SCHEMA_TYPES: [&str; 7] = [
+    "array", "boolean", "integer", "null", "number", "object", "string",
+];
+
+/// The first `type` anywhere in a schema that is not a JSON Schema type name (as the seed system's
+/// check: `"type": "int"` in a property makes the tool invalid).
+fn bad_type(schema: &serde_json::Value) -> Option<String> {
+    match schema {
+        serde_json::Value::Object(map) => {
+            if let Some(t) = map.get("type") {
+                let names: Vec<&serde_json::Value> = match t {
+                    serde_json::Value::Array(items) => items.iter().collect(),
+                    other => vec![other],
+                };
+                for n in names {
+                    if !n.as_str().is_some_and(|n| SCHEMA_TYPES.contains(&n)) {
+                        return Some(n.to_string());
+                    }
+                }
+            }
+            map.iter().find_map(|(k, v)| match k.as_str() {
+                // Values, not schemas.
+                "enum" | "const" | "default" | "examples" => None,
+                // Maps of name -> schema: a property may well be called "type".
+                "properties" | "patternProperties" | "$defs" | "definitions"
+                | "dependentSchemas" => v.as_object()?.values().find_map(bad_type),
+                _ => bad_type(v),
+            })
+        }
+        serde_json::Value::Array(items) => items.iter().find_map(bad_type),
+        _ => None,
+    }
+}
+
+/// Why a tool is unfit to publish: a name outside MCP's 1-128 of `[A-Za-z0-9_.-]`, an
+/// `inputSchema` that is not a JSON object schema of `"type": "object"`, an `outputSchema` that is
+/// present and not one.
+pub fn tool_defect(item: &Item) -> Option<String> {
+    let name = &item.key;
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        return Some(format!(
+            "tool {name:?}: invalid name (1-128 of A-Z a-z 0-9 _ . -)"
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct Schemas {
+        #[serde(rename = "inputSchema")]
+        input: Option<serde_json::Value>,
+        #[serde(rename = "outputSchema")]
+        output: Option<serde_json::Value>,
+    }
+    let Ok(schemas) = serde_json::from_str::<Schemas>(item.json.get()) else {
+        return Some(format!("tool {name:?}: definition is not a JSON object"));
+    };
+    let object_schema = |s: &serde_json::Value| {
+        s.as_object()
+            .is_some_and(|o| o.get("type").and_then(|t| t.as_str()) == Some("object"))
+    };
+    if let Some(bad) = [&schemas.input, &schemas.output]
+        .into_iter()
+        .flatten()
+        .find_map(bad_type)
+    {
+        return Some(format!(
+            "tool {name:?}: schema uses unknown type {bad} (JSON Schema types: {})",
+            SCHEMA_TYPES.join(", ")
+        ));
+    }
+    match &schemas.input {
+        Some(s) if object_schema(s) => {}
+        _ => {
+            return Some(format!(
+                "tool {name:?}: inputSchema must be an object schema with \"type\": \"object\""
+            ))
+        }
+    }
+    if schemas.output.as_ref().is_some_and(|s| !object_schema(s)) {
+        return Some(format!(
+            "tool {name:?}: outputSchema must be an object schema with \"type\": \"object\""
+        ));
+    }
+    None
 }
 
 /// The sidecar's own model of prompts and resources (the document has no fields for them yet).
@@ -125,6 +217,7 @@ pub fn build(settings: &Settings, health: &HashMap<String, Health>) -> Built {
             prompts: 0,
             resources: 0,
             server_info: None,
+            invalid_tools: Vec::new(),
         };
         if !spec.enabled {
             report.state = "disabled";
@@ -172,6 +265,49 @@ pub fn build(settings: &Settings, health: &HashMap<String, Health>) -> Built {
             }
         };
         report.server_info = lists.server_info.clone();
+
+        // Tool hygiene: invalid tools are left out (or the server refused, when so configured).
+        let defects: Vec<String> = lists.tools.iter().filter_map(tool_defect).collect();
+        if !defects.is_empty() {
+            if settings.invalid_tools == crate::settings::InvalidTools::RejectServer {
+                let line = format!(
+                    "server {:?} refused: {} invalid tool(s): {}",
+                    spec.name,
+                    defects.len(),
+                    defects.join("; ")
+                );
+                report.state = "refused";
+                report.detail = Some(line.clone());
+                report.invalid_tools = defects;
+                problems.push(line);
+                reports.push(report);
+                continue;
+            }
+            for d in &defects {
+                problems.push(format!("server {:?}: {d}: left out", spec.name));
+            }
+            report.invalid_tools = defects;
+        }
+        let valid_tools: Vec<Item> = lists
+            .tools
+            .iter()
+            .filter(|t| tool_defect(t).is_none())
+            .map(|t| Item::new(t.key.clone(), t.json.clone()))
+            .collect();
+        let filtered;
+        let lists: &ServerLists = if valid_tools.len() == lists.tools.len() {
+            lists
+        } else {
+            filtered = ServerLists {
+                tools: valid_tools,
+                prompts: copy(&lists.prompts),
+                resources: copy(&lists.resources),
+                resource_templates: copy(&lists.resource_templates),
+                capabilities: lists.capabilities.clone(),
+                server_info: lists.server_info.clone(),
+            };
+            &filtered
+        };
 
         let prefixed: Vec<String> = lists
             .tools
@@ -248,6 +384,12 @@ pub fn build(settings: &Settings, health: &HashMap<String, Health>) -> Built {
         },
         limits: settings.limits.0.clone(),
         servers,
+        grants: settings.grants.0.clone(),
+        virtual_servers: settings.virtual_servers.0.clone(),
+        oauth: settings.oauth.0.clone(),
+        tool_overrides: settings.tool_overrides.0.clone(),
+        validate_arguments: settings.validate_arguments,
+        authorization_after_plugin: !settings.envoy.http_filters_after_plugin.is_empty(),
     };
     let hash = content_hash(&document);
     document.hash = hash.clone();
@@ -292,6 +434,13 @@ pub fn validate(document: GatewayConfig) -> Result<(), String> {
     mcpgw_core::Catalog::build(document)
         .map(drop)
         .map_err(|e| format!("the plugin would refuse the configuration document: {e}"))
+}
+
+fn copy(items: &[Item]) -> Vec<Item> {
+    items
+        .iter()
+        .map(|i| Item::new(i.key.clone(), i.json.clone()))
+        .collect()
 }
 
 fn server_config(
@@ -402,6 +551,70 @@ mod tests {
     }
 
     const TWO: &str = "  - {name: alpha, url: 'http://127.0.0.1:1/mcp'}\n  - {name: beta, url: 'https://b.example.com:8443/x/mcp', credential: {env: T}, forward_headers: [x-tenant]}\n";
+
+    #[test]
+    fn invalid_tools_are_left_out_or_refuse_their_server() {
+        let lists = |extra: Vec<Item>| {
+            let mut tools = vec![tool("ok")];
+            tools.extend(extra);
+            Health::Up(Arc::new(ServerLists {
+                tools,
+                ..ServerLists::default()
+            }))
+        };
+        let bad = || {
+            vec![
+                tool("bad name"),
+                Item::new("noschema", RawValue::from_string(r#"{"name":"noschema"}"#.into()).unwrap()),
+                Item::new(
+                    "arrayout",
+                    RawValue::from_string(
+                        r#"{"name":"arrayout","inputSchema":{"type":"object"},"outputSchema":{"type":"array"}}"#.into(),
+                    )
+                    .unwrap(),
+                ),
+            ]
+        };
+        let s = settings("  - {name: a, url: 'http://127.0.0.1:1/mcp'}\n");
+        let b = build(&s, &health(&[("a", lists(bad()))]));
+        assert_eq!(names(&b), ["a"]);
+        assert_eq!(b.document.servers[0].tools.len(), 1, "only the valid tool");
+        assert_eq!(state(&b, "a").0, "serving");
+        let report = b.reports.iter().find(|r| r.name == "a").unwrap();
+        assert_eq!(report.invalid_tools.len(), 3, "{:?}", report.invalid_tools);
+        assert!(report.invalid_tools[0].contains("invalid name"));
+        assert!(report.invalid_tools[1].contains("inputSchema"));
+        assert!(report.invalid_tools[2].contains("outputSchema"));
+        assert_eq!(b.problems.len(), 3);
+        let int = Item::new(
+            "int",
+            RawValue::from_string(
+                r#"{"name":"int","inputSchema":{"type":"object","properties":{"n":{"type":"int"},"e":{"enum":[{"type":"x"}]}}}}"#.into(),
+            )
+            .unwrap(),
+        );
+        assert!(tool_defect(&int).unwrap().contains("unknown type \"int\""));
+        let named_type = Item::new(
+            "t",
+            RawValue::from_string(
+                r#"{"name":"t","inputSchema":{"type":"object","properties":{"type":{"type":"string"}}}}"#.into(),
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            tool_defect(&named_type),
+            None,
+            "a property may be called type"
+        );
+
+        let mut strict = s.clone();
+        strict.invalid_tools = crate::settings::InvalidTools::RejectServer;
+        let b = build(&strict, &health(&[("a", lists(bad()))]));
+        assert!(names(&b).is_empty());
+        assert_eq!(state(&b, "a").0, "refused");
+        let b = build(&strict, &health(&[("a", lists(Vec::new()))]));
+        assert_eq!(names(&b), ["a"], "a clean server is served");
+    }
 
     #[test]
     fn healthy_servers_make_the_document() {

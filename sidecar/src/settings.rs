@@ -52,6 +52,64 @@ struct FileConfig {
     envoy: EnvoySection,
     #[serde(default)]
     servers: Vec<ServerSection>,
+    /// Signed capability grants (`x-mcp-authorized`, docs/governance.md).
+    #[serde(default)]
+    grants: Option<GrantsSection>,
+    /// Virtual servers: named, curated subsets of the catalog (docs/governance.md).
+    #[serde(default)]
+    virtual_servers: Vec<mcpgw_core::grant::VirtualServerConfig>,
+    /// Client authentication through Envoy's `jwt_authn` (put it in
+    /// `envoy.http_filters_before_plugin`) and RFC 9728 metadata.
+    #[serde(default)]
+    oauth: Option<mcpgw_core::identity::OAuthConfig>,
+    /// Curated tools: hide, rename, describe, pin arguments (docs/governance.md).
+    #[serde(default)]
+    tool_overrides: Vec<ToolOverrideSection>,
+    /// Check tools/call arguments against the advertised inputSchema at the gateway.
+    #[serde(default)]
+    validate_arguments: bool,
+    /// Tool hygiene: an upstream tool with an invalid name or schema is left out (`filter`) or
+    /// its whole server refused (`reject_server`).
+    #[serde(default)]
+    invalid_tools: InvalidTools,
+}
+
+/// What the catalog does with an upstream tool whose name or schema is invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidTools {
+    #[default]
+    Filter,
+    RejectServer,
+}
+
+/// `mcpgw_core::curation::ToolOverride` as written in YAML (pinned values as any YAML value).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolOverrideSection {
+    server: String,
+    tool: String,
+    #[serde(default)]
+    hidden: bool,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    pin: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantsSection {
+    /// The signer's P-256 public key, PEM, inline ...
+    #[serde(default)]
+    public_key: Option<String>,
+    /// ... or in a file (relative to this file).
+    #[serde(default)]
+    public_key_file: Option<PathBuf>,
+    /// Without the header: `all` or `nothing` (required).
+    missing: mcpgw_core::grant::Missing,
 }
 
 fn default_listen() -> SocketAddr {
@@ -183,6 +241,12 @@ struct EnvoySection {
     retry_ms: u64,
     connect_timeout_ms: u64,
     access_log: AccessLog,
+    /// Envoy HTTP filters placed after the plugin, before the router, as written (each with
+    /// `name` and `typed_config`): an authorization filter (`rbac`, `ext_authz`) deciding on the
+    /// plugin's policy headers (docs/governance.md). Bootstrap only.
+    http_filters_after_plugin: Vec<serde_json::Value>,
+    /// Envoy HTTP filters placed before the plugin: `jwt_authn` verifying clients' tokens.
+    http_filters_before_plugin: Vec<serde_json::Value>,
 }
 
 /// Which requests Envoy's access log (stdout) records in the generated bootstrap.
@@ -210,6 +274,8 @@ impl Default for EnvoySection {
             retry_ms: 1_000,
             connect_timeout_ms: 5_000,
             access_log: AccessLog::All,
+            http_filters_after_plugin: Vec::new(),
+            http_filters_before_plugin: Vec::new(),
         }
     }
 }
@@ -291,6 +357,13 @@ pub struct Settings {
     pub config_poll: Duration,
     pub envoy: EnvoySettings,
     pub servers: Vec<ServerSpec>,
+    /// `grants`, as the document carries them (key checked by the core when the document is).
+    pub grants: SerdeEq<Option<mcpgw_core::grant::GrantsConfig>>,
+    pub virtual_servers: SerdeEq<Vec<mcpgw_core::grant::VirtualServerConfig>>,
+    pub oauth: SerdeEq<Option<mcpgw_core::identity::OAuthConfig>>,
+    pub tool_overrides: SerdeEq<Vec<mcpgw_core::curation::ToolOverride>>,
+    pub validate_arguments: bool,
+    pub invalid_tools: InvalidTools,
 }
 
 /// Where the plugin token comes from.
@@ -387,6 +460,10 @@ pub struct EnvoySettings {
     pub retry_ms: u64,
     pub connect_timeout: Duration,
     pub access_log: AccessLog,
+    /// Extra HTTP filters after the plugin (checked: each names itself and has a `typed_config`).
+    pub http_filters_after_plugin: Vec<serde_json::Value>,
+    /// Extra HTTP filters before the plugin (same checks).
+    pub http_filters_before_plugin: Vec<serde_json::Value>,
 }
 
 /// One configured upstream server, resolved.
@@ -507,7 +584,35 @@ pub fn parse(
         notifications,
         envoy,
         servers,
+        grants,
+        virtual_servers,
+        oauth,
+        tool_overrides,
+        validate_arguments,
+        invalid_tools,
     } = file;
+    let grants = match grants {
+        None => None,
+        Some(g) => {
+            let public_key = match (g.public_key, g.public_key_file) {
+                (Some(pem), None) => pem,
+                (None, Some(file)) => {
+                    let path = resolve(base, &file);
+                    fs::read_to_string(&path)
+                        .map_err(|e| format!("grants.public_key_file: {}: {e}", path.display()))?
+                }
+                _ => {
+                    return Err(
+                        "grants: set exactly one of `public_key` and `public_key_file`".into(),
+                    )
+                }
+            };
+            Some(mcpgw_core::grant::GrantsConfig {
+                public_key,
+                missing: g.missing,
+            })
+        }
+    };
 
     let (plugin_token_source, plugin_token) = match (plugin_token.env, plugin_token.file) {
         (Some(var), None) => {
@@ -631,11 +736,80 @@ pub fn parse(
             retry_ms: envoy.retry_ms,
             connect_timeout: positive("envoy.connect_timeout_ms", envoy.connect_timeout_ms)?,
             access_log: envoy.access_log,
+            http_filters_after_plugin: check_filters(
+                "envoy.http_filters_after_plugin",
+                envoy.http_filters_after_plugin,
+            )?,
+            http_filters_before_plugin: check_filters(
+                "envoy.http_filters_before_plugin",
+                envoy.http_filters_before_plugin,
+            )?,
         },
         servers: specs,
+        grants: SerdeEq(grants),
+        virtual_servers: SerdeEq(virtual_servers),
+        oauth: SerdeEq(oauth),
+        validate_arguments,
+        invalid_tools,
+        tool_overrides: SerdeEq(
+            tool_overrides
+                .into_iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    let pin = o
+                        .pin
+                        .into_iter()
+                        .map(|(k, v)| {
+                            serde_json::value::to_raw_value(&v)
+                                .map(|v| (k, v))
+                                .map_err(|e| format!("tool_overrides[{i}].pin: {e}"))
+                        })
+                        .collect::<Result<_, String>>()?;
+                    Ok(mcpgw_core::curation::ToolOverride {
+                        server: o.server,
+                        tool: o.tool,
+                        hidden: o.hidden,
+                        name: o.name,
+                        description: o.description,
+                        pin,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?,
+        ),
     };
     crate::catalog::check_document(&settings)?;
     Ok(settings)
+}
+
+/// `envoy.http_filters_after_plugin`: each entry an Envoy HTTP filter with a `name` and a
+/// `typed_config` carrying its `@type` (Envoy itself validates the rest when it loads them).
+fn check_filters(
+    name: &str,
+    filters: Vec<serde_json::Value>,
+) -> Result<Vec<serde_json::Value>, String> {
+    for (i, filter) in filters.iter().enumerate() {
+        let field = format!("{name}[{i}]");
+        let name = filter.get("name").and_then(serde_json::Value::as_str);
+        if name.is_none_or(str::is_empty) {
+            return Err(format!("{field}.name: a filter name is required"));
+        }
+        if name.is_some_and(|n| n == "envoy.filters.http.router") {
+            return Err(format!(
+                "{field}.name: the router is always last; do not add it"
+            ));
+        }
+        if filter
+            .get("typed_config")
+            .and_then(|c| c.get("@type"))
+            .and_then(serde_json::Value::as_str)
+            .is_none()
+        {
+            return Err(format!(
+                "{field}.typed_config: an object with an \"@type\" is required"
+            ));
+        }
+    }
+    Ok(filters)
 }
 
 fn server_spec(
@@ -956,6 +1130,45 @@ mod tests {
 
     fn parse_err(text: &str) -> String {
         parse(text, Path::new("/etc/mcpgw"), &env).unwrap_err()
+    }
+
+    #[test]
+    fn governance_sections_reach_the_document_and_are_checked() {
+        let pem = "-----BEGIN PUBLIC KEY-----\\n\
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE7WdMdvC8hviEAL4wcebqaYbLEtVO\\n\
+VEiyi/nozagw7BaWXmzbOWyy95gZLirTkhUb1P4Z4lgKLU2rD5NCbGPHAA==\\n\
+-----END PUBLIC KEY-----";
+        let s = parse_ok(&format!(
+            "grants: {{public_key: \"{pem}\", missing: nothing}}\n\
+             virtual_servers: [{{name: team-a/readers, tools: [a_echo]}}]\n\
+             oauth: {{resource: 'https://mcp.example.com/mcp', authorization_servers: ['https://idp']}}\n"
+        ));
+        let grants = s.grants.0.as_ref().unwrap();
+        assert_eq!(grants.missing, mcpgw_core::grant::Missing::Nothing);
+        assert!(grants.public_key.contains("MFkw"));
+        assert_eq!(s.virtual_servers.0[0].name, "team-a/readers");
+        assert_eq!(
+            s.oauth.0.as_ref().unwrap().resource,
+            "https://mcp.example.com/mcp"
+        );
+        for (bad, says) in [
+            (
+                "grants: {public_key: nope, missing: all}\n",
+                "grants.public_key",
+            ),
+            ("grants: {public_key: x}\n", "missing"),
+            (
+                "virtual_servers: [{name: 'a b', tools: []}]\n",
+                "virtual_servers[0].name",
+            ),
+            (
+                "oauth: {resource: 'mcp', authorization_servers: [x]}\n",
+                "oauth.resource",
+            ),
+        ] {
+            let err = parse_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -394,7 +394,8 @@ pub fn bootstrap(settings: &Settings, xds_dir: &Path, options: &BootstrapOptions
             "resource_api_version": "V3",
         })
     };
-    let mut filters = Vec::new();
+    // Authentication (jwt_authn) before the plugin, which reads the verified claims.
+    let mut filters: Vec<Value> = settings.envoy.http_filters_before_plugin.clone();
     if let Some(token) = &options.plugin_token {
         let plugin_configuration = json!({
             "sidecar": {
@@ -428,6 +429,9 @@ pub fn bootstrap(settings: &Settings, xds_dir: &Path, options: &BootstrapOptions
             },
         }));
     }
+    // Authorization on the plugin's policy headers: after the plugin (which sets them and strips
+    // clients' copies), before the router.
+    filters.extend(settings.envoy.http_filters_after_plugin.iter().cloned());
     filters.push(json!({
         "name": "envoy.filters.http.router",
         "typed_config": {
@@ -492,7 +496,7 @@ fn access_log(which: AccessLog) -> Value {
         "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" \
 %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT% \
 %DURATION%ms %UPSTREAM_CLUSTER% %UPSTREAM_HOST% {MCP_LOG_FIELDS} request_id=%REQ(X-REQUEST-ID)% \
-conn=%CONNECTION_ID%\n"
+conn=%CONNECTION_ID% audit=%FILTER_STATE(wasm.mcpgw_audit:PLAIN)%\n"
     );
     let mut log = json!({
         "name": "envoy.access_loggers.stdout",
@@ -731,6 +735,66 @@ servers:
         let hcm = &plain["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             ["typed_config"];
         assert_eq!(hcm["http_filters"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn filters_after_the_plugin_sit_between_it_and_the_router() {
+        let s = parse(
+            r#"
+envoy:
+  http_filters_after_plugin:
+    - name: envoy.filters.http.rbac
+      typed_config:
+        '@type': type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+        rules: {action: DENY, policies: {}}
+servers:
+  - {name: alpha, url: 'http://127.0.0.1:18081/mcp'}
+"#,
+            Path::new("/etc"),
+            &|_| None,
+        )
+        .unwrap();
+        let token = PluginToken::parse(&"t".repeat(40), &"test").unwrap();
+        let b = bootstrap(
+            &s,
+            Path::new("/run/xds"),
+            &BootstrapOptions {
+                plugin_token: Some(token),
+            },
+        );
+        let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        let names: Vec<&str> = hcm["http_filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "envoy.filters.http.wasm",
+                "envoy.filters.http.rbac",
+                "envoy.filters.http.router"
+            ]
+        );
+        for (bad, says) in [
+            ("[{typed_config: {'@type': x}}]", "name"),
+            ("[{name: r}]", "typed_config"),
+            (
+                "[{name: envoy.filters.http.router, typed_config: {'@type': x}}]",
+                "router",
+            ),
+        ] {
+            let text = format!(
+                "envoy: {{http_filters_after_plugin: {bad}}}\nservers: [{{name: a, url: 'http://h/'}}]\n"
+            );
+            let err = parse(&text, Path::new("/etc"), &|_| None).unwrap_err();
+            assert!(
+                err.contains("http_filters_after_plugin[0]") && err.contains(says),
+                "{err}"
+            );
+        }
     }
 
     #[test]

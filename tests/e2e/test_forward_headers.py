@@ -41,7 +41,7 @@ CLIENT_SECRETS = ["client-cookie", "Y2xpZW50OnByb3h5", "client-api-key", "client
 # it: `:authority` arrives as `host`; the gateway's own routing headers; the server's credential).
 ROUTED = {"host", "content-type", "content-length", "accept", "user-agent", "mcp-protocol-version",
           "mcp-session-id", "traceparent", "tracestate", "baggage", "x-request-id", "x-mcp-servername",
-          "x-mcp-toolname", "x-mcp-method", "authorization"}
+          "x-mcp-toolname", "x-mcp-method", "x-mcp-annotation-hints", "authorization"}
 # The gateway's own calls (initialize, notifications/initialized, DELETE) are built from scratch; those
 # made for a client's request (the openings) add its trace context, as far as the server's allow-list
 # admits it (docs/observability.md, "Traces"; Envoy adds x-request-id to every client request).
