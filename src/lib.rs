@@ -80,6 +80,8 @@ struct Gateway {
     /// The sidecar (with `Bearer <sidecar.token>`): what the streams it lets through to the
     /// sidecar carry, and where upstream sessions are registered.
     sidecar: Option<Rc<mcpgw_core::config::SidecarLink>>,
+    /// Installed without `allow_on_headers_stop_iteration` (`"install": "wasm_plugin"`).
+    headers_only: bool,
     vm: Rc<Vm>,
     /// This VM's random name (poller lease, wake-up queue): drawn once, `None` without
     /// randomness.
@@ -95,6 +97,7 @@ impl Gateway {
             sync: RefCell::default(),
             log_budget: Rc::default(),
             sidecar: None,
+            headers_only: false,
             vm: Rc::new(vm),
             identity: None,
         }
@@ -205,7 +208,8 @@ impl RootContext for Gateway {
             .flatten()
             .unwrap_or_default();
         match parse_plugin_config(&raw) {
-            Ok((catalog, sidecar)) => {
+            Ok((catalog, sidecar, install)) => {
+                self.headers_only = install == mcpgw_core::config::Install::WasmPlugin;
                 if let Some(catalog) = catalog {
                     self.install(catalog);
                 }
@@ -234,16 +238,22 @@ impl RootContext for Gateway {
         }
         Some(match self.catalog.borrow().as_ref() {
             Some(catalog) => Box::new(McpStream {
-                request: Rc::new(RefCell::new(mcpgw_core::Request::new(
-                    Rc::clone(catalog),
-                    Rc::clone(&self.log_budget),
-                    self.sidecar.clone(),
-                ))),
+                request: Rc::new(RefCell::new(
+                    mcpgw_core::Request::new(
+                        Rc::clone(catalog),
+                        Rc::clone(&self.log_budget),
+                        self.sidecar.clone(),
+                    )
+                    .headers_only(self.headers_only),
+                )),
                 host: self.vm.host(context_id),
                 context: context_id,
                 vm: Rc::clone(&self.vm),
             }),
-            None => Box::new(Unconfigured::default()),
+            None => Box::new(Unconfigured {
+                stream: mcpgw_core::Unconfigured::new(self.headers_only),
+                ..Unconfigured::default()
+            }),
         })
     }
 
@@ -322,7 +332,14 @@ fn set_tick_period(period: Duration) {
 /// The catalog of the inline document, if any, and the sidecar to follow, if any.
 fn parse_plugin_config(
     raw: &[u8],
-) -> Result<(Option<Catalog>, Option<mcpgw_core::config::SidecarSource>), String> {
+) -> Result<
+    (
+        Option<Catalog>,
+        Option<mcpgw_core::config::SidecarSource>,
+        mcpgw_core::config::Install,
+    ),
+    String,
+> {
     let config: PluginConfig =
         serde_json::from_slice(raw).map_err(|e| format!("plugin configuration: {e}"))?;
     if config.document.is_none() && config.sidecar.is_none() {
@@ -332,7 +349,7 @@ fn parse_plugin_config(
         sidecar.validate()?;
     }
     let catalog = config.document.map(Catalog::build).transpose()?;
-    Ok((catalog, config.sidecar))
+    Ok((catalog, config.sidecar, config.install))
 }
 
 /// A stream of an MCP request. The request is shared (weakly) with the root context, which

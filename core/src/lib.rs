@@ -16,6 +16,7 @@ pub mod relay;
 mod route;
 pub mod session;
 pub mod sse;
+pub mod stateless;
 pub mod sync;
 pub mod upstream;
 

@@ -18,6 +18,7 @@ use crate::opening::{self, Attempt, Claim, Outcome};
 use crate::relay::SseRelay;
 use crate::route::{required_str, Call, Destination};
 use crate::session::{Claims, Session};
+use crate::stateless::{self, Expect};
 use crate::upstream::{self, UpstreamSession};
 use serde_json::value::RawValue;
 
@@ -46,13 +47,17 @@ enum AfterOpening {
     /// Replay through `dispatch` and answer with the replay's result: the routed attempt found
     /// the cached upstream session `stale` gone (its answer is held back meanwhile).
     Replay { stale: String },
+    /// An MCP 2026-07-28 call routed on its headers alone (installed without
+    /// `allow_on_headers_stop_iteration`): set the routing headers and let the headers go on;
+    /// the body, checked against `expect`, follows (see [`Stage::Stateless`]).
+    Headers { expect: Expect },
 }
 
 impl AfterOpening {
     /// A cached upstream session this continuation can use.
     fn accepts(&self, upstream: &UpstreamSession) -> bool {
         match self {
-            AfterOpening::Forward => true,
+            AfterOpening::Forward | AfterOpening::Headers { .. } => true,
             AfterOpening::Replay { stale } => upstream.session_id != *stale,
         }
     }
@@ -116,6 +121,14 @@ enum Stage {
     Bypass,
     /// A POST whose body is being buffered.
     ReadingBody,
+    /// An MCP 2026-07-28 request whose body is being buffered, to be checked against what its
+    /// routing headers promised (`expect`). `routed`: the call was already routed on its
+    /// headers (installed without `allow_on_headers_stop_iteration`) with the cached upstream
+    /// session it used, if any; its body only needs the name spliced.
+    Stateless {
+        expect: Expect,
+        routed: Option<(Call, Option<String>)>,
+    },
     /// Another stream is opening this upstream session (see [`crate::opening`]): woken by
     /// [`Request::on_wake`] when it is cached or failed, or when the opening went stale.
     WaitingForSession {
@@ -142,7 +155,7 @@ enum Stage {
     /// route cache is not possible: a `ping` on the upstream session brings the stream back to a
     /// callback of its own, where the call is forwarded.
     Resuming {
-        call: Call,
+        pending: Pending,
         upstream: UpstreamSession,
         token: u32,
     },
@@ -187,6 +200,10 @@ pub struct Request {
     session_token: Option<Vec<u8>>,
     /// The client's request headers, read once in the headers phase (routing headers removed).
     headers: Vec<(String, Vec<u8>)>,
+    /// Installed without `allow_on_headers_stop_iteration` (a stock Istio `WasmPlugin`): the
+    /// headers phase must never pause to wait for the body, so only 2026-07-28 requests, routed
+    /// on their headers, are served.
+    headers_only: bool,
 }
 
 impl Request {
@@ -206,7 +223,14 @@ impl Request {
             id: None,
             session_token: None,
             headers: Vec::new(),
+            headers_only: false,
         }
+    }
+
+    /// Installed without `allow_on_headers_stop_iteration` (see [`crate::config::Install`]).
+    pub fn headers_only(mut self, headers_only: bool) -> Self {
+        self.headers_only = headers_only;
+        self
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
@@ -224,10 +248,22 @@ impl Request {
                 return self.fail(host, GatewayError::origin_not_allowed(&origin));
             }
         }
+        let method = self.header(":method").unwrap_or_default().to_vec();
+        if self.header("mcp-protocol-version") == Some(stateless::VERSION.as_bytes()) {
+            // Stateless: POST only, sessions ignored (never minted nor echoed).
+            if method != b"POST" {
+                return self.fail(
+                    host,
+                    GatewayError::method_not_allowed(&String::from_utf8_lossy(&method)),
+                );
+            }
+            return self.stateless_headers(host, end_of_stream);
+        }
         self.session_token = self.header("mcp-session-id").map(<[u8]>::to_vec);
         let header = |name: &str| self.header(name);
-        let method = header(":method").unwrap_or_default().to_vec();
         let checked = match method.as_slice() {
+            b"POST" if self.headers_only => check_post(&self.catalog, &header, end_of_stream)
+                .and_then(|()| Err(GatewayError::headers_only())),
             b"POST" => check_post(&self.catalog, &header, end_of_stream),
             b"DELETE" => return self.close_session(host),
             b"GET" if self.catalog.gateway.list_changed => {
@@ -260,7 +296,7 @@ impl Request {
         size: usize,
         end_of_stream: bool,
     ) -> Action {
-        if !matches!(self.stage, Stage::ReadingBody) {
+        if !matches!(self.stage, Stage::ReadingBody | Stage::Stateless { .. }) {
             return Action::Continue;
         }
         let limit = self.catalog.limits.max_body_bytes;
@@ -271,10 +307,196 @@ impl Request {
             return Action::Pause;
         }
         let body = host.request_body(size).unwrap_or_default();
+        if let Stage::Stateless { expect, routed } =
+            std::mem::replace(&mut self.stage, Stage::Answered)
+        {
+            return match self.stateless_body(host, &body, &expect, routed) {
+                Ok(action) => action,
+                Err(e) => self.fail(host, stateless_error(e)),
+            };
+        }
         match self.handle_message(host, &body) {
             Ok(action) => action,
             Err(e) => self.fail(host, e),
         }
+    }
+
+    /// The headers of an MCP 2026-07-28 request: the usual POST checks, then what the routing
+    /// headers promise. With the body to wait for, the headers pause; installed without
+    /// `allow_on_headers_stop_iteration` they cannot, so a call is routed on `Mcp-Name` now and
+    /// anything the gateway answers itself goes on to the default route, which holds it while
+    /// the body is read (see docs/mcp2026.md).
+    fn stateless_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
+        let header = |name: &str| self.header(name);
+        let expect = check_post(&self.catalog, &header, end_of_stream)
+            .and_then(|()| Expect::from_headers(&header));
+        let expect = match expect {
+            Ok(expect) => expect,
+            Err(e) => return self.fail(host, stateless_error(e)),
+        };
+        if !self.headers_only {
+            self.stage = Stage::Stateless {
+                expect,
+                routed: None,
+            };
+            return Action::Pause;
+        }
+        match self.route_on_headers(host, expect) {
+            Ok(action) => action,
+            Err(e) => self.fail(host, stateless_error(e)),
+        }
+    }
+
+    /// Installed without `allow_on_headers_stop_iteration`: a named call goes to its server on
+    /// `Mcp-Name` alone; the rest continues to the default route while the body is read.
+    fn route_on_headers(
+        &mut self,
+        host: &mut dyn Host,
+        expect: Expect,
+    ) -> Result<Action, GatewayError> {
+        let catalog = Rc::clone(&self.catalog);
+        let name = expect.name.clone().unwrap_or_default();
+        let (server, method, tool) = match expect.method.as_str() {
+            "tools/call" => {
+                let (route, _) = catalog
+                    .route(&name)
+                    .ok_or_else(|| GatewayError::invalid_params(format!("Unknown tool: {name}")))?;
+                (
+                    route.server,
+                    "tools/call",
+                    Some(route.upstream_name.clone()),
+                )
+            }
+            "prompts/get" => {
+                let (route, _) = catalog.prompt_route(&name).ok_or_else(|| {
+                    GatewayError::invalid_params(format!("Unknown prompt: {name}"))
+                })?;
+                (route.server, "prompts/get", None)
+            }
+            "resources/read" => {
+                let (server, _) = catalog
+                    .resource_route(&name)
+                    .ok_or_else(|| GatewayError::resource_not_found(&name))?;
+                (server, "resources/read", None)
+            }
+            "completion/complete" => {
+                return Err(GatewayError::headers_only().because("headers_only_completion"))
+            }
+            _ => {
+                // Answered by the gateway once the body is read; meanwhile the default route
+                // holds the request (its body never leaves the plugin).
+                self.stage = Stage::Stateless {
+                    expect,
+                    routed: None,
+                };
+                return Ok(Action::Continue);
+            }
+        };
+        let call = Call {
+            server,
+            method: Some(method),
+            tool,
+            body: Vec::new(),
+            received_len: 0,
+            session: self.bridge_session(host),
+        };
+        let pending = Pending {
+            call,
+            then: AfterOpening::Headers { expect },
+        };
+        match self.obtain_session(host, pending, None)? {
+            Obtained::Ready(pending, upstream) => {
+                self.proceed(host, pending, &upstream, true);
+                Ok(Action::Continue)
+            }
+            Obtained::Underway => Ok(Action::Pause),
+        }
+    }
+
+    /// The body of an MCP 2026-07-28 request, checked against its headers before anything of it
+    /// goes further, then answered here (`server/discover`, lists) or routed: a call already
+    /// routed on its headers gets its name spliced; otherwise (the headers were held) it is
+    /// routed like a session-era call, on the stateless client's bridged upstream session.
+    fn stateless_body(
+        &mut self,
+        host: &mut dyn Host,
+        body: &[u8],
+        expect: &Expect,
+        routed: Option<(Call, Option<String>)>,
+    ) -> Result<Action, GatewayError> {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| GatewayError::parse("Parse error: body is not UTF-8"))?;
+        if jsonrpc::is_batch(text) {
+            return Err(GatewayError::invalid_request(
+                "Invalid Request: MCP 2026-07-28 has no batches",
+            ));
+        }
+        let message = jsonrpc::parse_message(text, self.catalog.limits.max_json_depth)
+            .inspect_err(|_| {
+                self.id = jsonrpc::salvage_id(text).map(|id| id.get().to_owned());
+            })?;
+        let Message::Request { id, method, params } = message else {
+            return Err(GatewayError::invalid_request(
+                "Invalid Request: MCP 2026-07-28 clients POST requests only",
+            ));
+        };
+        self.id = Some(id.get().to_owned());
+        expect.check(&method, &params)?;
+        let catalog = Rc::clone(&self.catalog);
+        if let Some((mut call, cached)) = routed {
+            let destination = Destination::of(&catalog, text, &method, &params)?;
+            let spliced = destination.into_call(text, body.len(), Rc::clone(&call.session))?;
+            if spliced.server != call.server {
+                return Err(GatewayError::header_mismatch(
+                    "Mcp-Name and the body name different servers",
+                ));
+            }
+            host.set_request_body(body.len(), &spliced.body);
+            call.body = spliced.body;
+            call.received_len = body.len();
+            self.stage = Stage::Forwarded { call, cached };
+            return Ok(Action::Continue);
+        }
+        match method.as_ref() {
+            "server/discover" => {
+                let result = stateless::discover_result(&catalog);
+                Ok(self.reply_result(host, &result))
+            }
+            "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
+                let kind = match method.as_ref() {
+                    "tools/list" => ListKind::Tools,
+                    "prompts/list" => ListKind::Prompts,
+                    "resources/list" => ListKind::Resources,
+                    _ => ListKind::ResourceTemplates,
+                };
+                let cursor = cursor_of(&params)?;
+                let page = catalog.page(kind, cursor.as_deref())?;
+                let result = stateless::with_hints(&catalog, page);
+                Ok(self.reply_result(host, &result))
+            }
+            routed @ ("tools/call" | "prompts/get" | "resources/read" | "completion/complete") => {
+                let destination = Destination::of(&catalog, text, routed, &params)?;
+                let session = self.bridge_session(host);
+                self.route(host, destination.into_call(text, body.len(), session)?)
+            }
+            other => Err(GatewayError::method_not_found(other)),
+        }
+    }
+
+    /// The client session a stateless client's calls share on session-era upstreams: named by
+    /// a keyed MAC of its credential (see [`stateless::bridge_id`]), opened at
+    /// [`stateless::BRIDGE_VERSION`].
+    fn bridge_session(&self, host: &dyn Host) -> Rc<Session> {
+        let id = stateless::bridge_id(self.catalog.keys.bridge_key(), self.header("authorization"));
+        Rc::new(Session {
+            id,
+            claims: Claims {
+                iat: host.now_secs(),
+                pv: stateless::BRIDGE_VERSION.to_owned(),
+                caps: None,
+                info: None,
+            },
+        })
     }
 
     pub fn on_response_headers(&mut self, host: &mut dyn Host) -> Action {
@@ -522,13 +744,13 @@ impl Request {
                 }
             }
             Stage::Resuming {
-                call,
+                pending,
                 upstream,
                 token: t,
             } if t == token => {
                 // Whatever the ping's answer: a session gone by now gets the routed call a 404,
                 // which replays it.
-                self.forward(host, call, &upstream, true);
+                self.proceed(host, pending, &upstream, true);
                 host.resume_request();
             }
             Stage::Awaiting { mut pending, then } => {
@@ -827,10 +1049,37 @@ impl Request {
         };
         match self.obtain_session(host, pending, None)? {
             Obtained::Ready(pending, upstream) => {
-                self.forward(host, pending.call, &upstream, true);
+                self.proceed(host, pending, &upstream, true);
                 Ok(Action::Continue)
             }
             Obtained::Underway => Ok(Action::Pause),
+        }
+    }
+
+    /// A call has its upstream session: what its continuation says (the caller resumes the
+    /// request when it was held). `cached`: the session came from the cache.
+    fn proceed(
+        &mut self,
+        host: &mut dyn Host,
+        pending: Pending,
+        upstream: &UpstreamSession,
+        cached: bool,
+    ) {
+        let Pending { call, then } = pending;
+        match then {
+            AfterOpening::Forward | AfterOpening::Replay { .. } => {
+                self.forward(host, call, upstream, cached);
+            }
+            AfterOpening::Headers { expect } => {
+                if self.set_route_headers(host, &call, upstream, None) {
+                    host.clear_route_cache();
+                }
+                let cached = cached.then(|| upstream.session_id.clone());
+                self.stage = Stage::Stateless {
+                    expect,
+                    routed: Some((call, cached)),
+                };
+            }
         }
     }
 
@@ -897,12 +1146,11 @@ impl Request {
         pending: Pending,
         upstream: UpstreamSession,
     ) -> Result<(), GatewayError> {
-        let Pending { call, then } = pending;
-        if let AfterOpening::Replay { .. } = then {
-            return self.session_ready(host, Pending { call, then }, upstream);
+        if let AfterOpening::Replay { .. } = pending.then {
+            return self.session_ready(host, pending, upstream);
         }
         let catalog = Rc::clone(&self.catalog);
-        let server = server_of(&catalog, call.server)?;
+        let server = server_of(&catalog, pending.call.server)?;
         let mut headers = upstream::call_headers(server, "POST", Some(&upstream));
         headers.push(("x-mcp-method", "ping"));
         let token = host
@@ -914,7 +1162,7 @@ impl Request {
             )
             .map_err(|e| upstream_failure(server, &format!("ping: {e}")))?;
         self.stage = Stage::Resuming {
-            call,
+            pending,
             upstream,
             token,
         };
@@ -937,14 +1185,33 @@ impl Request {
         upstream: &UpstreamSession,
         cached: bool,
     ) {
+        host.set_request_body(call.received_len, &call.body);
+        if !self.set_route_headers(host, &call, upstream, Some(call.body.len())) {
+            return;
+        }
+        host.clear_route_cache();
+        let cached = cached.then(|| upstream.session_id.clone());
+        self.stage = Stage::Forwarded { call, cached };
+    }
+
+    /// The request headers of a routed call: the client's outside the server's allow-list
+    /// removed, the route's and the upstream session's set. `content_length`: the new body's
+    /// (`None`: the body is still to come and may change length, so none is sent). `false` when
+    /// the server left the catalog.
+    fn set_route_headers(
+        &mut self,
+        host: &mut dyn Host,
+        call: &Call,
+        upstream: &UpstreamSession,
+        content_length: Option<usize>,
+    ) -> bool {
         let catalog = Rc::clone(&self.catalog);
         let (Some(server), Some(allowed)) = (
             catalog.server(call.server),
             catalog.forward_headers(call.server),
         ) else {
-            return;
+            return false;
         };
-        host.set_request_body(call.received_len, &call.body);
         // Only what the server needs reaches it: every client header outside its allow-list
         // (cookies, the client's credential, API keys, x-forwarded-for, ...) is removed, one host
         // call per name actually present. Envoy still needs x-forwarded-proto to pick the route,
@@ -957,6 +1224,9 @@ impl Request {
             if !self.headers.iter().take(i).any(|(n, _)| n == name) {
                 host.remove_request_header(name);
             }
+        }
+        if content_length.is_none() && self.header("content-length").is_some() {
+            host.remove_request_header("content-length");
         }
         // Each header write is a host call: write only what differs from what the client sent.
         // A header the client sent twice is removed first: Envoy's replace only overwrites the
@@ -972,7 +1242,9 @@ impl Request {
                 _ => host.set_request_header(name, value),
             }
         };
-        set("content-length", call.body.len().to_string().as_bytes());
+        if let Some(len) = content_length {
+            set("content-length", len.to_string().as_bytes());
+        }
         set(":authority", server.authority.as_bytes());
         set(":path", server.path.as_bytes());
         set("accept", b"application/json, text/event-stream");
@@ -994,9 +1266,7 @@ impl Request {
         if upstream.session_id.is_empty() && self.header("mcp-session-id").is_some() {
             host.remove_request_header("mcp-session-id");
         }
-        host.clear_route_cache();
-        let cached = cached.then(|| upstream.session_id.clone());
-        self.stage = Stage::Forwarded { call, cached };
+        true
     }
 
     fn start_initialize(
@@ -1167,7 +1437,7 @@ impl Request {
                 method: call.method,
             };
         } else {
-            self.forward(host, call, &upstream, false);
+            self.proceed(host, Pending { call, then }, &upstream, false);
             host.resume_request();
         }
         Ok(())
@@ -1400,15 +1670,25 @@ fn is_path(headers: &[(String, Vec<u8>)], path: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct Unconfigured {
     reading_body: bool,
+    /// Installed without `allow_on_headers_stop_iteration`: answered from the headers.
+    headers_only: bool,
 }
 
 impl Unconfigured {
+    pub fn new(headers_only: bool) -> Self {
+        Self {
+            reading_body: false,
+            headers_only,
+        }
+    }
+
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
         let headers = client_headers(host);
         if !is_path(&headers, crate::config::DEFAULT_MCP_PATH) {
             return Action::Continue;
         }
-        if find_header(&headers, ":method") == Some(b"POST") && !end_of_stream {
+        if find_header(&headers, ":method") == Some(b"POST") && !end_of_stream && !self.headers_only
+        {
             self.reading_body = true;
             return Action::Pause;
         }
@@ -1512,13 +1792,8 @@ fn check_post<'h>(
         }
     }
     if let Some(version) = header("mcp-protocol-version") {
-        if !SUPPORTED_PROTOCOL_VERSIONS
-            .iter()
-            .any(|v| v.as_bytes() == version)
-        {
-            return Err(GatewayError::unsupported_protocol_version(
-                &String::from_utf8_lossy(version),
-            ));
+        if !stateless::supported_versions().any(|v| v.as_bytes() == version) {
+            return Err(stateless::unsupported_version(version));
         }
     }
     let limit = catalog.limits.max_body_bytes;
@@ -1532,6 +1807,19 @@ fn check_post<'h>(
         return Err(GatewayError::parse("Parse error: empty body"));
     }
     Ok(())
+}
+
+/// MCP 2026-07-28 answers a client's mistakes with HTTP 400 (unknown method: 404), where the
+/// session era answered HTTP 200.
+fn stateless_error(mut error: GatewayError) -> GatewayError {
+    if error.http_status == 200 && error.code != crate::error::INTERNAL_ERROR {
+        error.http_status = if error.code == crate::error::METHOD_NOT_FOUND {
+            404
+        } else {
+            400
+        };
+    }
+    error
 }
 
 /// The response carries an MCP answer (JSON or SSE), not a proxy's error page.

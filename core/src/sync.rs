@@ -439,7 +439,11 @@ mod tests {
             .is_some());
 
         assert_eq!(sync_b.on_tick(&mut b).unwrap().version, "bravo");
-        assert_eq!(b.calls.len(), 3, "b polls again at once, on what is published now");
+        assert_eq!(
+            b.calls.len(),
+            3,
+            "b polls again at once, on what is published now"
+        );
         assert_eq!(header(&b.calls[2], "if-none-match"), Some("\"bravo\""));
         // The sidecar answers the differing ETag with its current document; the old wait's
         // answer, when it comes, is ignored.

@@ -1,0 +1,295 @@
+"""MCP 2026-07-28 (stateless) through the real Envoy + plugin, in both install modes:
+
+- `envoy_filter`: the session-wide gateway (`allow_on_headers_stop_iteration: true`): the headers wait
+  for the body, which is checked against `Mcp-Method`/`Mcp-Name` before anything is routed;
+- `wasm_plugin`: a second Envoy without that flag (what a stock Istio WasmPlugin installs): calls are
+  routed on `Mcp-Name` in the headers phase, the body follows once checked and spliced; what the
+  gateway answers itself (server/discover, lists) waits on the default route (`hold`, standing in for
+  the sidecar) while the plugin reads the body.
+
+The upstreams (`alpha`, `beta`) are Python `mcp` 2.3.0 servers in session mode: every call here is
+bridged onto an upstream session the gateway opens for the stateless client (keyed by a MAC of its
+credential). Raw wire checks with httpx, and the official Python client in its 2026 and auto modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+import harness
+from conftest import GATEWAY_NAME, PAGE_SIZE, make_document
+from harness import Gateway
+from rpc import ACCEPT, describe, message_of
+
+V2026 = "2026-07-28"
+META = {"io.modelcontextprotocol/protocolVersion": V2026,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "t2026", "version": "1"}}
+
+
+class HoldServer:
+    """A TCP server that accepts and reads forever: the default route of the wasm_plugin-mode Envoy
+    (the sidecar in a real install). The plugin answers before any body reaches it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((harness.HOST, 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.bodies: list[bytes] = []
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+
+    def _drain(self, conn: socket.socket) -> None:
+        data = b""
+        with conn:
+            while True:
+                try:
+                    chunk = conn.recv(65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        self.bodies.append(data)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def plugin_gateway(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
+    """Envoy with the filter as a stock Istio WasmPlugin installs it (no allow_on_headers_stop_iteration)."""
+    hold = HoldServer()
+    gw = Gateway(workdir, upstreams=list(upstreams.values()), name="envoy-wasmplugin", validate=True,
+                 plugin_config={"document": make_document(upstreams, catalogs), "install": "wasm_plugin"},
+                 extra_clusters=[("hold", hold.port)])
+    hcm = gw.bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    wasm = hcm["http_filters"][0]["typed_config"]["config"]
+    del wasm["allow_on_headers_stop_iteration"]
+    default = next(v for v in hcm["route_config"]["virtual_hosts"] if v["name"] == "default")
+    default["routes"].insert(0, {"match": {"path": "/mcp"}, "route": {"cluster": "hold", "timeout": "15s"}})
+    try:
+        gw.start()
+    except harness.HarnessError as e:
+        pytest.fail(str(e), pytrace=False)
+    gw.hold = hold  # type: ignore[attr-defined]
+    yield gw
+    gw.stop()
+    hold.stop()
+
+
+@pytest.fixture(params=["envoy_filter", "wasm_plugin"])
+def gw(request, gateway: Gateway) -> Gateway:
+    return gateway if request.param == "envoy_filter" else request.getfixturevalue("plugin_gateway")
+
+
+_ids = iter(range(1, 1_000_000))
+
+
+def post(url: str, method: str, params: dict[str, Any] | None = None, *, name: str | None = None,
+         headers: dict[str, str | None] | None = None, body: Any = None, id: Any = None,
+         meta: dict[str, Any] | None = META) -> httpx.Response:
+    """A 2026-07-28 request with its routing headers (overridable; None removes one)."""
+    params = dict(params or {})
+    if meta is not None:
+        params["_meta"] = meta
+    if body is None:
+        body = {"jsonrpc": "2.0", "id": next(_ids) if id is None else id, "method": method, "params": params}
+    h: dict[str, str | None] = {"content-type": "application/json", "accept": ACCEPT,
+                                "mcp-protocol-version": V2026, "mcp-method": method}
+    if name is not None:
+        h["mcp-name"] = name
+    h.update(headers or {})
+    return httpx.post(url, json=body, headers={k: v for k, v in h.items() if v is not None}, timeout=10.0)
+
+
+def error_of(resp: httpx.Response, status: int, code: int) -> dict[str, Any]:
+    assert resp.status_code == status, describe(resp)
+    msg = message_of(resp)
+    assert msg["error"]["code"] == code, msg
+    return msg["error"]
+
+
+def test_discover_is_answered_by_the_gateway(gw: Gateway):
+    resp = post(gw.url, "server/discover", id="d1")
+    assert resp.status_code == 200, describe(resp)
+    assert "mcp-session-id" not in resp.headers, resp.headers
+    msg = message_of(resp)
+    assert msg["id"] == "d1"
+    result = msg["result"]
+    assert result["supportedVersions"][0] == V2026
+    assert "2025-11-25" in result["supportedVersions"]
+    assert result["capabilities"]["tools"] == {"listChanged": False}
+    assert result["serverInfo"]["name"] == GATEWAY_NAME
+    assert result["resultType"] == "complete"
+    assert result["ttlMs"] == 30000 and result["cacheScope"] == "public"
+
+
+def test_tools_list_is_stateless_paged_and_carries_cache_hints(gw: Gateway, expected_tools):
+    names, cursor = [], None
+    for _ in range(10):
+        resp = post(gw.url, "tools/list", {"cursor": cursor} if cursor is not None else {})
+        assert resp.status_code == 200, describe(resp)
+        result = message_of(resp)["result"]
+        assert result["ttlMs"] == 30000 and result["cacheScope"] == "public", result
+        assert len(result["tools"]) <= PAGE_SIZE
+        names += [t["name"] for t in result["tools"]]
+        cursor = result.get("nextCursor")
+        if cursor is None:
+            break
+    assert sorted(names) == sorted(expected_tools)
+
+
+@pytest.mark.parametrize("tool,expected", [("alpha_echo", "alpha: hi 2026"), ("beta_echo", "beta: hi 2026")])
+def test_tools_call_is_bridged_to_a_session_era_upstream(gw: Gateway, upstreams, tool: str, expected: str):
+    server = upstreams[tool.split("_")[0]]
+    server.clear_log()
+    for _ in range(2):
+        resp = post(gw.url, "tools/call", {"name": tool, "arguments": {"text": "hi 2026"}}, name=tool)
+        assert resp.status_code == 200, describe(resp)
+        assert "mcp-session-id" not in resp.headers, resp.headers
+        msg = message_of(resp)
+        assert msg["result"]["content"][0]["text"] == expected, msg
+    calls = [r for r in server.requests_log() if r["rpc_method"] == "tools/call"]
+    assert len(calls) == 2, calls
+    # One bridged upstream session for both stateless calls, at the session-era version; the
+    # 2026 routing headers do not reach a 2025 upstream.
+    sessions = {c["headers"].get("mcp-session-id") for c in calls}
+    assert len(sessions) == 1 and None not in sessions, calls
+    for c in calls:
+        assert c["headers"]["mcp-protocol-version"] == "2025-11-25", c
+        assert "mcp-name" not in c["headers"] and "mcp-method" not in c["headers"], c
+        assert "authorization" in c["headers"]  # the server's credential, set by the gateway
+
+
+def test_different_credentials_get_different_bridged_sessions(gateway: Gateway, upstreams):
+    upstreams["beta"].clear_log()
+    for token in ("client-a", "client-b"):
+        resp = post(gateway.url, "tools/call", {"name": "beta_echo", "arguments": {"text": "x"}},
+                    name="beta_echo", headers={"authorization": f"Bearer {token}"})
+        assert resp.status_code == 200, describe(resp)
+    calls = [r for r in upstreams["beta"].requests_log() if r["rpc_method"] == "tools/call"]
+    assert len({c["headers"].get("mcp-session-id") for c in calls}) == 2, calls
+    assert all(c["headers"]["authorization"] == "Bearer beta-secret" for c in calls), calls
+
+
+def test_non_ascii_names_travel_base64_encoded(gw: Gateway):
+    resp = post(gw.url, "tools/call", {"name": "alpha_échо", "arguments": {}},
+                name="=?base64?" + base64.b64encode("alpha_échо".encode()).decode() + "?=")
+    error_of(resp, 400, -32602)  # decoded, matched the body, then: no such tool
+
+
+@pytest.mark.parametrize("case", ["name", "method", "no-name", "no-method"])
+def test_header_body_mismatch_is_32020_and_nothing_reaches_the_upstream(gw: Gateway, upstreams, case: str):
+    alpha = upstreams["alpha"]
+    alpha.clear_log()
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+            "params": {"name": "alpha_whoami", "arguments": {}, "_meta": META}}
+    headers = {"name": {"mcp-name": "alpha_echo"},
+               "method": {"mcp-method": "tools/list"},
+               "no-name": {"mcp-name": None},
+               "no-method": {"mcp-method": None}}[case]
+    resp = post(gw.url, "tools/call", name="alpha_whoami", body=body, headers=headers)
+    err = error_of(resp, 400, -32020)
+    assert "Mcp-" in err["message"], err
+    time.sleep(0.2)
+    assert not [r for r in alpha.requests_log() if r["rpc_method"] is not None], alpha.requests_log()
+
+
+def test_meta_is_required_and_must_match_the_header(gw: Gateway):
+    error_of(post(gw.url, "tools/list", meta=None), 400, -32602)
+    error_of(post(gw.url, "tools/list", meta={"io.modelcontextprotocol/protocolVersion": V2026}), 400, -32602)
+    error_of(post(gw.url, "tools/list", meta={**META, "io.modelcontextprotocol/protocolVersion": "2025-11-25"}),
+             400, -32020)
+
+
+def test_unsupported_version_is_32022_with_the_supported_list(gw: Gateway):
+    err = error_of(post(gw.url, "tools/list", headers={"mcp-protocol-version": "2027-01-01"}), 400, -32022)
+    assert err["data"]["requested"] == "2027-01-01"
+    assert err["data"]["supported"][0] == V2026 and "2025-03-26" in err["data"]["supported"], err
+
+
+def test_unknown_method_is_404_and_unknown_tool_400(gw: Gateway):
+    error_of(post(gw.url, "initialize"), 404, -32601)
+    error_of(post(gw.url, "tools/call", {"name": "nope", "arguments": {}}, name="nope"), 400, -32602)
+
+
+def test_get_and_delete_are_405(gw: Gateway):
+    for method in ("GET", "DELETE"):
+        resp = httpx.request(method, gw.url, headers={"mcp-protocol-version": V2026, "accept": ACCEPT}, timeout=5)
+        assert resp.status_code == 405, describe(resp)
+
+
+def test_wasm_plugin_mode_refuses_2025_posts_at_once(plugin_gateway: Gateway):
+    t0 = time.monotonic()
+    resp = httpx.post(plugin_gateway.url, json={"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                                                "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                                           "clientInfo": {"name": "t", "version": "1"}}},
+                      headers={"accept": ACCEPT}, timeout=10)
+    assert time.monotonic() - t0 < 2.0
+    err = error_of(resp, 400, -32600)
+    assert "2026-07-28" in err["message"], err
+
+
+def test_wasm_plugin_mode_local_answers_never_leak_a_body(plugin_gateway: Gateway):
+    for _ in range(3):
+        assert post(plugin_gateway.url, "server/discover").status_code == 200
+    time.sleep(0.3)
+    hold = plugin_gateway.hold  # type: ignore[attr-defined]
+    leaked = [b for b in hold.bodies if b"\"jsonrpc\"" in b]
+    assert not leaked, leaked
+
+
+# -------------------------------------------------------------------- the official Python client
+
+def run_client(url: str, mode: str) -> tuple[str, list[str], str]:
+    import mcp
+
+    async def main() -> tuple[str, list[str], str]:
+        async with mcp.Client(url, mode=mode) as c:
+            names, cursor = [], None
+            for _ in range(10):
+                page = await c.list_tools(cursor=cursor)
+                names += [t.name for t in page.tools]
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            r = await c.call_tool("beta_echo", {"text": "sdk"})
+            return c.protocol_version, names, r.content[0].text
+
+    return asyncio.run(asyncio.wait_for(main(), 30))
+
+
+@pytest.mark.parametrize("mode", [V2026, "auto"])
+def test_python_client_2026_mode(gw: Gateway, expected_tools, mode: str):
+    version, names, text = run_client(gw.url, mode)
+    assert version == V2026
+    assert sorted(names) == sorted(expected_tools)
+    assert text == "beta: sdk"
+
+
+def test_python_client_legacy_mode_still_works(gateway: Gateway, expected_tools):
+    version, names, text = run_client(gateway.url, "legacy")
+    assert version != V2026
+    assert sorted(names) == sorted(expected_tools)
+    assert text == "beta: sdk"
