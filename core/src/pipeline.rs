@@ -170,8 +170,14 @@ enum Stage {
         server: usize,
         method: Option<&'static str>,
     },
-    /// A JSON `resources/read` answer of a mapped server, buffered to map its contents' URIs.
-    MappingReadResult { server: usize },
+    /// A JSON answer buffered to rewrite it: a `resources/read` result of a mapped server
+    /// (`map_uris`: its contents' URIs mapped) and/or a result for an MCP 2026-07-28 client
+    /// from a session-era upstream (`complete`: `resultType` added).
+    RewritingResult {
+        server: usize,
+        map_uris: bool,
+        complete: bool,
+    },
     /// The new upstream session is told the client's log level before the call goes on.
     Leveling {
         pending: Pending,
@@ -204,6 +210,9 @@ pub struct Request {
     /// headers phase must never pause to wait for the body, so only 2026-07-28 requests, routed
     /// on their headers, are served.
     headers_only: bool,
+    /// The client speaks MCP 2026-07-28 (stateless): its answers carry no session, and results
+    /// from session-era upstreams get `resultType`.
+    stateless: bool,
 }
 
 impl Request {
@@ -224,6 +233,7 @@ impl Request {
             session_token: None,
             headers: Vec::new(),
             headers_only: false,
+            stateless: false,
         }
     }
 
@@ -257,6 +267,7 @@ impl Request {
                     GatewayError::method_not_allowed(&String::from_utf8_lossy(&method)),
                 );
             }
+            self.stateless = true;
             return self.stateless_headers(host, end_of_stream);
         }
         self.session_token = self.header("mcp-session-id").map(<[u8]>::to_vec);
@@ -557,20 +568,25 @@ impl Request {
                 server.map_or("", |s| s.name.as_str()),
                 server.is_some_and(|s| !s.prefix.is_empty()),
                 call.method,
-            );
+            )
+            .completing_results(self.stateless);
             // Events may change length on the way.
             host.remove_response_header("content-length");
             self.stage = Stage::Relaying { relay };
-        } else if call.method == Some("resources/read")
-            && self
-                .catalog
-                .server(call.server)
-                .is_some_and(|s| !s.prefix.is_empty())
-        {
-            host.remove_response_header("content-length");
-            self.stage = Stage::MappingReadResult {
-                server: call.server,
-            };
+        } else {
+            let map_uris = call.method == Some("resources/read")
+                && self
+                    .catalog
+                    .server(call.server)
+                    .is_some_and(|s| !s.prefix.is_empty());
+            if map_uris || self.stateless {
+                host.remove_response_header("content-length");
+                self.stage = Stage::RewritingResult {
+                    server: call.server,
+                    map_uris,
+                    complete: self.stateless,
+                };
+            }
         }
         Action::Continue
     }
@@ -598,16 +614,31 @@ impl Request {
                 }
                 Action::Continue
             }
-            Stage::MappingReadResult { .. } if !end_of_stream => Action::Pause,
-            Stage::MappingReadResult { server } => {
-                let server = *server;
+            Stage::RewritingResult { .. } if !end_of_stream => Action::Pause,
+            Stage::RewritingResult {
+                server,
+                map_uris,
+                complete,
+            } => {
+                let (server, map_uris, complete) = (*server, *map_uris, *complete);
                 let body = host.response_body(size).unwrap_or_default();
                 let name = self.server_name(server).to_owned();
                 if let Ok(text) = std::str::from_utf8(&body) {
-                    if let std::borrow::Cow::Owned(mapped) =
-                        crate::relay::read_result_uris(text, &name)
-                    {
-                        host.set_response_body(size, mapped.as_bytes());
+                    let mut out = std::borrow::Cow::Borrowed(text);
+                    if map_uris {
+                        if let std::borrow::Cow::Owned(mapped) =
+                            crate::relay::read_result_uris(&out, &name)
+                        {
+                            out = std::borrow::Cow::Owned(mapped);
+                        }
+                    }
+                    if complete {
+                        if let std::borrow::Cow::Owned(done) = crate::relay::complete_result(&out) {
+                            out = std::borrow::Cow::Owned(done);
+                        }
+                    }
+                    if let std::borrow::Cow::Owned(changed) = out {
+                        host.set_response_body(size, changed.as_bytes());
                     }
                 }
                 self.stage = Stage::Answered;

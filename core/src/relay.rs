@@ -47,6 +47,9 @@ pub struct SseRelay {
     mapped: bool,
     /// The answer is a `resources/read` result whose contents carry URIs.
     read_result: bool,
+    /// The client speaks MCP 2026-07-28 and the upstream an earlier revision: results get the
+    /// `resultType` 2026 requires.
+    complete_results: bool,
 }
 
 impl SseRelay {
@@ -57,7 +60,14 @@ impl SseRelay {
             server: server.to_owned(),
             mapped,
             read_result: method == Some("resources/read"),
+            complete_results: false,
         }
+    }
+
+    /// For an MCP 2026-07-28 client of a session-era upstream: results get `resultType`.
+    pub fn completing_results(mut self, complete: bool) -> Self {
+        self.complete_results = complete;
+        self
     }
 
     /// The bytes to pass on for this chunk: the events it completed, rewritten. An incomplete
@@ -69,6 +79,13 @@ impl SseRelay {
             let data = match self.mapped && self.read_result {
                 true => match read_result_uris(&data, &self.server) {
                     Cow::Owned(mapped) => Cow::Owned(mapped),
+                    Cow::Borrowed(_) => data,
+                },
+                false => data,
+            };
+            let data = match self.complete_results {
+                true => match complete_result(&data) {
+                    Cow::Owned(completed) => Cow::Owned(completed),
                     Cow::Borrowed(_) => data,
                 },
                 false => data,
@@ -115,6 +132,43 @@ struct Peek<'a> {
 struct UriParam<'a> {
     #[serde(default, borrow)]
     uri: Option<&'a RawValue>,
+}
+
+/// A JSON-RPC response whose `result` lacks `resultType` gets `"resultType":"complete"`: what
+/// a session-era upstream's result means to an MCP 2026-07-28 client. Anything else unchanged.
+pub fn complete_result(data: &str) -> Cow<'_, str> {
+    #[derive(serde::Deserialize)]
+    struct Response<'a> {
+        #[serde(borrow, default)]
+        result: Option<&'a serde_json::value::RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "resultType", default)]
+        result_type: Option<serde::de::IgnoredAny>,
+    }
+    let Some(result) = serde_json::from_str::<Response<'_>>(data)
+        .ok()
+        .and_then(|r| r.result)
+    else {
+        return Cow::Borrowed(data);
+    };
+    let text = result.get();
+    let typed = serde_json::from_str::<Typed>(text).ok();
+    let Some(rest) = text
+        .strip_prefix('{')
+        .filter(|_| typed.is_some_and(|t| t.result_type.is_none()))
+    else {
+        return Cow::Borrowed(data);
+    };
+    let completed = if rest.trim_start().starts_with('}') {
+        format!("{{\"resultType\":\"complete\"{rest}")
+    } else {
+        format!("{{\"resultType\":\"complete\",{rest}")
+    };
+    crate::jsonrpc::span_in(data, text)
+        .and_then(|span| crate::jsonrpc::splice(data, span, &completed))
+        .map_or(Cow::Borrowed(data), Cow::Owned)
 }
 
 /// One upstream message, as the client must see it.
@@ -235,6 +289,27 @@ pub fn read_result_uris<'d>(data: &'d str, server: &str) -> Cow<'d, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_are_completed_for_2026_clients() {
+        let done = complete_result(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#);
+        assert_eq!(
+            done,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","content":[]}}"#
+        );
+        let empty = complete_result(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        assert_eq!(
+            empty,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete"}}"#
+        );
+        for unchanged in [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"input_required"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#,
+        ] {
+            assert!(matches!(complete_result(unchanged), Cow::Borrowed(_)));
+        }
+    }
 
     #[test]
     fn ids_round_trip() {
