@@ -380,11 +380,38 @@ async fn status(State(state): State<AppState>) -> Response {
 
 /// `GET <mcp_path>`: the notification stream, for requests the plugin vouched for (they carry
 /// its token); anything else is 404/405.
+/// `envoy.install: wasm_plugin`: Envoy's default route brings here the MCP 2026-07-28 requests
+/// the plugin answers itself (`server/discover`, lists), because a filter installed without
+/// `allow_on_headers_stop_iteration` cannot hold the headers while it reads the body. The plugin
+/// holds the body and answers, which resets this request: the body never arrives. Should one
+/// arrive (the plugin missing from the chain), the client gets a JSON-RPC error, not a hang.
+async fn held_post(request: Request) -> Response {
+    let body = axum::body::to_bytes(request.into_body(), 1024 * 1024).await;
+    tracing::warn!(
+        "a POST reached the sidecar's MCP path with its body ({} bytes): the plugin did not answer it",
+        body.as_ref().map_or(0, |b| b.len())
+    );
+    let error = serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32603,
+        "message": "the MCP gateway plugin did not answer this request (is it in the filter chain?)"}});
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        error.to_string(),
+    )
+        .into_response()
+}
+
 async fn mcp_stream(State(state): State<AppState>, request: Request) -> Response {
     let outputs = state.outputs;
     let settings = outputs.settings.borrow().clone();
     if request.uri().path() != settings.gateway.0.mcp_path {
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    }
+    if request.method() == Method::POST {
+        return held_post(request).await;
     }
     if request.method() != Method::GET {
         let mut r = (StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n").into_response();
