@@ -247,3 +247,21 @@ def test_python_client_legacy_mode_still_works(gateway: Gateway, expected_tools)
     assert version != V2026
     assert sorted(names) == sorted(expected_tools)
     assert text == "beta: sdk"
+
+
+# -------------------------------------------------------------- the TypeScript SDK (2026 generation)
+
+TS_CLIENT_2026 = harness.REPO_ROOT / "tests" / "clients" / "ts_client_2026.mjs"
+
+
+@pytest.mark.parametrize("how", ["pin", "auto"])
+def test_typescript_client_2026_mode(gw: Gateway, expected_tools, how: str):
+    import json
+    import subprocess
+
+    r = subprocess.run(["node", str(TS_CLIENT_2026), gw.url, how], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["version"] == V2026, out
+    assert sorted(out["names"]) == sorted(expected_tools)
+    assert out["text"] == "beta: sdk".replace("sdk", "ts")
