@@ -175,6 +175,7 @@ enum Stage {
     /// from a session-era upstream (`complete`: `resultType` added).
     RewritingResult {
         server: usize,
+        method: Option<&'static str>,
         map_uris: bool,
         complete: bool,
     },
@@ -187,6 +188,9 @@ enum Stage {
     /// Waiting for the gateway's own calls to upstreams (DELETE of upstream sessions, a log
     /// level, relayed notifications), then answering `then`.
     Awaiting { pending: Vec<u32>, then: Then },
+    /// An MCP 2026-07-28 request refused on its headers (-32020, -32022): its body is read only
+    /// to answer with the request's id.
+    Refusing { error: GatewayError },
     /// A JSON-RPC batch (MCP 2025-03-26), with its own sub-state (see [`Batch`]).
     Batch(Batch),
     /// A local answer was sent.
@@ -307,7 +311,10 @@ impl Request {
         size: usize,
         end_of_stream: bool,
     ) -> Action {
-        if !matches!(self.stage, Stage::ReadingBody | Stage::Stateless { .. }) {
+        if !matches!(
+            self.stage,
+            Stage::ReadingBody | Stage::Stateless { .. } | Stage::Refusing { .. }
+        ) {
             return Action::Continue;
         }
         let limit = self.catalog.limits.max_body_bytes;
@@ -318,13 +325,19 @@ impl Request {
             return Action::Pause;
         }
         let body = host.request_body(size).unwrap_or_default();
-        if let Stage::Stateless { expect, routed } =
-            std::mem::replace(&mut self.stage, Stage::Answered)
-        {
-            return match self.stateless_body(host, &body, &expect, routed) {
-                Ok(action) => action,
-                Err(e) => self.fail(host, stateless_error(e)),
-            };
+        match std::mem::replace(&mut self.stage, Stage::Answered) {
+            Stage::Stateless { expect, routed } => {
+                return match self.stateless_body(host, &body, &expect, routed) {
+                    Ok(action) => action,
+                    Err(e) => self.fail(host, stateless_error(e)),
+                };
+            }
+            Stage::Refusing { error } => {
+                let text = String::from_utf8_lossy(&body);
+                self.id = jsonrpc::salvage_id(&text).map(|id| id.get().to_owned());
+                return self.fail(host, error);
+            }
+            other => self.stage = other,
         }
         match self.handle_message(host, &body) {
             Ok(action) => action,
@@ -343,6 +356,19 @@ impl Request {
             .and_then(|()| Expect::from_headers(&header));
         let expect = match expect {
             Ok(expect) => expect,
+            // A routing-header refusal waits for the body (when the headers may wait) to answer
+            // with the request's id.
+            Err(e)
+                if !self.headers_only
+                    && !end_of_stream
+                    && matches!(
+                        e.code,
+                        stateless::HEADER_MISMATCH | stateless::UNSUPPORTED_VERSION
+                    ) =>
+            {
+                self.stage = Stage::Refusing { error: e };
+                return Action::Pause;
+            }
             Err(e) => return self.fail(host, stateless_error(e)),
         };
         if !self.headers_only {
@@ -583,6 +609,7 @@ impl Request {
                 host.remove_response_header("content-length");
                 self.stage = Stage::RewritingResult {
                     server: call.server,
+                    method: call.method,
                     map_uris,
                     complete: self.stateless,
                 };
@@ -617,10 +644,11 @@ impl Request {
             Stage::RewritingResult { .. } if !end_of_stream => Action::Pause,
             Stage::RewritingResult {
                 server,
+                method,
                 map_uris,
                 complete,
             } => {
-                let (server, map_uris, complete) = (*server, *map_uris, *complete);
+                let (server, method, map_uris, complete) = (*server, *method, *map_uris, *complete);
                 let body = host.response_body(size).unwrap_or_default();
                 let name = self.server_name(server).to_owned();
                 if let Ok(text) = std::str::from_utf8(&body) {
@@ -633,7 +661,10 @@ impl Request {
                         }
                     }
                     if complete {
-                        if let std::borrow::Cow::Owned(done) = crate::relay::complete_result(&out) {
+                        let read = method == Some("resources/read");
+                        if let std::borrow::Cow::Owned(done) =
+                            crate::relay::complete_result(&out, read)
+                        {
                             out = std::borrow::Cow::Owned(done);
                         }
                     }

@@ -84,7 +84,7 @@ impl SseRelay {
                 false => data,
             };
             let data = match self.complete_results {
-                true => match complete_result(&data) {
+                true => match complete_result(&data, self.read_result) {
                     Cow::Owned(completed) => Cow::Owned(completed),
                     Cow::Borrowed(_) => data,
                 },
@@ -135,8 +135,11 @@ struct UriParam<'a> {
 }
 
 /// A JSON-RPC response whose `result` lacks `resultType` gets `"resultType":"complete"`: what
-/// a session-era upstream's result means to an MCP 2026-07-28 client. Anything else unchanged.
-pub fn complete_result(data: &str) -> Cow<'_, str> {
+/// a session-era upstream's result means to an MCP 2026-07-28 client; with `read` (a
+/// `resources/read` result, which 2026 requires to carry cache hints) also `"ttlMs":0` and
+/// `"cacheScope":"private"`: the upstream said nothing about caching, so nothing is cached or
+/// shared. Anything else unchanged.
+pub fn complete_result(data: &str, read: bool) -> Cow<'_, str> {
     #[derive(serde::Deserialize)]
     struct Response<'a> {
         #[serde(borrow, default)]
@@ -146,6 +149,8 @@ pub fn complete_result(data: &str) -> Cow<'_, str> {
     struct Typed {
         #[serde(rename = "resultType", default)]
         result_type: Option<serde::de::IgnoredAny>,
+        #[serde(rename = "ttlMs", default)]
+        ttl_ms: Option<serde::de::IgnoredAny>,
     }
     let Some(result) = serde_json::from_str::<Response<'_>>(data)
         .ok()
@@ -154,17 +159,24 @@ pub fn complete_result(data: &str) -> Cow<'_, str> {
         return Cow::Borrowed(data);
     };
     let text = result.get();
-    let typed = serde_json::from_str::<Typed>(text).ok();
+    let Some(typed) = serde_json::from_str::<Typed>(text).ok() else {
+        return Cow::Borrowed(data);
+    };
     let Some(rest) = text
         .strip_prefix('{')
-        .filter(|_| typed.is_some_and(|t| t.result_type.is_none()))
+        .filter(|_| typed.result_type.is_none())
     else {
         return Cow::Borrowed(data);
     };
-    let completed = if rest.trim_start().starts_with('}') {
-        format!("{{\"resultType\":\"complete\"{rest}")
+    let added = if read && typed.ttl_ms.is_none() {
+        "\"resultType\":\"complete\",\"ttlMs\":0,\"cacheScope\":\"private\""
     } else {
-        format!("{{\"resultType\":\"complete\",{rest}")
+        "\"resultType\":\"complete\""
+    };
+    let completed = if rest.trim_start().starts_with('}') {
+        format!("{{{added}{rest}")
+    } else {
+        format!("{{{added},{rest}")
     };
     crate::jsonrpc::span_in(data, text)
         .and_then(|span| crate::jsonrpc::splice(data, span, &completed))
@@ -292,22 +304,30 @@ mod tests {
 
     #[test]
     fn results_are_completed_for_2026_clients() {
-        let done = complete_result(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#);
+        let done = complete_result(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#, false);
         assert_eq!(
             done,
             r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","content":[]}}"#
         );
-        let empty = complete_result(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        let empty = complete_result(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, false);
         assert_eq!(
             empty,
             r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete"}}"#
+        );
+        let read = complete_result(r#"{"jsonrpc":"2.0","id":1,"result":{"contents":[]}}"#, true);
+        assert_eq!(
+            read,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","ttlMs":0,"cacheScope":"private","contents":[]}}"#
         );
         for unchanged in [
             r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"input_required"}}"#,
             r#"{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}}"#,
             r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#,
         ] {
-            assert!(matches!(complete_result(unchanged), Cow::Borrowed(_)));
+            assert!(matches!(
+                complete_result(unchanged, false),
+                Cow::Borrowed(_)
+            ));
         }
     }
 

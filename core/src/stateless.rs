@@ -190,12 +190,14 @@ pub fn supported_versions() -> impl Iterator<Item = &'static str> {
 }
 
 /// The cache hints of a list (or discover) result: lists change only with the catalog, which
-/// every client shares (no per-identity filtering), so `public`, for `limits.list_ttl_ms`; the
-/// catalog version rides along in `_meta` for clients that want to compare.
+/// every client shares (no per-identity filtering), so `public`, for `limits.list_ttl_ms`; and
+/// the gateway's `serverInfo` in `_meta`, where 2026-07-28 results carry it.
 fn hints(catalog: &Catalog) -> String {
     format!(
-        "\"resultType\":\"complete\",\"ttlMs\":{},\"cacheScope\":\"public\"",
-        catalog.limits.list_ttl_ms
+        "\"resultType\":\"complete\",\"ttlMs\":{},\"cacheScope\":\"public\",\"_meta\":{{\"io.modelcontextprotocol/serverInfo\":{{\"name\":{},\"version\":{}}}}}",
+        catalog.limits.list_ttl_ms,
+        jsonrpc::json_string(&catalog.gateway.name),
+        jsonrpc::json_string(&catalog.gateway.version)
     )
 }
 

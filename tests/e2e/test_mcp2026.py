@@ -161,6 +161,9 @@ def test_header_body_mismatch_is_32020_and_nothing_reaches_the_upstream(gw: Gate
     resp = post(gw.url, "tools/call", name="alpha_whoami", body=body, headers=headers)
     err = error_of(resp, 400, -32020)
     assert "Mcp-" in err["message"], err
+    if "wasmplugin" not in gw.config_path.name:
+        # The headers could wait: the refusal read the body to answer with the request's id.
+        assert message_of(resp)["id"] == 5, resp.text
     time.sleep(0.2)
     assert not [r for r in alpha.requests_log() if r["rpc_method"] is not None], alpha.requests_log()
 
