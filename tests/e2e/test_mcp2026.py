@@ -165,7 +165,11 @@ def test_header_body_mismatch_is_32020_and_nothing_reaches_the_upstream(gw: Gate
         # The headers could wait: the refusal read the body to answer with the request's id.
         assert message_of(resp)["id"] == 5, resp.text
     time.sleep(0.2)
-    assert not [r for r in alpha.requests_log() if r["rpc_method"] is not None], alpha.requests_log()
+    # (In the wasm_plugin install the gateway may have opened its bridged upstream session in the
+    # headers phase: initialize and notifications/initialized are its own, not the client's request.)
+    reached = [r for r in alpha.requests_log()
+               if r["rpc_method"] not in (None, "initialize", "notifications/initialized")]
+    assert not reached, reached
 
 
 def test_meta_is_required_and_must_match_the_header(gw: Gateway):
