@@ -188,6 +188,12 @@ pub struct ServerConfig {
     /// derived from them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Box<RawValue>>,
+    /// The MCP revisions the server speaks, as discovery found them (its `server/discover`
+    /// `supportedVersions`, or the version its `initialize` negotiated); empty: unknown, the
+    /// session era assumed. With `2026-07-28` listed, stateless clients' calls go to it as they
+    /// are (no upstream session: the cheapest path); otherwise they are bridged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protocol_versions: Vec<String>,
 }
 
 /// The MCP endpoint's path unless the document says otherwise.

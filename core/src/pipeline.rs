@@ -393,28 +393,31 @@ impl Request {
     ) -> Result<Action, GatewayError> {
         let catalog = Rc::clone(&self.catalog);
         let name = expect.name.clone().unwrap_or_default();
-        let (server, method, tool) = match expect.method.as_str() {
+        let (server, method, tool, upstream_name) = match expect.method.as_str() {
             "tools/call" => {
                 let (route, _) = catalog
                     .route(&name)
                     .ok_or_else(|| GatewayError::invalid_params(format!("Unknown tool: {name}")))?;
-                (
-                    route.server,
-                    "tools/call",
-                    Some(route.upstream_name.clone()),
-                )
+                let upstream = route.upstream_name.clone();
+                (route.server, "tools/call", Some(upstream.clone()), upstream)
             }
             "prompts/get" => {
                 let (route, _) = catalog.prompt_route(&name).ok_or_else(|| {
                     GatewayError::invalid_params(format!("Unknown prompt: {name}"))
                 })?;
-                (route.server, "prompts/get", None)
+                (
+                    route.server,
+                    "prompts/get",
+                    None,
+                    route.upstream_name.clone(),
+                )
             }
             "resources/read" => {
-                let (server, _) = catalog
+                let (server, upstream) = catalog
                     .resource_route(&name)
                     .ok_or_else(|| GatewayError::resource_not_found(&name))?;
-                (server, "resources/read", None)
+                let upstream = upstream.unwrap_or_else(|| name.clone());
+                (server, "resources/read", None, upstream)
             }
             "completion/complete" => {
                 return Err(GatewayError::headers_only().because("headers_only_completion"))
@@ -433,6 +436,7 @@ impl Request {
             server,
             method: Some(method),
             tool,
+            name: Some(upstream_name),
             body: Vec::new(),
             received_len: 0,
             session: self.bridge_session(host),
@@ -1130,13 +1134,19 @@ impl Request {
         let Pending { call, then } = pending;
         match then {
             AfterOpening::Forward | AfterOpening::Replay { .. } => {
-                self.forward(host, call, upstream, cached);
+                self.forward(
+                    host,
+                    call,
+                    upstream,
+                    cached && !upstream.session_id.is_empty(),
+                );
             }
             AfterOpening::Headers { expect } => {
                 if self.set_route_headers(host, &call, upstream, None) {
                     host.clear_route_cache();
                 }
-                let cached = cached.then(|| upstream.session_id.clone());
+                let cached = (cached && !upstream.session_id.is_empty())
+                    .then(|| upstream.session_id.clone());
                 self.stage = Stage::Stateless {
                     expect,
                     routed: Some((call, cached)),
@@ -1156,6 +1166,15 @@ impl Request {
     ) -> Result<Obtained, GatewayError> {
         let catalog = Rc::clone(&self.catalog);
         let server = server_of(&catalog, pending.call.server)?;
+        if self.stateless
+            && server
+                .protocol_versions
+                .iter()
+                .any(|v| v == stateless::VERSION)
+        {
+            // A stateless client and an upstream that speaks its revision: no session at all.
+            return Ok(Obtained::Ready(pending, UpstreamSession::stateless()));
+        }
         let slots = catalog.limits.upstream_session_slots;
         let client = &pending.call.session.id;
         let cached = |host: &dyn Host| {
@@ -1279,7 +1298,10 @@ impl Request {
         // call per name actually present. Envoy still needs x-forwarded-proto to pick the route,
         // which then removes it.
         for (i, (name, _)) in self.headers.iter().enumerate() {
-            if allowed.allows(name) || ROUTING_ONLY_HEADERS.contains(&name.as_str()) {
+            // A stateless upstream gets the routing headers (set below to its own names).
+            let routing = upstream.protocol_version == stateless::VERSION
+                && matches!(name.as_str(), "mcp-method" | "mcp-name");
+            if routing || allowed.allows(name) || ROUTING_ONLY_HEADERS.contains(&name.as_str()) {
                 continue;
             }
             // A name sent twice was removed with its first copy.
@@ -1318,6 +1340,15 @@ impl Request {
             set("x-mcp-method", method.as_bytes());
         }
         set("mcp-protocol-version", upstream.protocol_version.as_bytes());
+        if upstream.protocol_version == stateless::VERSION {
+            // The upstream checks the routing headers against the body: the names it knows.
+            if let Some(method) = call.method {
+                set("mcp-method", method.as_bytes());
+            }
+            if let Some(name) = &call.name {
+                set("mcp-name", stateless::encode_value(name).as_bytes());
+            }
+        }
         if !upstream.session_id.is_empty() {
             set("mcp-session-id", upstream.session_id.as_bytes());
         }
@@ -2095,6 +2126,7 @@ pub(crate) fn answer_call(
         server,
         method: None,
         tool: None,
+        name: None,
         body,
         received_len,
         session,

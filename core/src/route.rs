@@ -20,6 +20,8 @@ pub(crate) struct Call {
     pub(crate) method: Option<&'static str>,
     /// The tool's name upstream (`tools/call` only), sent as `x-mcp-toolname`.
     pub(crate) tool: Option<String>,
+    /// The name (or URI) the upstream knows the target by: `Mcp-Name` of a stateless call.
+    pub(crate) name: Option<String>,
     /// The rewritten body (kept to retry once when a cached upstream session has expired).
     pub(crate) body: Vec<u8>,
     /// The body buffered by Envoy, which the rewrite replaces.
@@ -34,6 +36,7 @@ pub(crate) struct Destination {
     method: &'static str,
     rewrite: Option<(std::ops::Range<usize>, String)>,
     tool: Option<String>,
+    name: Option<String>,
 }
 
 impl Destination {
@@ -99,6 +102,7 @@ impl Destination {
             rewrite: jsonrpc::span_in(text, raw.get())
                 .map(|span| (span, route.upstream_name_json.clone())),
             tool: tool.then(|| route.upstream_name.clone()),
+            name: Some(route.upstream_name.clone()),
         }
     }
 
@@ -112,6 +116,7 @@ impl Destination {
         let (server, upstream_uri) = catalog
             .resource_route(uri)
             .ok_or_else(|| GatewayError::resource_not_found(uri))?;
+        let name = Some(upstream_uri.clone().unwrap_or_else(|| uri.to_owned()));
         let rewrite = match upstream_uri {
             None => None,
             Some(upstream) => Some((
@@ -125,6 +130,7 @@ impl Destination {
             method,
             rewrite,
             tool: None,
+            name,
         })
     }
 
@@ -145,6 +151,7 @@ impl Destination {
             server: self.server,
             method: Some(self.method),
             tool: self.tool,
+            name: self.name,
             body,
             received_len,
             session,

@@ -272,3 +272,43 @@ def test_typescript_client_2026_mode(gw: Gateway, expected_tools, how: str):
     assert out["version"] == V2026, out
     assert sorted(out["names"]) == sorted(expected_tools)
     assert out["text"] == "beta: sdk".replace("sdk", "ts")
+
+
+# ------------------------------------------------ 2026 upstreams: no upstream session at all
+
+@pytest.fixture(scope="module", params=["envoy_filter", "wasm_plugin"])
+def native_gateway(request, workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
+    """The same upstreams recorded as speaking 2026-07-28 (the Python `mcp` 2.3.0 servers serve both eras):
+    stateless clients' calls go to them as they are."""
+    doc = make_document(upstreams, catalogs)
+    for server in doc["servers"]:
+        server["protocol_versions"] = [V2026, "2025-11-25"]
+    gw = Gateway(workdir, upstreams=list(upstreams.values()), name=f"envoy-native-{request.param}",
+                 validate=True, plugin_config={"document": doc}, install=request.param)
+    try:
+        gw.start()
+    except harness.HarnessError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield gw
+    gw.stop()
+
+
+@pytest.mark.parametrize("tool,expected", [("alpha_echo", "alpha: native"), ("beta_echo", "beta: native")])
+def test_2026_upstreams_are_called_statelessly(native_gateway: Gateway, upstreams, tool: str, expected: str):
+    server = upstreams[tool.split("_")[0]]
+    server.clear_log()
+    resp = post(native_gateway.url, "tools/call", {"name": tool, "arguments": {"text": "native"}}, name=tool)
+    assert resp.status_code == 200, describe(resp)
+    assert message_of(resp)["result"]["content"][0]["text"] == expected
+    log = server.requests_log()
+    assert [r["rpc_method"] for r in log] == ["tools/call"], log  # no initialize: no session
+    h = log[0]["headers"]
+    assert "mcp-session-id" not in h, h
+    assert h["mcp-protocol-version"] == V2026 and h["mcp-method"] == "tools/call", h
+    assert h["mcp-name"] == "echo", h  # the upstream's own name, in the header as in the body
+
+
+def test_python_client_through_2026_upstreams(native_gateway: Gateway, expected_tools):
+    version, names, text = run_client(native_gateway.url, V2026)
+    assert (version, text) == (V2026, "beta: sdk")
+    assert sorted(names) == sorted(expected_tools)
