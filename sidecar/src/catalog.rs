@@ -26,6 +26,9 @@ pub struct ServerLists {
     pub capabilities: Option<String>,
     /// `serverInfo.name`/`version` as the server reported them, for the status page.
     pub server_info: Option<String>,
+    /// The MCP revisions the server speaks: its `server/discover` `supportedVersions` when it
+    /// answers one, else the version its `initialize` negotiated.
+    pub protocol_versions: Vec<String>,
 }
 
 /// One listed definition: its key (tool/prompt name, resource URI) and its JSON text.
@@ -317,6 +320,7 @@ fn server_config(
             .capabilities
             .as_ref()
             .and_then(|c| serde_json::value::RawValue::from_string(c.clone()).ok()),
+        protocol_versions: lists.protocol_versions.clone(),
     }
 }
 

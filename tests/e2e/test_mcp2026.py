@@ -312,3 +312,62 @@ def test_python_client_through_2026_upstreams(native_gateway: Gateway, expected_
     version, names, text = run_client(native_gateway.url, V2026)
     assert (version, text) == (V2026, "beta: sdk")
     assert sorted(names) == sorted(expected_tools)
+
+
+# ------------------------------------- the sidecar's wasm_plugin install, generated end to end
+
+@pytest.fixture(scope="module")
+def sidecar_wasm_plugin(workdir: Path, upstreams):
+    """mcpgw-sidecar with `envoy.install: wasm_plugin`: its bootstrap (no allow_on_headers_stop_iteration),
+    its xDS, its discovery (which records each upstream's revisions)."""
+    from sidecar_harness import Sidecar, SidecarGateway, base_config, envoy_settings
+
+    d = workdir / "sidecar-wasmplugin"
+    d.mkdir(exist_ok=True)
+    envoy, _, _ = envoy_settings()
+    cfg = base_config(harness.free_port(), d / "xds", **envoy, install="wasm_plugin")
+    cfg["servers"] = [{"name": "beta", "url": upstreams["beta"].url,
+                       "credential": {"env": "BETA_TOKEN"}, "prefix": "beta_"}]
+    sc = Sidecar(d, cfg, env={"BETA_TOKEN": "beta-secret"})
+    gw = SidecarGateway(d, sc)
+    try:
+        sc.start()
+        sc.wait_state("beta", "serving")
+        gw.start()
+    except harness.HarnessError as e:
+        gw.stop()
+        sc.stop()
+        pytest.fail(str(e), pytrace=False)
+    yield sc, gw
+    gw.stop()
+    sc.stop()
+
+
+def test_sidecar_records_revisions_and_serves_the_wasm_plugin_install(sidecar_wasm_plugin, upstreams):
+    sc, gw = sidecar_wasm_plugin
+    bootstrap = gw.config_path.read_text()
+    assert "mcpgw.wasm" in bootstrap and "allow_on_headers_stop_iteration" not in bootstrap
+    status, _, doc = sc.document()
+    assert status == 200, status
+    versions = doc["servers"][0]["protocol_versions"]
+    assert V2026 in versions and "2025-11-25" in versions, versions
+    # Discover (held on the sidecar's POST route while the plugin reads the body) and a native call.
+    deadline = time.monotonic() + 15
+    while True:
+        resp = post(gw.url, "server/discover")
+        if resp.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert resp.status_code == 200, describe(resp)
+    assert message_of(resp)["result"]["supportedVersions"][0] == V2026
+    upstreams["beta"].clear_log()
+    resp = post(gw.url, "tools/call", {"name": "beta_echo", "arguments": {"text": "sc"}}, name="beta_echo")
+    assert resp.status_code == 200, describe(resp)
+    assert message_of(resp)["result"]["content"][0]["text"] == "beta: sc"
+    log = upstreams["beta"].requests_log()
+    assert [r["rpc_method"] for r in log] == ["tools/call"], log
+    assert "mcp-session-id" not in log[0]["headers"]
+    # A 2025 client: refused at once, with the reason.
+    resp = httpx.post(gw.url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers={"accept": ACCEPT},
+                      timeout=10)
+    error_of(resp, 400, -32600)
