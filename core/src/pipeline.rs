@@ -1166,13 +1166,27 @@ impl Request {
     ) -> Result<Obtained, GatewayError> {
         let catalog = Rc::clone(&self.catalog);
         let server = server_of(&catalog, pending.call.server)?;
-        if self.stateless
-            && server
-                .protocol_versions
-                .iter()
-                .any(|v| v == stateless::VERSION)
-        {
-            // A stateless client and an upstream that speaks its revision: no session at all.
+        let speaks_2026 = server
+            .protocol_versions
+            .iter()
+            .any(|v| v == stateless::VERSION);
+        let speaks_2025 = server
+            .protocol_versions
+            .iter()
+            .any(|v| SUPPORTED_PROTOCOL_VERSIONS.contains(&v.as_str()));
+        if speaks_2026 && (self.stateless || !speaks_2025) {
+            // No upstream session at all: a stateless client's call goes as it is; a session
+            // client's call to an upstream that speaks only 2026-07-28 gets the `_meta` that
+            // revision requires (its routing headers are set on forwarding).
+            let mut pending = pending;
+            if !self.stateless {
+                let claims = &pending.call.session.claims;
+                pending.call.body = stateless::with_meta(
+                    &pending.call.body,
+                    claims.caps.as_deref(),
+                    claims.info.as_deref(),
+                )?;
+            }
             return Ok(Obtained::Ready(pending, UpstreamSession::stateless()));
         }
         let slots = catalog.limits.upstream_session_slots;

@@ -227,6 +227,58 @@ pub fn discover_result(catalog: &Catalog) -> String {
     )
 }
 
+/// A session-era client's request made a 2026-07-28 one for an upstream that speaks only that
+/// revision: `params._meta` gets the protocol version, the client's capabilities and clientInfo
+/// (from its session); the rest of the body is kept byte for byte.
+pub fn with_meta(
+    body: &[u8],
+    capabilities: Option<&RawValue>,
+    client_info: Option<&RawValue>,
+) -> Result<Vec<u8>, GatewayError> {
+    #[derive(Deserialize)]
+    struct Message<'a> {
+        #[serde(borrow, default)]
+        params: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow, default, rename = "_meta")]
+        meta: Option<&'a RawValue>,
+    }
+    let bad = || {
+        GatewayError::invalid_request("Invalid Request: cannot add _meta for a 2026-07-28 upstream")
+    };
+    let text = std::str::from_utf8(body).map_err(|_| bad())?;
+    let keys = format!(
+        "\"{META_VERSION}\":\"{VERSION}\",\"{META_CAPABILITIES}\":{},\"io.modelcontextprotocol/clientInfo\":{}",
+        capabilities.map_or("{}", RawValue::get),
+        client_info.map_or("{\"name\":\"mcpgw\",\"version\":\"0\"}", RawValue::get)
+    );
+    let message: Message<'_> = serde_json::from_str(text).map_err(|_| bad())?;
+    let params = message
+        .params
+        .filter(|p| p.get().starts_with('{'))
+        .ok_or_else(bad)?;
+    let parsed: Params<'_> = serde_json::from_str(params.get()).map_err(|_| bad())?;
+    // Insert right after the opening brace of `_meta` (or of params, with a new `_meta`).
+    let (outer, inserted) = match parsed.meta.filter(|m| m.get().starts_with('{')) {
+        Some(meta) if meta.get().contains(META_VERSION) => return Ok(body.to_vec()),
+        Some(meta) => (meta.get(), keys),
+        None => (params.get(), format!("\"_meta\":{{{keys}}}")),
+    };
+    let span = jsonrpc::span_in(text, outer).ok_or_else(bad)?;
+    let inner = outer.get(1..).ok_or_else(bad)?;
+    let separator = if inner.trim_start().starts_with('}') {
+        ""
+    } else {
+        ","
+    };
+    let replacement = format!("{{{inserted}{separator}{inner}");
+    jsonrpc::splice(text, span, &replacement)
+        .map(String::into_bytes)
+        .ok_or_else(bad)
+}
+
 /// HMAC-SHA-256 (RFC 2104).
 pub fn hmac_sha256(key: &[u8], message: &[&[u8]]) -> [u8; 32] {
     let mut block = [0u8; 64];
@@ -318,6 +370,32 @@ mod tests {
         assert_eq!(e.name.as_deref(), Some("é"));
         assert_eq!(encode_value("é"), "=?base64?w6k=?=");
         assert_eq!(encode_value("a_echo"), "a_echo");
+    }
+
+    #[test]
+    fn session_calls_get_the_2026_meta() {
+        let out = |body: &str| {
+            String::from_utf8(with_meta(body.as_bytes(), None, None).unwrap()).unwrap()
+        };
+        let v: serde_json::Value = serde_json::from_str(&out(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"a":1}}}"#,
+        ))
+        .unwrap();
+        assert_eq!(v["params"]["_meta"][META_VERSION], VERSION);
+        assert_eq!(v["params"]["arguments"]["a"], 1);
+        let v: serde_json::Value = serde_json::from_str(&out(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"e","_meta":{"progressToken":7}}}"#,
+        ))
+        .unwrap();
+        assert_eq!(v["params"]["_meta"]["progressToken"], 7);
+        assert_eq!(
+            v["params"]["_meta"][META_CAPABILITIES],
+            serde_json::json!({})
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&out(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{}}"#))
+                .unwrap();
+        assert_eq!(v["params"]["_meta"][META_VERSION], VERSION);
     }
 
     #[test]

@@ -371,3 +371,43 @@ def test_sidecar_records_revisions_and_serves_the_wasm_plugin_install(sidecar_wa
     resp = httpx.post(gw.url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers={"accept": ACCEPT},
                       timeout=10)
     error_of(resp, 400, -32600)
+
+
+# ------------------------------------------------- 2025 clients and an upstream that speaks only 2026
+
+@pytest.fixture(scope="module")
+def modern_only_gateway(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
+    """alpha recorded as speaking only 2026-07-28: session clients' calls are translated for it."""
+    doc = make_document(upstreams, catalogs)
+    for server in doc["servers"]:
+        if server["name"] == "alpha":
+            server["protocol_versions"] = [V2026]
+    gw = Gateway(workdir, upstreams=list(upstreams.values()), name="envoy-modern-only", validate=True,
+                 plugin_config={"document": doc})
+    try:
+        gw.start()
+    except harness.HarnessError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield gw
+    gw.stop()
+
+
+def test_2025_client_calls_a_2026_only_upstream(modern_only_gateway: Gateway, upstreams):
+    from rpc import Rpc, tool_text
+
+    alpha = upstreams["alpha"]
+    alpha.clear_log()
+    with Rpc(modern_only_gateway.url) as c:
+        c.initialize("2025-11-25")
+        for text in ("one", "two"):
+            resp, msg = c.call_tool("alpha_echo", {"text": text})
+            assert resp.status_code == 200, describe(resp)
+            assert tool_text(msg) == f"alpha: {text}"
+            assert resp.headers.get("mcp-session-id") == c.session  # the client's own session
+        c.delete()
+    log = alpha.requests_log()
+    assert [r["rpc_method"] for r in log] == ["tools/call", "tools/call"], log  # never initialized
+    for r in log:
+        h = r["headers"]
+        assert "mcp-session-id" not in h and h["mcp-protocol-version"] == V2026, h
+        assert h["mcp-method"] == "tools/call" and h["mcp-name"] == "echo", h
