@@ -739,7 +739,11 @@ mod tests {
         let answer = request(sidecar.addr, "GET", "/mcp", &[&right]);
         assert_eq!(answer.status, 200, "{}", answer.head);
         assert_eq!(answer.header("content-type"), Some("text/event-stream"));
-        assert_eq!(request(sidecar.addr, "POST", "/mcp", &[]).status, 405);
+        // A POST is held for the plugin's wasm_plugin install; one whose body does arrive (no
+        // plugin in the chain) gets a JSON-RPC error, not a hang.
+        let post = request(sidecar.addr, "POST", "/mcp", &[]);
+        assert_eq!(post.status, 503, "{}", post.head);
+        assert_eq!(post.header("content-type"), Some("application/json"));
         assert_eq!(request(sidecar.addr, "GET", "/elsewhere", &[]).status, 404);
     }
 
