@@ -50,7 +50,7 @@ enum AfterOpening {
     /// An MCP 2026-07-28 call routed on its headers alone (installed without
     /// `allow_on_headers_stop_iteration`): set the routing headers and let the headers go on;
     /// the body, checked against `expect`, follows (see [`Stage::Stateless`]).
-    Headers { expect: Expect },
+    Headers { expect: Box<Expect> },
 }
 
 impl AfterOpening {
@@ -443,7 +443,9 @@ impl Request {
         };
         let pending = Pending {
             call,
-            then: AfterOpening::Headers { expect },
+            then: AfterOpening::Headers {
+                expect: Box::new(expect),
+            },
         };
         match self.obtain_session(host, pending, None)? {
             Obtained::Ready(pending, upstream) => {
@@ -1148,7 +1150,7 @@ impl Request {
                 let cached = (cached && !upstream.session_id.is_empty())
                     .then(|| upstream.session_id.clone());
                 self.stage = Stage::Stateless {
-                    expect,
+                    expect: *expect,
                     routed: Some((call, cached)),
                 };
             }

@@ -171,9 +171,7 @@ fn mismatch(message: impl Into<Cow<'static, str>>) -> GatewayError {
 /// -32022, HTTP 400, with the versions the gateway speaks.
 pub fn unsupported_version(requested: &[u8]) -> GatewayError {
     let requested = String::from_utf8_lossy(requested);
-    let supported: Vec<String> = supported_versions()
-        .map(|v| jsonrpc::json_string(v))
-        .collect();
+    let supported: Vec<String> = supported_versions().map(jsonrpc::json_string).collect();
     let mut error = GatewayError::unsupported_protocol_version(&requested);
     error.code = UNSUPPORTED_VERSION;
     error.data = Some(format!(
@@ -282,10 +280,15 @@ pub fn with_meta(
 /// HMAC-SHA-256 (RFC 2104).
 pub fn hmac_sha256(key: &[u8], message: &[&[u8]]) -> [u8; 32] {
     let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&Sha256::digest(key));
+    let hashed;
+    let key = if key.len() > 64 {
+        hashed = Sha256::digest(key);
+        hashed.as_slice()
     } else {
-        block[..key.len()].copy_from_slice(key);
+        key
+    };
+    for (b, k) in block.iter_mut().zip(key) {
+        *b = *k;
     }
     let pad = |byte: u8| block.map(|b| b ^ byte);
     let mut inner = Sha256::new();

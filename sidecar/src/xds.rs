@@ -382,16 +382,17 @@ pub fn bootstrap(settings: &Settings, xds_dir: &Path, options: &BootstrapOptions
         // wait for the body; the WasmPlugin shape cannot, and tells the plugin so.
         match settings.envoy.install {
             Install::EnvoyFilter => {
-                config["allow_on_headers_stop_iteration"] = json!(true);
+                insert(&mut config, "allow_on_headers_stop_iteration", json!(true));
             }
             Install::WasmPlugin => {
-                plugin_configuration["install"] = json!("wasm_plugin");
+                insert(&mut plugin_configuration, "install", json!("wasm_plugin"));
             }
         }
-        config["configuration"] = json!({
+        let configuration = json!({
             "@type": "type.googleapis.com/google.protobuf.StringValue",
             "value": plugin_configuration.to_string(),
         });
+        insert(&mut config, "configuration", configuration);
         filters.push(json!({
             "name": "envoy.filters.http.wasm",
             "typed_config": {
@@ -440,6 +441,13 @@ pub fn bootstrap(settings: &Settings, xds_dir: &Path, options: &BootstrapOptions
             ],
         },
     })
+}
+
+/// Sets `key` of a JSON object (anything else is left alone).
+fn insert(object: &mut Value, key: &str, value: Value) {
+    if let Some(map) = object.as_object_mut() {
+        map.insert(key.into(), value);
+    }
 }
 
 /// A static cluster to the sidecar.
