@@ -34,6 +34,7 @@ use tokio::time::{timeout_at, Instant};
 use crate::engine::{ListKind, Outputs, Published};
 use crate::settings::PluginToken;
 use crate::streams::{self, Registration, Registry};
+use mcpgw_core::config::Install;
 
 /// Longest hold of a long poll, whatever the client asks.
 pub const MAX_WAIT: Duration = Duration::from_secs(120);
@@ -410,7 +411,7 @@ async fn mcp_stream(State(state): State<AppState>, request: Request) -> Response
     if request.uri().path() != settings.gateway.0.mcp_path {
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
     }
-    if request.method() == Method::POST {
+    if request.method() == Method::POST && settings.envoy.install == Install::WasmPlugin {
         return held_post(request).await;
     }
     if request.method() != Method::GET {
@@ -739,11 +740,8 @@ mod tests {
         let answer = request(sidecar.addr, "GET", "/mcp", &[&right]);
         assert_eq!(answer.status, 200, "{}", answer.head);
         assert_eq!(answer.header("content-type"), Some("text/event-stream"));
-        // A POST is held for the plugin's wasm_plugin install; one whose body does arrive (no
-        // plugin in the chain) gets a JSON-RPC error, not a hang.
-        let post = request(sidecar.addr, "POST", "/mcp", &[]);
-        assert_eq!(post.status, 503, "{}", post.head);
-        assert_eq!(post.header("content-type"), Some("application/json"));
+        // (Only the wasm_plugin install holds POSTs here: tests/e2e/test_mcp2026.py.)
+        assert_eq!(request(sidecar.addr, "POST", "/mcp", &[]).status, 405);
         assert_eq!(request(sidecar.addr, "GET", "/elsewhere", &[]).status, 404);
     }
 

@@ -371,6 +371,9 @@ def test_sidecar_records_revisions_and_serves_the_wasm_plugin_install(sidecar_wa
     resp = httpx.post(gw.url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers={"accept": ACCEPT},
                       timeout=10)
     error_of(resp, 400, -32600)
+    # Should a body ever reach the sidecar's held route (no plugin in the chain): an error, not a hang.
+    error_of(httpx.post(f"{sc.base}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, timeout=5),
+             503, -32603)
 
 
 # ------------------------------------------------- 2025 clients and an upstream that speaks only 2026
