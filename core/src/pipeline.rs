@@ -594,6 +594,13 @@ impl Request {
             Some(token) => host.set_response_header("mcp-session-id", token),
             None => host.remove_response_header("mcp-session-id"),
         }
+        // A stateless client's result from a session-era upstream needs its `resultType`; a
+        // 2026-07-28 upstream's answer passes as it is.
+        let complete = self.stateless
+            && !self
+                .catalog
+                .server(call.server)
+                .is_some_and(|s| s.protocol_versions.iter().any(|v| v == stateless::VERSION));
         if is_event_stream(host.response_header("content-type").as_deref()) {
             let server = self.catalog.server(call.server);
             let relay = SseRelay::new(
@@ -601,7 +608,7 @@ impl Request {
                 server.is_some_and(|s| !s.prefix.is_empty()),
                 call.method,
             )
-            .completing_results(self.stateless);
+            .completing_results(complete);
             // Events may change length on the way.
             host.remove_response_header("content-length");
             self.stage = Stage::Relaying { relay };
@@ -611,13 +618,13 @@ impl Request {
                     .catalog
                     .server(call.server)
                     .is_some_and(|s| !s.prefix.is_empty());
-            if map_uris || self.stateless {
+            if map_uris || complete {
                 host.remove_response_header("content-length");
                 self.stage = Stage::RewritingResult {
                     server: call.server,
                     method: call.method,
                     map_uris,
-                    complete: self.stateless,
+                    complete,
                 };
             }
         }
