@@ -312,6 +312,10 @@ def plugin_document(group: str, tools: dict[int, list], key: str) -> dict:
             "authority": f"s{i + 1}.{group}.mcp.local", "path": "/mcp",
             "cluster": upstream_cluster(group, i), "host": f"{HOST}:{port}",
             "tools": tools[port],
+            # The echo upstream checks no session and answers any tools/call, so it serves stateless
+            # calls too: recorded as speaking both eras, call2026 measures the gateway's native 2026
+            # path (no upstream session), while the session-era workloads keep their sessions.
+            **({"protocol_versions": ["2026-07-28", PROTOCOL]} if group == "call" else {}),
         })
     return {"document": {
         "version": "1",

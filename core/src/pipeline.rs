@@ -439,7 +439,7 @@ impl Request {
             name: Some(upstream_name),
             body: Vec::new(),
             received_len: 0,
-            session: self.bridge_session(host),
+            session: self.bridge_session(host, server),
         };
         let pending = Pending {
             call,
@@ -519,7 +519,7 @@ impl Request {
             }
             routed @ ("tools/call" | "prompts/get" | "resources/read" | "completion/complete") => {
                 let destination = Destination::of(&catalog, text, routed, &params)?;
-                let session = self.bridge_session(host);
+                let session = self.bridge_session(host, destination.server());
                 self.route(host, destination.into_call(text, body.len(), session)?)
             }
             other => Err(GatewayError::method_not_found(other)),
@@ -529,8 +529,17 @@ impl Request {
     /// The client session a stateless client's calls share on session-era upstreams: named by
     /// a keyed MAC of its credential (see [`stateless::bridge_id`]), opened at
     /// [`stateless::BRIDGE_VERSION`].
-    fn bridge_session(&self, host: &dyn Host) -> Rc<Session> {
-        let id = stateless::bridge_id(self.catalog.keys.bridge_key(), self.header("authorization"));
+    /// For an upstream that speaks 2026-07-28 no session is opened, so none is named (no MAC).
+    fn bridge_session(&self, host: &dyn Host, server: usize) -> Rc<Session> {
+        let native = self
+            .catalog
+            .server(server)
+            .is_some_and(|s| s.protocol_versions.iter().any(|v| v == stateless::VERSION));
+        let id = if native {
+            String::new()
+        } else {
+            stateless::bridge_id(self.catalog.keys.bridge_key(), self.header("authorization"))
+        };
         Rc::new(Session {
             id,
             claims: Claims {

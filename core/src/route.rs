@@ -134,6 +134,11 @@ impl Destination {
         })
     }
 
+    /// The server the request goes to.
+    pub(crate) fn server(&self) -> usize {
+        self.server
+    }
+
     /// The call with its body rewritten for the upstream.
     pub(crate) fn into_call(
         self,
