@@ -620,6 +620,10 @@ impl Request {
             .completing_results(complete);
             // Events may change length on the way.
             host.remove_response_header("content-length");
+            if self.stateless {
+                // 2026-07-28: a response stream must not be buffered by intermediaries.
+                host.set_response_header("x-accel-buffering", b"no");
+            }
             self.stage = Stage::Relaying { relay };
         } else {
             let map_uris = call.method == Some("resources/read")

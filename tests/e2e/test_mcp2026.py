@@ -119,6 +119,8 @@ def test_tools_call_is_bridged_to_a_session_era_upstream(gw: Gateway, upstreams,
         assert "mcp-session-id" not in resp.headers, resp.headers
         msg = message_of(resp)
         assert msg["result"]["content"][0]["text"] == expected, msg
+        if resp.headers["content-type"].startswith("text/event-stream"):
+            assert resp.headers.get("x-accel-buffering") == "no", resp.headers
     calls = [r for r in server.requests_log() if r["rpc_method"] == "tools/call"]
     assert len(calls) == 2, calls
     # One bridged upstream session for both stateless calls, at the session-era version; the
