@@ -99,12 +99,17 @@ const LOG_LEVELS: [&str; 8] = [
 
 /// Headers only the gateway may set (client copies are removed on every path): the routing
 /// headers upstream routes match on, and the client session a vouched notification stream is for.
-const ROUTING_HEADERS: [&str; 4] = [
+const ROUTING_HEADERS: [&str; 5] = [
     "x-mcp-servername",
     "x-mcp-toolname",
     "x-mcp-method",
     SESSION_HEADER,
+    LISTEN_HEADER,
 ];
+
+/// Marks an MCP 2026-07-28 `subscriptions/listen` the plugin vouched for: the route to the
+/// sidecar, which serves the subscription stream, matches it.
+pub const LISTEN_HEADER: &str = "x-mcpgw-listen";
 
 /// Names the client session on a notification stream the plugin vouched for (the sidecar merges
 /// that session's upstream GET streams into it).
@@ -422,6 +427,15 @@ impl Request {
             "completion/complete" => {
                 return Err(GatewayError::headers_only().because("headers_only_completion"))
             }
+            "subscriptions/listen" => {
+                // The sidecar serves the stream; the body follows once checked.
+                self.vouch_listen(host)?;
+                self.stage = Stage::Stateless {
+                    expect,
+                    routed: None,
+                };
+                return Ok(Action::Continue);
+            }
             _ => {
                 // Answered by the gateway once the body is read; meanwhile the default route
                 // holds the request (its body never leaves the plugin).
@@ -501,6 +515,12 @@ impl Request {
             return Ok(Action::Continue);
         }
         match method.as_ref() {
+            // Vouched for in the headers phase already (headers-only install): the body goes on.
+            "subscriptions/listen" if self.headers_only => Ok(Action::Continue),
+            "subscriptions/listen" => {
+                self.vouch_listen(host)?;
+                Ok(Action::Continue)
+            }
             "server/discover" => {
                 let result = stateless::discover_result(&catalog);
                 Ok(self.reply_result(host, &result))
@@ -524,6 +544,37 @@ impl Request {
             }
             other => Err(GatewayError::method_not_found(other)),
         }
+    }
+
+    /// A `subscriptions/listen` goes to the sidecar, which merges the catalog's changes into one
+    /// stream per listener: the client's credential is replaced by the plugin's, and the route
+    /// to the sidecar matches [`LISTEN_HEADER`]. Without a sidecar there is nothing to listen to.
+    fn vouch_listen(&mut self, host: &mut dyn Host) -> Result<(), GatewayError> {
+        let Some(sidecar) = self.sidecar.clone() else {
+            return Err(GatewayError::method_not_found("subscriptions/listen"));
+        };
+        for (i, (name, _)) in self.headers.iter().enumerate() {
+            let keep = matches!(
+                name.as_str(),
+                ":method"
+                    | ":path"
+                    | ":scheme"
+                    | ":authority"
+                    | "content-type"
+                    | "accept"
+                    | "content-length"
+                    | "mcp-protocol-version"
+                    | "mcp-method"
+                    | "x-forwarded-proto"
+            );
+            if !keep && !self.headers.iter().take(i).any(|(n, _)| n == name) {
+                host.remove_request_header(name);
+            }
+        }
+        host.set_request_header("authorization", sidecar.authorization.as_bytes());
+        host.set_request_header(LISTEN_HEADER, b"1");
+        host.clear_route_cache();
+        Ok(())
     }
 
     /// The client session a stateless client's calls share on session-era upstreams: named by

@@ -182,13 +182,23 @@ pub fn route_configuration(settings: &Settings) -> Value {
             })
         })
         .collect();
-    let mut default_routes = vec![json!({
+    let mut default_routes = vec![
+        // MCP 2026-07-28 `subscriptions/listen`, vouched for by the plugin: the sidecar serves it.
+        json!({
+            "match": {
+                "path": settings.gateway.0.mcp_path,
+                "headers": [{"name": "x-mcpgw-listen", "present_match": true}],
+            },
+            "route": {"cluster": SIDECAR_STREAMS_CLUSTER, "timeout": "0s"},
+        }),
+        json!({
         "match": {
             "path": settings.gateway.0.mcp_path,
             "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
         },
         "route": {"cluster": SIDECAR_STREAMS_CLUSTER, "timeout": "0s"},
-    })];
+        }),
+    ];
     if settings.envoy.install == Install::WasmPlugin {
         // Installed without allow_on_headers_stop_iteration, the plugin cannot hold the headers
         // of a request it answers itself (server/discover, lists) while it reads the body: they
@@ -598,12 +608,16 @@ servers:
             "gamma forwards x-forwarded-proto"
         );
         assert_eq!(hosts[3]["domains"][0], "*");
-        assert_eq!(hosts[3]["routes"][0]["match"]["path"], "/mcp");
+        // subscriptions/listen the plugin vouched for, then the GET notification stream.
+        for route in hosts[3]["routes"].as_array().unwrap().iter().take(2) {
+            assert_eq!(route["match"]["path"], "/mcp");
+            assert_eq!(route["route"]["cluster"], SIDECAR_STREAMS_CLUSTER);
+        }
         assert_eq!(
-            hosts[3]["routes"][0]["route"]["cluster"],
-            SIDECAR_STREAMS_CLUSTER
+            hosts[3]["routes"][0]["match"]["headers"][0]["name"],
+            "x-mcpgw-listen"
         );
-        assert_eq!(hosts[3]["routes"][1]["direct_response"]["status"], 404);
+        assert_eq!(hosts[3]["routes"][2]["direct_response"]["status"], 404);
     }
 
     #[test]

@@ -318,19 +318,18 @@ def test_python_client_through_2026_upstreams(native_gateway: Gateway, expected_
 
 # ------------------------------------- the sidecar's wasm_plugin install, generated end to end
 
-@pytest.fixture(scope="module")
-def sidecar_wasm_plugin(workdir: Path, upstreams):
-    """mcpgw-sidecar with `envoy.install: wasm_plugin`: its bootstrap (no allow_on_headers_stop_iteration),
-    its xDS, its discovery (which records each upstream's revisions)."""
+def sidecar_stack(workdir: Path, upstreams, install: str, tag: str):
+    """mcpgw-sidecar with `envoy.install: INSTALL`: its bootstrap, its xDS, its discovery (which records
+    each upstream's revisions), beta behind it."""
     from sidecar_harness import Sidecar, SidecarGateway, base_config, envoy_settings
 
-    d = workdir / "sidecar-wasmplugin"
+    d = workdir / f"sidecar-{install}-{tag}"
     d.mkdir(exist_ok=True)
     envoy, _, _ = envoy_settings()
-    cfg = base_config(harness.free_port(), d / "xds", **envoy, install="wasm_plugin")
+    cfg = base_config(harness.free_port(), d / "xds", **envoy, install=install)
     cfg["servers"] = [{"name": "beta", "url": upstreams["beta"].url,
                        "credential": {"env": "BETA_TOKEN"}, "prefix": "beta_"}]
-    sc = Sidecar(d, cfg, env={"BETA_TOKEN": "beta-secret"})
+    sc = Sidecar(d, cfg, env={"BETA_TOKEN": "beta-secret", "ALPHA_TOKEN": "alpha-secret"})
     gw = SidecarGateway(d, sc)
     try:
         sc.start()
@@ -340,9 +339,57 @@ def sidecar_wasm_plugin(workdir: Path, upstreams):
         gw.stop()
         sc.stop()
         pytest.fail(str(e), pytrace=False)
+    return sc, gw
+
+
+@pytest.fixture(scope="module", params=["envoy_filter", "wasm_plugin"])
+def sidecar_any(request, workdir: Path, upstreams):
+    sc, gw = sidecar_stack(workdir, upstreams, request.param, "listen")
     yield sc, gw
     gw.stop()
     sc.stop()
+
+
+@pytest.fixture(scope="module")
+def sidecar_wasm_plugin(workdir: Path, upstreams):
+    sc, gw = sidecar_stack(workdir, upstreams, "wasm_plugin", "install")
+    yield sc, gw
+    gw.stop()
+    sc.stop()
+
+
+def test_subscriptions_listen_streams_the_catalog_changes(sidecar_any, upstreams):
+    import json
+
+    sc, gw = sidecar_any
+    deadline = time.monotonic() + 15  # the plugin adopts the sidecar's first document
+    while post(gw.url, "server/discover").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    body = {"jsonrpc": "2.0", "id": "sub-1", "method": "subscriptions/listen",
+            "params": {"notifications": {"toolsListChanged": True}, "_meta": META}}
+    headers = {"content-type": "application/json", "accept": ACCEPT, "mcp-protocol-version": V2026,
+               "mcp-method": "subscriptions/listen"}
+    events: list[dict] = []
+    with httpx.stream("POST", gw.url, json=body, headers=headers, timeout=httpx.Timeout(20.0)) as resp:
+        assert resp.status_code == 200, resp.read()
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        lines = resp.iter_lines()
+        for line in lines:
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+                break
+        # A catalog change (alpha added) reaches the listener, tagged with its subscription.
+        sc.edit(lambda c: c["servers"].append({"name": "alpha", "url": upstreams["alpha"].url,
+                                               "credential": {"env": "ALPHA_TOKEN"}, "prefix": "alpha_"}))
+        for line in lines:
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+                break
+    sc.edit(lambda c: c.update(servers=[s for s in c["servers"] if s["name"] != "alpha"]))
+    assert events[0]["method"] == "notifications/subscriptions/acknowledged", events
+    assert events[0]["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "sub-1"
+    assert events[1]["method"] == "notifications/tools/list_changed", events
+    assert events[1]["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "sub-1"
 
 
 def test_sidecar_records_revisions_and_serves_the_wasm_plugin_install(sidecar_wasm_plugin, upstreams):
@@ -366,9 +413,9 @@ def test_sidecar_records_revisions_and_serves_the_wasm_plugin_install(sidecar_wa
     resp = post(gw.url, "tools/call", {"name": "beta_echo", "arguments": {"text": "sc"}}, name="beta_echo")
     assert resp.status_code == 200, describe(resp)
     assert message_of(resp)["result"]["content"][0]["text"] == "beta: sc"
-    log = upstreams["beta"].requests_log()
-    assert [r["rpc_method"] for r in log] == ["tools/call"], log
-    assert "mcp-session-id" not in log[0]["headers"]
+    # (Other sidecars' health pings and discovery may reach beta meanwhile: only the call matters.)
+    calls = [r for r in upstreams["beta"].requests_log() if r["rpc_method"] == "tools/call"]
+    assert len(calls) == 1 and "mcp-session-id" not in calls[0]["headers"], calls
     # A 2025 client: refused at once, with the reason.
     resp = httpx.post(gw.url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers={"accept": ACCEPT},
                       timeout=10)
