@@ -306,6 +306,17 @@ impl Request {
                 self.stage = Stage::ReadingBody;
                 Action::Pause
             }
+            // An unsupported MCP-Protocol-Version (-32022) is answered with the request's id,
+            // read from the body, when the headers may wait for it.
+            Err(e)
+                if e.code == stateless::UNSUPPORTED_VERSION
+                    && !self.headers_only
+                    && !end_of_stream
+                    && method == b"POST" =>
+            {
+                self.stage = Stage::Refusing { error: e };
+                Action::Pause
+            }
             Err(e) => self.fail(host, e),
         }
     }
