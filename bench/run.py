@@ -82,13 +82,15 @@ WORKLOADS = {
     "list": "tools/list, 2,000 tools (20 upstreams)",
     "init": "initialize, 10 upstreams",
     "list200": "tools/list, 2 x 100 tools (anchor)",
+    "call2026": "tools/call, MCP 2026-07-28 (stateless, Mcp-Name)",
 }
 # Workloads run only by some contenders / at some connection counts (default: all).
-WORKLOAD_CONTENDERS = {"list200": AGGREGATING}
+WORKLOAD_CONTENDERS = {"list200": AGGREGATING, "call2026": ("mcpgw",)}
 WORKLOAD_CONNS = {"list200": [16]}
 LUA_WORKLOAD = {"list200": "list"}
 # Which listener (upstream group) a workload uses.
-GROUP_OF = {"call": "call", "call64k": "call", "list": "list", "init": "init", "list200": "call"}
+GROUP_OF = {"call": "call", "call64k": "call", "list": "list", "init": "init", "list200": "call",
+            "call2026": "call"}
 
 # Upstream groups: (ports of the aggregated upstreams, port the non-aggregating contenders proxy).
 GROUPS = {
@@ -219,7 +221,7 @@ def rss_kib(pid: int) -> int:
 
 
 def post(port: int, body: dict, session: str | None = None, host: str | None = None,
-         timeout: float = 10.0) -> tuple[int, dict, bytes]:
+         timeout: float = 10.0, extra: dict | None = None) -> tuple[int, dict, bytes]:
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     headers = {
         "Content-Type": "application/json",
@@ -227,6 +229,7 @@ def post(port: int, body: dict, session: str | None = None, host: str | None = N
     }
     if body.get("method") != "initialize":
         headers["MCP-Protocol-Version"] = PROTOCOL
+    headers.update(extra or {})
     if session:
         headers["Mcp-Session-Id"] = session
     if host:
@@ -312,6 +315,10 @@ def plugin_document(group: str, tools: dict[int, list], key: str) -> dict:
             "authority": f"s{i + 1}.{group}.mcp.local", "path": "/mcp",
             "cluster": upstream_cluster(group, i), "host": f"{HOST}:{port}",
             "tools": tools[port],
+            # The echo upstream checks no session and answers any tools/call, so it serves stateless
+            # calls too: recorded as speaking both eras, call2026 measures the gateway's native 2026
+            # path (no upstream session), while the session-era workloads keep their sessions.
+            **({"protocol_versions": ["2026-07-28", PROTOCOL]} if group == "call" else {}),
         })
     return {"document": {
         "version": "1",
@@ -464,15 +471,22 @@ def check_workload(c: Contender, workload: str) -> None:
     group = GROUP_OF[workload]
     port = c.port(group)
     sid = c.sessions.get(group)
+    extra = None
     if workload == "call":
         body = call_body(7, c.tool())
+    elif workload == "call2026":
+        body = call_body(7, c.tool())
+        body["params"]["_meta"] = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                   "io.modelcontextprotocol/clientCapabilities": {}}
+        extra = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": c.tool()}
+        sid = None
     elif workload == "call64k":
         body = call_body(7, c.tool(), "x" * 65536)
     elif workload in ("list", "list200"):
         body = {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {}}
     else:
         body, sid = init_body(7), None
-    status, headers, data = post(port, body, sid)
+    status, headers, data = post(port, body, sid, extra=extra)
     ok = status == 200 and b'"result"' in data and b'"error":' not in data
     if ok and workload in ("list", "list200"):
         n = len(json.loads(data)["result"]["tools"])
@@ -486,7 +500,7 @@ def check_workload(c: Contender, workload: str) -> None:
 
 def run_wrk(c: Contender, workload: str, conns: int, duration: int, check: bool) -> dict:
     group = GROUP_OF[workload]
-    sid = c.sessions.get(group) if workload != "init" else None
+    sid = c.sessions.get(group) if workload not in ("init", "call2026") else None
     url = f"http://{HOST}:{c.port(group)}/mcp"
     argv = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "5s",
             "-s", str(LUA), url, "--", LUA_WORKLOAD.get(workload, workload), sid or "-", c.tool(), "check" if check else "fast"]

@@ -88,6 +88,8 @@ struct Gateway {
     /// The sidecar (with `Bearer <sidecar.token>`): what the streams it lets through to the
     /// sidecar carry, and where upstream sessions are registered.
     sidecar: Option<Rc<mcpgw_core::config::SidecarLink>>,
+    /// Installed without `allow_on_headers_stop_iteration` (`"install": "wasm_plugin"`).
+    headers_only: bool,
     vm: Rc<Vm>,
     /// This VM's random name (poller lease, wake-up queue): drawn once, `None` without
     /// randomness.
@@ -107,6 +109,7 @@ impl Gateway {
             sync: RefCell::default(),
             log_budget: Rc::default(),
             sidecar: None,
+            headers_only: false,
             vm: Rc::new(vm),
             identity: None,
             installed_ms: Cell::new(0),
@@ -219,7 +222,13 @@ impl RootContext for Gateway {
             .flatten()
             .unwrap_or_default();
         match parse_plugin_config(&raw) {
-            Ok((catalog, sidecar, telemetry)) => {
+            Ok(Configured {
+                catalog,
+                sidecar,
+                install,
+                telemetry,
+            }) => {
+                self.headers_only = install == mcpgw_core::config::Install::WasmPlugin;
                 self.vm.telemetry.set(telemetry);
                 if let Some(catalog) = catalog {
                     self.install(catalog);
@@ -249,17 +258,23 @@ impl RootContext for Gateway {
         }
         Some(match self.catalog.borrow().as_ref() {
             Some(catalog) => Box::new(McpStream {
-                request: Rc::new(RefCell::new(mcpgw_core::Request::new(
-                    Rc::clone(catalog),
-                    Rc::clone(&self.log_budget),
-                    self.sidecar.clone(),
-                ))),
+                request: Rc::new(RefCell::new(
+                    mcpgw_core::Request::new(
+                        Rc::clone(catalog),
+                        Rc::clone(&self.log_budget),
+                        self.sidecar.clone(),
+                    )
+                    .headers_only(self.headers_only),
+                )),
                 host: self.vm.host(context_id),
                 context: context_id,
                 vm: Rc::clone(&self.vm),
                 busy_nanos: 0,
             }),
-            None => Box::new(Unconfigured::default()),
+            None => Box::new(Unconfigured {
+                stream: mcpgw_core::Unconfigured::new(self.headers_only),
+                ..Unconfigured::default()
+            }),
         })
     }
 
@@ -363,14 +378,16 @@ fn set_tick_period(period: Duration) {
 }
 
 /// What the plugin configuration asks for.
-type Configured = (
-    Option<Catalog>,
-    Option<mcpgw_core::config::SidecarSource>,
-    bool,
-);
+struct Configured {
+    /// The inline document's catalog, if any.
+    catalog: Option<Catalog>,
+    /// The sidecar to follow, if any.
+    sidecar: Option<mcpgw_core::config::SidecarSource>,
+    install: mcpgw_core::config::Install,
+    /// Metrics and access-log fields on or off.
+    telemetry: bool,
+}
 
-/// The catalog of the inline document, if any, the sidecar to follow, if any, and the
-/// telemetry switch.
 fn parse_plugin_config(raw: &[u8]) -> Result<Configured, String> {
     let config: PluginConfig =
         serde_json::from_slice(raw).map_err(|e| format!("plugin configuration: {e}"))?;
@@ -381,7 +398,12 @@ fn parse_plugin_config(raw: &[u8]) -> Result<Configured, String> {
         sidecar.validate()?;
     }
     let catalog = config.document.map(Catalog::build).transpose()?;
-    Ok((catalog, config.sidecar, config.telemetry))
+    Ok(Configured {
+        catalog,
+        sidecar: config.sidecar,
+        install: config.install,
+        telemetry: config.telemetry,
+    })
 }
 
 /// A stream of an MCP request. The request is shared (weakly) with the root context, which

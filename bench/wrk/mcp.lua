@@ -6,6 +6,8 @@
 --           call64k     tools/call TOOL with 64 KiB arguments ({"text":"xxxx...", 65,536 x)
 --           list        tools/list
 --           init        initialize (a new session per request; SESSION is not sent)
+--           call2026    tools/call TOOL at MCP 2026-07-28: stateless (SESSION is not sent), routing
+--                       headers Mcp-Method/Mcp-Name, params._meta
 -- SESSION   Mcp-Session-Id to send ("-" for none)
 -- TOOL      tool name as this contender spells it (echo, s1_echo, b1__echo)
 -- MODE      fast (default) | check: check every answer (HTTP 200, a JSON-RPC "result", no "error")
@@ -47,7 +49,15 @@ function init(args)
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["Accept"] = "application/json, text/event-stream"
 
-  if workload == "init" then
+  if workload == "call2026" then
+    wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
+    wrk.headers["Mcp-Method"] = "tools/call"
+    wrk.headers["Mcp-Name"] = tool
+    prefix = '{"jsonrpc":"2.0","id":'
+    suffix = ',"method":"tools/call","params":{"name":"' .. tool .. '","arguments":{"text":"hello, world"},'
+      .. '"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
+      .. '"io.modelcontextprotocol/clientCapabilities":{}}}}'
+  elseif workload == "init" then
     prefix = '{"jsonrpc":"2.0","id":'
     suffix = ',"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},'
       .. '"clientInfo":{"name":"mcpgw-bench","version":"1.0.0"}}}'

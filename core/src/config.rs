@@ -150,6 +150,9 @@ pub struct Limits {
     /// Upstream sessions one client session may open per second (all servers together); more
     /// get HTTP 429 with `Retry-After: 1`.
     pub max_session_opens_per_second: u32,
+    /// MCP 2026-07-28 `ttlMs` on list and `server/discover` results: how long a client may
+    /// cache them (the lists change only with the catalog's version).
+    pub list_ttl_ms: u64,
 }
 
 impl Default for Limits {
@@ -161,6 +164,7 @@ impl Default for Limits {
             upstream_session_slots: 16384,
             upstream_timeout_ms: 10_000,
             max_session_opens_per_second: 20,
+            list_ttl_ms: 30_000,
         }
     }
 }
@@ -206,6 +210,12 @@ pub struct ServerConfig {
     /// derived from them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Box<RawValue>>,
+    /// The MCP revisions the server speaks, as discovery found them (its `server/discover`
+    /// `supportedVersions`, or the version its `initialize` negotiated); empty: unknown, the
+    /// session era assumed. With `2026-07-28` listed, stateless clients' calls go to it as they
+    /// are (no upstream session: the cheapest path); otherwise they are bridged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protocol_versions: Vec<String>,
 }
 
 /// The MCP endpoint's path unless the document says otherwise.
@@ -321,10 +331,32 @@ pub struct PluginConfig {
     pub document: Option<GatewayConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarSource>,
+    /// How Envoy runs the filter (see [`Install`]).
+    #[serde(default, skip_serializing_if = "Install::is_envoy_filter")]
+    pub install: Install,
     /// Metrics, access-log fields and the plugin-time histogram (docs/observability.md); `false`
     /// turns them all off (trace context still reaches upstream session openings).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub telemetry: bool,
+}
+
+/// How the filter is installed, which decides what its headers phase may do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Install {
+    /// `allow_on_headers_stop_iteration: true` (Envoy bootstrap, Istio EnvoyFilter + ECDS): the
+    /// headers may wait for the body; both MCP generations are served.
+    #[default]
+    EnvoyFilter,
+    /// Without it (a stock Istio `WasmPlugin`): the headers phase never waits for the body, so
+    /// MCP 2026-07-28 requests are routed on their headers and 2025 POSTs get a clear error.
+    WasmPlugin,
+}
+
+impl Install {
+    pub fn is_envoy_filter(&self) -> bool {
+        *self == Install::EnvoyFilter
+    }
 }
 
 impl Default for PluginConfig {
@@ -332,6 +364,7 @@ impl Default for PluginConfig {
         Self {
             document: None,
             sidecar: None,
+            install: Install::default(),
             telemetry: true,
         }
     }

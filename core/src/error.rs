@@ -21,6 +21,8 @@ pub struct GatewayError {
     /// Which check refused the request, for logs and Envoy's `%RESPONSE_CODE_DETAILS%`
     /// (`mcpgw_<check>`): one word, `[a-z_]`.
     pub check: &'static str,
+    /// The JSON-RPC error's `data`, raw JSON (2026-07-28 errors carry some).
+    pub data: Option<String>,
 }
 
 impl GatewayError {
@@ -35,6 +37,7 @@ impl GatewayError {
             http_status,
             message: message.into(),
             check,
+            data: None,
         }
     }
 
@@ -80,6 +83,30 @@ impl GatewayError {
             400,
             format!("Bad Request: unsupported MCP-Protocol-Version: {version}"),
         )
+    }
+    /// MCP 2026-07-28: a routing header missing, or saying something else than the body.
+    pub fn header_mismatch(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(
+            "header_mismatch",
+            crate::stateless::HEADER_MISMATCH,
+            400,
+            message,
+        )
+    }
+    /// MCP 2025 clients on a gateway installed without `allow_on_headers_stop_iteration`.
+    pub fn headers_only() -> Self {
+        Self::new(
+            "headers_only",
+            INVALID_REQUEST,
+            400,
+            "Bad Request: this gateway routes MCP 2026-07-28 requests only (MCP-Protocol-Version: \
+             2026-07-28 with Mcp-Method); it is installed without allow_on_headers_stop_iteration \
+             and cannot read a 2025 request's body before routing it",
+        )
+    }
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.http_status = status;
+        self
     }
     pub fn body_too_large(limit: usize) -> Self {
         Self::new(

@@ -52,6 +52,8 @@ pub struct Params<'a> {
     pub client_info: Option<&'a RawValue>,
     /// `tools/call`'s arguments (read only when arguments are pinned).
     pub arguments: Option<&'a RawValue>,
+    /// `_meta`, raw (2026-07-28 requests carry their protocol version and capabilities there).
+    pub meta: Option<&'a RawValue>,
 }
 
 /// Members of a completion `ref` the gateway reads; routed on, so checked like `params`.
@@ -326,6 +328,7 @@ fn read_params(raw: &RawValue) -> Result<Params<'_>, GatewayError> {
         capabilities: members.get("capabilities"),
         client_info: members.get("clientInfo"),
         arguments: members.get("arguments"),
+        meta: members.get("_meta"),
     })
 }
 
@@ -503,8 +506,13 @@ pub fn result_body(id: &str, result: &str) -> Vec<u8> {
 
 /// A JSON-RPC error answer; `id` is raw JSON (`null` when the request's id is unknown).
 pub fn error_body(id: Option<&str>, error: &GatewayError) -> Vec<u8> {
+    let data = error
+        .data
+        .as_deref()
+        .map(|d| format!(",\"data\":{d}"))
+        .unwrap_or_default();
     format!(
-        "{{\"jsonrpc\":\"2.0\",\"id\":{},\"error\":{{\"code\":{},\"message\":{}}}}}",
+        "{{\"jsonrpc\":\"2.0\",\"id\":{},\"error\":{{\"code\":{},\"message\":{}{data}}}}}",
         id.unwrap_or("null"),
         error.code,
         json_string(&error.message)

@@ -21,6 +21,7 @@ mod route;
 pub mod schema;
 pub mod session;
 pub mod sse;
+pub mod stateless;
 pub mod sync;
 pub mod upstream;
 

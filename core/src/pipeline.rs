@@ -18,6 +18,7 @@ use crate::opening::{self, Attempt, Claim, Outcome};
 use crate::relay::SseRelay;
 use crate::route::{required_str, Call, Destination};
 use crate::session::{Claims, Session};
+use crate::stateless::{self, Expect};
 use crate::upstream::{self, UpstreamSession};
 use serde_json::value::RawValue;
 
@@ -46,13 +47,17 @@ enum AfterOpening {
     /// Replay through `dispatch` and answer with the replay's result: the routed attempt found
     /// the cached upstream session `stale` gone (its answer is held back meanwhile).
     Replay { stale: String },
+    /// An MCP 2026-07-28 call routed on its headers alone (installed without
+    /// `allow_on_headers_stop_iteration`): set the routing headers and let the headers go on;
+    /// the body, checked against `expect`, follows (see [`Stage::Stateless`]).
+    Headers { expect: Box<Expect> },
 }
 
 impl AfterOpening {
     /// A cached upstream session this continuation can use.
     fn accepts(&self, upstream: &UpstreamSession) -> bool {
         match self {
-            AfterOpening::Forward => true,
+            AfterOpening::Forward | AfterOpening::Headers { .. } => true,
             AfterOpening::Replay { stale } => upstream.session_id != *stale,
         }
     }
@@ -66,6 +71,8 @@ struct Pending {
 }
 
 /// The session is there, or the stage says what the call waits for.
+// A return value, moved out at once: boxing `Ready` would cost an allocation per routed call.
+#[allow(clippy::large_enum_variant)]
 enum Obtained {
     Ready(Pending, UpstreamSession),
     Underway,
@@ -97,7 +104,7 @@ const LOG_LEVELS: [&str; 8] = [
 /// The policy headers among them (`x-mcp-toolname` and the rest) are what an authorization
 /// filter after the plugin (Envoy `rbac`, `ext_authz`, an Istio AuthorizationPolicy) decides on
 /// (docs/governance.md).
-const ROUTING_HEADERS: [&str; 7] = [
+const ROUTING_HEADERS: [&str; 8] = [
     "x-mcp-servername",
     "x-mcp-toolname",
     "x-mcp-method",
@@ -105,7 +112,12 @@ const ROUTING_HEADERS: [&str; 7] = [
     "x-mcp-resourceuri",
     "x-mcp-annotation-hints",
     SESSION_HEADER,
+    LISTEN_HEADER,
 ];
+
+/// Marks an MCP 2026-07-28 `subscriptions/listen` the plugin vouched for: the route to the
+/// sidecar, which serves the subscription stream, matches it.
+pub const LISTEN_HEADER: &str = "x-mcpgw-listen";
 
 /// Names the client session on a notification stream the plugin vouched for (the sidecar merges
 /// that session's upstream GET streams into it).
@@ -168,9 +180,18 @@ enum Stage {
     Bypass,
     /// A POST whose body is being buffered.
     ReadingBody,
-    /// A POST refused from its headers alone (no verified identity): its body is read only for
-    /// the request id the refusal carries.
+    /// A POST refused on its headers (no verified identity; an MCP 2026-07-28 routing-header
+    /// mismatch -32020 or version -32022): its body is read only for the request id the refusal
+    /// carries.
     Refusing { error: GatewayError },
+    /// An MCP 2026-07-28 request whose body is being buffered, to be checked against what its
+    /// routing headers promised (`expect`). `routed`: the call was already routed on its
+    /// headers (installed without `allow_on_headers_stop_iteration`) with the cached upstream
+    /// session it used, if any; its body only needs the name spliced.
+    Stateless {
+        expect: Expect,
+        routed: Option<(Call, Option<String>)>,
+    },
     /// Another stream is opening this upstream session (see [`crate::opening`]): woken by
     /// [`Request::on_wake`] when it is cached or failed, or when the opening went stale.
     WaitingForSession {
@@ -197,7 +218,7 @@ enum Stage {
     /// route cache is not possible: a `ping` on the upstream session brings the stream back to a
     /// callback of its own, where the call is forwarded.
     Resuming {
-        call: Call,
+        pending: Pending,
         upstream: UpstreamSession,
         token: u32,
     },
@@ -212,8 +233,15 @@ enum Stage {
         server: usize,
         method: Option<&'static str>,
     },
-    /// A JSON `resources/read` answer of a mapped server, buffered to map its contents' URIs.
-    MappingReadResult { server: usize },
+    /// A JSON answer buffered to rewrite it: a `resources/read` result of a mapped server
+    /// (`map_uris`: its contents' URIs mapped) and/or a result for an MCP 2026-07-28 client
+    /// from a session-era upstream (`complete`: `resultType` added).
+    RewritingResult {
+        server: usize,
+        method: Option<&'static str>,
+        map_uris: bool,
+        complete: bool,
+    },
     /// The new upstream session is told the client's log level before the call goes on.
     Leveling {
         pending: Pending,
@@ -256,6 +284,13 @@ pub struct Request {
     /// The virtual server the request is for (`x-mcp-virtualserver` or `<mcp_path>/<name>`),
     /// checked to exist when the request arrived.
     virtual_server: Option<String>,
+    /// Installed without `allow_on_headers_stop_iteration` (a stock Istio `WasmPlugin`): the
+    /// headers phase must never pause to wait for the body, so only 2026-07-28 requests, routed
+    /// on their headers, are served.
+    headers_only: bool,
+    /// The client speaks MCP 2026-07-28 (stateless): its answers carry no session, and results
+    /// from session-era upstreams get `resultType`.
+    stateless: bool,
 }
 
 impl Request {
@@ -280,7 +315,15 @@ impl Request {
             subject: None,
             audit: None,
             virtual_server: None,
+            headers_only: false,
+            stateless: false,
         }
+    }
+
+    /// Installed without `allow_on_headers_stop_iteration` (see [`crate::config::Install`]).
+    pub fn headers_only(mut self, headers_only: bool) -> Self {
+        self.headers_only = headers_only;
+        self
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
@@ -334,10 +377,23 @@ impl Request {
                 return self.fail(host, GatewayError::origin_not_allowed(&origin));
             }
         }
+        let method = self.header(":method").unwrap_or_default().to_vec();
+        if self.header("mcp-protocol-version") == Some(stateless::VERSION.as_bytes()) {
+            // Stateless: POST only, sessions ignored (never minted nor echoed).
+            if method != b"POST" {
+                return self.fail(
+                    host,
+                    GatewayError::method_not_allowed(&String::from_utf8_lossy(&method)),
+                );
+            }
+            self.stateless = true;
+            return self.stateless_headers(host, end_of_stream);
+        }
         self.session_token = self.header("mcp-session-id").map(<[u8]>::to_vec);
         let header = |name: &str| self.header(name);
-        let method = header(":method").unwrap_or_default().to_vec();
         let checked = match method.as_slice() {
+            b"POST" if self.headers_only => check_post(&self.catalog, &header, end_of_stream)
+                .and_then(|()| Err(GatewayError::headers_only())),
             b"POST" => check_post(&self.catalog, &header, end_of_stream),
             b"DELETE" => {
                 self.label(host, "DELETE");
@@ -368,6 +424,17 @@ impl Request {
                 self.stage = Stage::ReadingBody;
                 Action::Pause
             }
+            // An unsupported MCP-Protocol-Version (-32022) is answered with the request's id,
+            // read from the body, when the headers may wait for it.
+            Err(e)
+                if e.code == stateless::UNSUPPORTED_VERSION
+                    && !self.headers_only
+                    && !end_of_stream
+                    && method == b"POST" =>
+            {
+                self.stage = Stage::Refusing { error: e };
+                Action::Pause
+            }
             Err(e) => self.fail(host, e),
         }
     }
@@ -394,7 +461,7 @@ impl Request {
             }
             return self.fail(host, error);
         }
-        if !matches!(self.stage, Stage::ReadingBody) {
+        if !matches!(self.stage, Stage::ReadingBody | Stage::Stateless { .. }) {
             return Action::Continue;
         }
         let limit = self.catalog.limits.max_body_bytes;
@@ -405,10 +472,265 @@ impl Request {
             return Action::Pause;
         }
         let body = host.request_body(size).unwrap_or_default();
+        match std::mem::replace(&mut self.stage, Stage::Answered) {
+            Stage::Stateless { expect, routed } => {
+                return match self.stateless_body(host, &body, &expect, routed) {
+                    Ok(action) => action,
+                    Err(e) => self.fail(host, stateless_error(e)),
+                };
+            }
+            other => self.stage = other,
+        }
         match self.handle_message(host, &body) {
             Ok(action) => action,
             Err(e) => self.fail(host, e),
         }
+    }
+
+    /// The headers of an MCP 2026-07-28 request: the usual POST checks, then what the routing
+    /// headers promise. With the body to wait for, the headers pause; installed without
+    /// `allow_on_headers_stop_iteration` they cannot, so a call is routed on `Mcp-Name` now and
+    /// anything the gateway answers itself goes on to the default route, which holds it while
+    /// the body is read (see docs/mcp2026.md).
+    fn stateless_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
+        let header = |name: &str| self.header(name);
+        let expect = check_post(&self.catalog, &header, end_of_stream)
+            .and_then(|()| Expect::from_headers(&header));
+        let expect = match expect {
+            Ok(expect) => expect,
+            // A routing-header refusal waits for the body (when the headers may wait) to answer
+            // with the request's id.
+            Err(e)
+                if !self.headers_only
+                    && !end_of_stream
+                    && matches!(
+                        e.code,
+                        stateless::HEADER_MISMATCH | stateless::UNSUPPORTED_VERSION
+                    ) =>
+            {
+                self.stage = Stage::Refusing { error: e };
+                return Action::Pause;
+            }
+            Err(e) => return self.fail(host, stateless_error(e)),
+        };
+        if !self.headers_only {
+            self.stage = Stage::Stateless {
+                expect,
+                routed: None,
+            };
+            return Action::Pause;
+        }
+        match self.route_on_headers(host, expect) {
+            Ok(action) => action,
+            Err(e) => self.fail(host, stateless_error(e)),
+        }
+    }
+
+    /// Installed without `allow_on_headers_stop_iteration`: a named call goes to its server on
+    /// `Mcp-Name` alone; the rest continues to the default route while the body is read.
+    fn route_on_headers(
+        &mut self,
+        host: &mut dyn Host,
+        expect: Expect,
+    ) -> Result<Action, GatewayError> {
+        let catalog = Rc::clone(&self.catalog);
+        let name = expect.name.clone().unwrap_or_default();
+        let destination = match expect.method.as_str() {
+            method @ ("tools/call" | "prompts/get" | "resources/read") => {
+                Destination::on_headers(&catalog, method, &name)?
+            }
+            "completion/complete" => {
+                return Err(GatewayError::headers_only().because("headers_only_completion"))
+            }
+            "subscriptions/listen" => {
+                // The sidecar serves the stream; the body follows once checked.
+                self.vouch_listen(host)?;
+                self.stage = Stage::Stateless {
+                    expect,
+                    routed: None,
+                };
+                return Ok(Action::Continue);
+            }
+            _ => {
+                // Answered by the gateway once the body is read; meanwhile the default route
+                // holds the request (its body never leaves the plugin).
+                self.stage = Stage::Stateless {
+                    expect,
+                    routed: None,
+                };
+                return Ok(Action::Continue);
+            }
+        };
+        // The same grant and virtual-server check as a call routed on its body.
+        destination.check(&catalog, &self.access(&catalog, host)?)?;
+        let session = self.bridge_session(host, destination.server());
+        let call = destination.into_headers_call(session);
+        let pending = Pending {
+            call,
+            then: AfterOpening::Headers {
+                expect: Box::new(expect),
+            },
+        };
+        match self.obtain_session(host, pending, None)? {
+            Obtained::Ready(pending, upstream) => {
+                self.proceed(host, pending, &upstream, true);
+                Ok(Action::Continue)
+            }
+            Obtained::Underway => Ok(Action::Pause),
+        }
+    }
+
+    /// The body of an MCP 2026-07-28 request, checked against its headers before anything of it
+    /// goes further, then answered here (`server/discover`, lists) or routed: a call already
+    /// routed on its headers gets its name spliced; otherwise (the headers were held) it is
+    /// routed like a session-era call, on the stateless client's bridged upstream session.
+    fn stateless_body(
+        &mut self,
+        host: &mut dyn Host,
+        body: &[u8],
+        expect: &Expect,
+        routed: Option<(Call, Option<String>)>,
+    ) -> Result<Action, GatewayError> {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| GatewayError::parse("Parse error: body is not UTF-8"))?;
+        if jsonrpc::is_batch(text) {
+            return Err(GatewayError::invalid_request(
+                "Invalid Request: MCP 2026-07-28 has no batches",
+            ));
+        }
+        let message = jsonrpc::parse_message(text, self.catalog.limits.max_json_depth)
+            .inspect_err(|_| {
+                self.id = jsonrpc::salvage_id(text).map(|id| id.get().to_owned());
+            })?;
+        let Message::Request { id, method, params } = message else {
+            return Err(GatewayError::invalid_request(
+                "Invalid Request: MCP 2026-07-28 clients POST requests only",
+            ));
+        };
+        self.id = Some(id.get().to_owned());
+        expect.check(&method, &params)?;
+        let catalog = Rc::clone(&self.catalog);
+        if let Some((mut call, cached)) = routed {
+            // Checked against the grant when routed on its headers; the body may only name the
+            // same target (the expectation above), so the check holds.
+            let destination = Destination::of(&catalog, text, &method, &params)?;
+            let spliced = destination.into_call(text, body.len(), Rc::clone(&call.session))?;
+            if spliced.server != call.server {
+                return Err(GatewayError::header_mismatch(
+                    "Mcp-Name and the body name different servers",
+                ));
+            }
+            host.set_request_body(body.len(), &spliced.body);
+            call.body = spliced.body;
+            call.received_len = body.len();
+            self.stage = Stage::Forwarded { call, cached };
+            return Ok(Action::Continue);
+        }
+        match method.as_ref() {
+            // Vouched for in the headers phase already (headers-only install): the body goes on.
+            "subscriptions/listen" if self.headers_only => Ok(Action::Continue),
+            "subscriptions/listen" => {
+                self.vouch_listen(host)?;
+                Ok(Action::Continue)
+            }
+            "server/discover" => {
+                let result = stateless::discover_result(&catalog);
+                Ok(self.reply_result(host, &result))
+            }
+            "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
+                let kind = match method.as_ref() {
+                    "tools/list" => ListKind::Tools,
+                    "prompts/list" => ListKind::Prompts,
+                    "resources/list" => ListKind::Resources,
+                    _ => ListKind::ResourceTemplates,
+                };
+                let cursor = cursor_of(&params)?;
+                // Narrowed by the caller's grant and virtual server, as on a session; a narrowed
+                // list is this caller's alone to cache.
+                let access = self.access(&catalog, host)?;
+                let page = catalog.page_for(kind, cursor.as_deref(), &access)?;
+                let scope = if access.is_all() {
+                    stateless::CacheScope::Public
+                } else {
+                    stateless::CacheScope::Private
+                };
+                let result = stateless::with_hints(&catalog, &page, scope);
+                Ok(self.reply_result(host, &result))
+            }
+            routed @ ("tools/call" | "prompts/get" | "resources/read" | "completion/complete") => {
+                let destination = Destination::of(&catalog, text, routed, &params)?;
+                self.audit = Some(crate::audit::Audit::new(
+                    routed,
+                    self.id.as_deref(),
+                    self.subject.as_deref(),
+                    None,
+                ));
+                if let Some(audit) = &mut self.audit {
+                    let (server, name) = destination.target(&catalog);
+                    audit.target(server, name);
+                }
+                destination.check(&catalog, &self.access(&catalog, host)?)?;
+                let session = self.bridge_session(host, destination.server());
+                self.route(host, destination.into_call(text, body.len(), session)?)
+            }
+            other => Err(GatewayError::method_not_found(other)),
+        }
+    }
+
+    /// A `subscriptions/listen` goes to the sidecar, which merges the catalog's changes into one
+    /// stream per listener: the client's credential is replaced by the plugin's, and the route
+    /// to the sidecar matches [`LISTEN_HEADER`]. Without a sidecar there is nothing to listen to.
+    fn vouch_listen(&mut self, host: &mut dyn Host) -> Result<(), GatewayError> {
+        let Some(sidecar) = self.sidecar.clone() else {
+            return Err(GatewayError::method_not_found("subscriptions/listen"));
+        };
+        for (i, (name, _)) in self.headers.iter().enumerate() {
+            let keep = matches!(
+                name.as_str(),
+                ":method"
+                    | ":path"
+                    | ":scheme"
+                    | ":authority"
+                    | "content-type"
+                    | "accept"
+                    | "content-length"
+                    | "mcp-protocol-version"
+                    | "mcp-method"
+                    | "x-forwarded-proto"
+            );
+            if !keep && !self.headers.iter().take(i).any(|(n, _)| n == name) {
+                host.remove_request_header(name);
+            }
+        }
+        host.set_request_header("authorization", sidecar.authorization.as_bytes());
+        host.set_request_header(LISTEN_HEADER, b"1");
+        host.clear_route_cache();
+        Ok(())
+    }
+
+    /// The client session a stateless client's calls share on session-era upstreams: named by
+    /// a keyed MAC of its credential (see [`stateless::bridge_id`]), opened at
+    /// [`stateless::BRIDGE_VERSION`].
+    /// For an upstream that speaks 2026-07-28 no session is opened, so none is named (no MAC).
+    fn bridge_session(&self, host: &dyn Host, server: usize) -> Rc<Session> {
+        let native = self
+            .catalog
+            .server(server)
+            .is_some_and(|s| s.protocol_versions.iter().any(|v| v == stateless::VERSION));
+        let id = if native {
+            String::new()
+        } else {
+            stateless::bridge_id(self.catalog.keys.bridge_key(), self.header("authorization"))
+        };
+        Rc::new(Session {
+            id,
+            claims: Claims {
+                iat: host.now_secs(),
+                pv: stateless::BRIDGE_VERSION.to_owned(),
+                caps: None,
+                info: None,
+            },
+        })
     }
 
     pub fn on_response_headers(&mut self, host: &mut dyn Host) -> Action {
@@ -484,26 +806,43 @@ impl Request {
             Some(token) => host.set_response_header("mcp-session-id", token),
             None => host.remove_response_header("mcp-session-id"),
         }
+        // A stateless client's result from a session-era upstream needs its `resultType`; a
+        // 2026-07-28 upstream's answer passes as it is.
+        let complete = self.stateless
+            && !self
+                .catalog
+                .server(call.server)
+                .is_some_and(|s| s.protocol_versions.iter().any(|v| v == stateless::VERSION));
         if is_event_stream(host.response_header("content-type").as_deref()) {
             let server = self.catalog.server(call.server);
             let relay = SseRelay::new(
                 server.map_or("", |s| s.name.as_str()),
                 server.is_some_and(|s| !s.prefix.is_empty()),
                 call.method,
-            );
+            )
+            .completing_results(complete);
             // Events may change length on the way.
             host.remove_response_header("content-length");
+            if self.stateless {
+                // 2026-07-28: a response stream must not be buffered by intermediaries.
+                host.set_response_header("x-accel-buffering", b"no");
+            }
             self.stage = Stage::Relaying { relay };
-        } else if call.method == Some("resources/read")
-            && self
-                .catalog
-                .server(call.server)
-                .is_some_and(|s| !s.prefix.is_empty())
-        {
-            host.remove_response_header("content-length");
-            self.stage = Stage::MappingReadResult {
-                server: call.server,
-            };
+        } else {
+            let map_uris = call.method == Some("resources/read")
+                && self
+                    .catalog
+                    .server(call.server)
+                    .is_some_and(|s| !s.prefix.is_empty());
+            if map_uris || complete {
+                host.remove_response_header("content-length");
+                self.stage = Stage::RewritingResult {
+                    server: call.server,
+                    method: call.method,
+                    map_uris,
+                    complete,
+                };
+            }
         }
         Action::Continue
     }
@@ -531,16 +870,35 @@ impl Request {
                 }
                 Action::Continue
             }
-            Stage::MappingReadResult { .. } if !end_of_stream => Action::Pause,
-            Stage::MappingReadResult { server } => {
-                let server = *server;
+            Stage::RewritingResult { .. } if !end_of_stream => Action::Pause,
+            Stage::RewritingResult {
+                server,
+                method,
+                map_uris,
+                complete,
+            } => {
+                let (server, method, map_uris, complete) = (*server, *method, *map_uris, *complete);
                 let body = host.response_body(size).unwrap_or_default();
                 let name = self.server_name(server).to_owned();
                 if let Ok(text) = std::str::from_utf8(&body) {
-                    if let std::borrow::Cow::Owned(mapped) =
-                        crate::relay::read_result_uris(text, &name)
-                    {
-                        host.set_response_body(size, mapped.as_bytes());
+                    let mut out = std::borrow::Cow::Borrowed(text);
+                    if map_uris {
+                        if let std::borrow::Cow::Owned(mapped) =
+                            crate::relay::read_result_uris(&out, &name)
+                        {
+                            out = std::borrow::Cow::Owned(mapped);
+                        }
+                    }
+                    if complete {
+                        let read = method == Some("resources/read");
+                        if let std::borrow::Cow::Owned(done) =
+                            crate::relay::complete_result(&out, read)
+                        {
+                            out = std::borrow::Cow::Owned(done);
+                        }
+                    }
+                    if let std::borrow::Cow::Owned(changed) = out {
+                        host.set_response_body(size, changed.as_bytes());
                     }
                 }
                 self.stage = Stage::Answered;
@@ -679,13 +1037,13 @@ impl Request {
                 }
             }
             Stage::Resuming {
-                call,
+                pending,
                 upstream,
                 token: t,
             } if t == token => {
                 // Whatever the ping's answer: a session gone by now gets the routed call a 404,
                 // which replays it.
-                self.forward(host, call, &upstream, true);
+                self.proceed(host, pending, &upstream, true);
                 host.resume_request();
             }
             Stage::Awaiting { mut pending, then } => {
@@ -1036,10 +1394,43 @@ impl Request {
         };
         match self.obtain_session(host, pending, None)? {
             Obtained::Ready(pending, upstream) => {
-                self.forward(host, pending.call, &upstream, true);
+                self.proceed(host, pending, &upstream, true);
                 Ok(Action::Continue)
             }
             Obtained::Underway => Ok(Action::Pause),
+        }
+    }
+
+    /// A call has its upstream session: what its continuation says (the caller resumes the
+    /// request when it was held). `cached`: the session came from the cache.
+    fn proceed(
+        &mut self,
+        host: &mut dyn Host,
+        pending: Pending,
+        upstream: &UpstreamSession,
+        cached: bool,
+    ) {
+        let Pending { call, then } = pending;
+        match then {
+            AfterOpening::Forward | AfterOpening::Replay { .. } => {
+                self.forward(
+                    host,
+                    call,
+                    upstream,
+                    cached && !upstream.session_id.is_empty(),
+                );
+            }
+            AfterOpening::Headers { expect } => {
+                if self.set_route_headers(host, &call, upstream, None) {
+                    host.clear_route_cache();
+                }
+                let cached = (cached && !upstream.session_id.is_empty())
+                    .then(|| upstream.session_id.clone());
+                self.stage = Stage::Stateless {
+                    expect: *expect,
+                    routed: Some((call, cached)),
+                };
+            }
         }
     }
 
@@ -1054,6 +1445,29 @@ impl Request {
     ) -> Result<Obtained, GatewayError> {
         let catalog = Rc::clone(&self.catalog);
         let server = server_of(&catalog, pending.call.server)?;
+        let speaks_2026 = server
+            .protocol_versions
+            .iter()
+            .any(|v| v == stateless::VERSION);
+        let speaks_2025 = server
+            .protocol_versions
+            .iter()
+            .any(|v| SUPPORTED_PROTOCOL_VERSIONS.contains(&v.as_str()));
+        if speaks_2026 && (self.stateless || !speaks_2025) {
+            // No upstream session at all: a stateless client's call goes as it is; a session
+            // client's call to an upstream that speaks only 2026-07-28 gets the `_meta` that
+            // revision requires (its routing headers are set on forwarding).
+            let mut pending = pending;
+            if !self.stateless {
+                let claims = &pending.call.session.claims;
+                pending.call.body = stateless::with_meta(
+                    &pending.call.body,
+                    claims.caps.as_deref(),
+                    claims.info.as_deref(),
+                )?;
+            }
+            return Ok(Obtained::Ready(pending, UpstreamSession::stateless()));
+        }
         let slots = catalog.limits.upstream_session_slots;
         let client = &pending.call.session.id;
         let cached = |host: &dyn Host| {
@@ -1106,12 +1520,11 @@ impl Request {
         pending: Pending,
         upstream: UpstreamSession,
     ) -> Result<(), GatewayError> {
-        let Pending { call, then } = pending;
-        if let AfterOpening::Replay { .. } = then {
-            return self.session_ready(host, Pending { call, then }, upstream);
+        if let AfterOpening::Replay { .. } = pending.then {
+            return self.session_ready(host, pending, upstream);
         }
         let catalog = Rc::clone(&self.catalog);
-        let server = server_of(&catalog, call.server)?;
+        let server = server_of(&catalog, pending.call.server)?;
         let mut headers = upstream::call_headers(server, "POST", Some(&upstream));
         headers.push(("x-mcp-method", "ping"));
         let token = host
@@ -1123,7 +1536,7 @@ impl Request {
             )
             .map_err(|e| upstream_failure(server, &format!("ping: {e}")))?;
         self.stage = Stage::Resuming {
-            call,
+            pending,
             upstream,
             token,
         };
@@ -1155,26 +1568,51 @@ impl Request {
         upstream: &UpstreamSession,
         cached: bool,
     ) {
+        host.set_request_body(call.received_len, &call.body);
+        if !self.set_route_headers(host, &call, upstream, Some(call.body.len())) {
+            return;
+        }
+        host.clear_route_cache();
+        let cached = cached.then(|| upstream.session_id.clone());
+        self.stage = Stage::Forwarded { call, cached };
+    }
+
+    /// The request headers of a routed call: the client's outside the server's allow-list
+    /// removed, the route's and the upstream session's set. `content_length`: the new body's
+    /// (`None`: the body is still to come and may change length, so none is sent). `false` when
+    /// the server left the catalog.
+    fn set_route_headers(
+        &mut self,
+        host: &mut dyn Host,
+        call: &Call,
+        upstream: &UpstreamSession,
+        content_length: Option<usize>,
+    ) -> bool {
         let catalog = Rc::clone(&self.catalog);
         let (Some(server), Some(allowed)) = (
             catalog.server(call.server),
             catalog.forward_headers(call.server),
         ) else {
-            return;
+            return false;
         };
-        host.set_request_body(call.received_len, &call.body);
         // Only what the server needs reaches it: every client header outside its allow-list
         // (cookies, the client's credential, API keys, x-forwarded-for, ...) is removed, one host
         // call per name actually present. Envoy still needs x-forwarded-proto to pick the route,
         // which then removes it.
         for (i, (name, _)) in self.headers.iter().enumerate() {
-            if allowed.allows(name) || ROUTING_ONLY_HEADERS.contains(&name.as_str()) {
+            // A stateless upstream gets the routing headers (set below to its own names).
+            let routing = upstream.protocol_version == stateless::VERSION
+                && matches!(name.as_str(), "mcp-method" | "mcp-name");
+            if routing || allowed.allows(name) || ROUTING_ONLY_HEADERS.contains(&name.as_str()) {
                 continue;
             }
             // A name sent twice was removed with its first copy.
             if !self.headers.iter().take(i).any(|(n, _)| n == name) {
                 host.remove_request_header(name);
             }
+        }
+        if content_length.is_none() && self.header("content-length").is_some() {
+            host.remove_request_header("content-length");
         }
         // Each header write is a host call: write only what differs from what the client sent.
         // A header the client sent twice is removed first: Envoy's replace only overwrites the
@@ -1190,7 +1628,9 @@ impl Request {
                 _ => host.set_request_header(name, value),
             }
         };
-        set("content-length", call.body.len().to_string().as_bytes());
+        if let Some(len) = content_length {
+            set("content-length", len.to_string().as_bytes());
+        }
         set(":authority", server.authority.as_bytes());
         set(":path", server.path.as_bytes());
         set("accept", b"application/json, text/event-stream");
@@ -1202,6 +1642,15 @@ impl Request {
             set("x-mcp-method", method.as_bytes());
         }
         set("mcp-protocol-version", upstream.protocol_version.as_bytes());
+        if upstream.protocol_version == stateless::VERSION {
+            // The upstream checks the routing headers against the body: the names it knows.
+            if let Some(method) = call.method {
+                set("mcp-method", method.as_bytes());
+            }
+            if let Some(name) = &call.name {
+                set("mcp-name", stateless::encode_value(name).as_bytes());
+            }
+        }
         if !upstream.session_id.is_empty() {
             set("mcp-session-id", upstream.session_id.as_bytes());
         }
@@ -1212,7 +1661,6 @@ impl Request {
         if upstream.session_id.is_empty() && self.header("mcp-session-id").is_some() {
             host.remove_request_header("mcp-session-id");
         }
-        host.clear_route_cache();
         host.observe(Event::Request {
             method: self.method,
             served: Served::Routed,
@@ -1223,8 +1671,7 @@ impl Request {
                 tool,
             });
         }
-        let cached = cached.then(|| upstream.session_id.clone());
-        self.stage = Stage::Forwarded { call, cached };
+        true
     }
 
     fn start_initialize(
@@ -1405,7 +1852,7 @@ impl Request {
                 method: call.method,
             };
         } else {
-            self.forward(host, call, &upstream, false);
+            self.proceed(host, Pending { call, then }, &upstream, false);
             host.resume_request();
         }
         Ok(())
@@ -1752,15 +2199,25 @@ fn is_path(headers: &[(String, Vec<u8>)], path: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct Unconfigured {
     reading_body: bool,
+    /// Installed without `allow_on_headers_stop_iteration`: answered from the headers.
+    headers_only: bool,
 }
 
 impl Unconfigured {
+    pub fn new(headers_only: bool) -> Self {
+        Self {
+            reading_body: false,
+            headers_only,
+        }
+    }
+
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
         let headers = client_headers(host);
         if !is_path(&headers, crate::config::DEFAULT_MCP_PATH) {
             return Action::Continue;
         }
-        if find_header(&headers, ":method") == Some(b"POST") && !end_of_stream {
+        if find_header(&headers, ":method") == Some(b"POST") && !end_of_stream && !self.headers_only
+        {
             self.reading_body = true;
             return Action::Pause;
         }
@@ -1866,13 +2323,8 @@ fn check_post<'h>(
         }
     }
     if let Some(version) = header("mcp-protocol-version") {
-        if !SUPPORTED_PROTOCOL_VERSIONS
-            .iter()
-            .any(|v| v.as_bytes() == version)
-        {
-            return Err(GatewayError::unsupported_protocol_version(
-                &String::from_utf8_lossy(version),
-            ));
+        if !stateless::supported_versions().any(|v| v.as_bytes() == version) {
+            return Err(stateless::unsupported_version(version));
         }
     }
     let limit = catalog.limits.max_body_bytes;
@@ -1907,6 +2359,19 @@ fn policy_refusal(status: Option<&[u8]>, call: &Call, catalog: &Catalog) -> Opti
         status,
         format!("Access denied: {method}{what} on server {server} is not allowed"),
     ))
+}
+
+/// MCP 2026-07-28 answers a client's mistakes with HTTP 400 (unknown method: 404), where the
+/// session era answered HTTP 200.
+fn stateless_error(mut error: GatewayError) -> GatewayError {
+    if error.http_status == 200 && error.code != crate::error::INTERNAL_ERROR {
+        error.http_status = if error.code == crate::error::METHOD_NOT_FOUND {
+            404
+        } else {
+            400
+        };
+    }
+    error
 }
 
 /// The response carries an MCP answer (JSON or SSE), not a proxy's error page.
@@ -2121,6 +2586,7 @@ pub(crate) fn answer_call(
         method: None,
         tool: None,
         policy: Vec::new(),
+        name: None,
         body,
         received_len,
         session,

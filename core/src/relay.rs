@@ -47,6 +47,9 @@ pub struct SseRelay {
     mapped: bool,
     /// The answer is a `resources/read` result whose contents carry URIs.
     read_result: bool,
+    /// The client speaks MCP 2026-07-28 and the upstream an earlier revision: results get the
+    /// `resultType` 2026 requires.
+    complete_results: bool,
 }
 
 impl SseRelay {
@@ -57,7 +60,14 @@ impl SseRelay {
             server: server.to_owned(),
             mapped,
             read_result: method == Some("resources/read"),
+            complete_results: false,
         }
+    }
+
+    /// For an MCP 2026-07-28 client of a session-era upstream: results get `resultType`.
+    pub fn completing_results(mut self, complete: bool) -> Self {
+        self.complete_results = complete;
+        self
     }
 
     /// The bytes to pass on for this chunk: the events it completed, rewritten. An incomplete
@@ -69,6 +79,13 @@ impl SseRelay {
             let data = match self.mapped && self.read_result {
                 true => match read_result_uris(&data, &self.server) {
                     Cow::Owned(mapped) => Cow::Owned(mapped),
+                    Cow::Borrowed(_) => data,
+                },
+                false => data,
+            };
+            let data = match self.complete_results {
+                true => match complete_result(&data, self.read_result) {
+                    Cow::Owned(completed) => Cow::Owned(completed),
                     Cow::Borrowed(_) => data,
                 },
                 false => data,
@@ -115,6 +132,55 @@ struct Peek<'a> {
 struct UriParam<'a> {
     #[serde(default, borrow)]
     uri: Option<&'a RawValue>,
+}
+
+/// A JSON-RPC response whose `result` lacks `resultType` gets `"resultType":"complete"`: what
+/// a session-era upstream's result means to an MCP 2026-07-28 client; with `read` (a
+/// `resources/read` result, which 2026 requires to carry cache hints) also `"ttlMs":0` and
+/// `"cacheScope":"private"`: the upstream said nothing about caching, so nothing is cached or
+/// shared. Anything else unchanged.
+pub fn complete_result(data: &str, read: bool) -> Cow<'_, str> {
+    #[derive(serde::Deserialize)]
+    struct Response<'a> {
+        #[serde(borrow, default)]
+        result: Option<&'a serde_json::value::RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "resultType", default)]
+        result_type: Option<serde::de::IgnoredAny>,
+        #[serde(rename = "ttlMs", default)]
+        ttl_ms: Option<serde::de::IgnoredAny>,
+    }
+    let Some(result) = serde_json::from_str::<Response<'_>>(data)
+        .ok()
+        .and_then(|r| r.result)
+    else {
+        return Cow::Borrowed(data);
+    };
+    let text = result.get();
+    let Some(typed) = serde_json::from_str::<Typed>(text).ok() else {
+        return Cow::Borrowed(data);
+    };
+    let Some(rest) = text
+        .strip_prefix('{')
+        .filter(|_| typed.result_type.is_none())
+    else {
+        return Cow::Borrowed(data);
+    };
+    let added = if read && typed.ttl_ms.is_none() {
+        "\"resultType\":\"complete\",\"ttlMs\":0,\"cacheScope\":\"private\""
+    } else {
+        "\"resultType\":\"complete\""
+    };
+    let completed = if rest.trim_start().starts_with('}') {
+        format!("{{{added}{rest}")
+    } else {
+        format!("{{{added},{rest}")
+    };
+    crate::jsonrpc::span_in(data, text)
+        .and_then(|span| crate::jsonrpc::splice(data, span, &completed))
+        .map_or(Cow::Borrowed(data), Cow::Owned)
 }
 
 /// One upstream message, as the client must see it.
@@ -235,6 +301,35 @@ pub fn read_result_uris<'d>(data: &'d str, server: &str) -> Cow<'d, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_are_completed_for_2026_clients() {
+        let done = complete_result(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#, false);
+        assert_eq!(
+            done,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","content":[]}}"#
+        );
+        let empty = complete_result(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, false);
+        assert_eq!(
+            empty,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete"}}"#
+        );
+        let read = complete_result(r#"{"jsonrpc":"2.0","id":1,"result":{"contents":[]}}"#, true);
+        assert_eq!(
+            read,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","ttlMs":0,"cacheScope":"private","contents":[]}}"#
+        );
+        for unchanged in [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"input_required"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#,
+        ] {
+            assert!(matches!(
+                complete_result(unchanged, false),
+                Cow::Borrowed(_)
+            ));
+        }
+    }
 
     #[test]
     fn ids_round_trip() {

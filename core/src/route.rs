@@ -26,6 +26,8 @@ pub(crate) struct Call {
     /// `x-mcp-promptname` on `prompts/get`, `x-mcp-resourceuri` on `resources/*`; values made
     /// safe for a header (see [`header_safe`]).
     pub(crate) policy: Vec<(&'static str, String)>,
+    /// The name (or URI) the upstream knows the target by: `Mcp-Name` of a stateless call.
+    pub(crate) name: Option<String>,
     /// The rewritten body (kept to retry once when a cached upstream session has expired).
     pub(crate) body: Vec<u8>,
     /// The body buffered by Envoy, which the rewrite replaces.
@@ -45,6 +47,7 @@ pub(crate) struct Destination {
     subject: (Kind, String),
     /// The name as the client sent it (prefixed), or the URI: what a virtual server shows.
     shown_as: String,
+    name: Option<String>,
 }
 
 impl Destination {
@@ -126,6 +129,35 @@ impl Destination {
         }
     }
 
+    /// The destination of an MCP 2026-07-28 request routed on its headers alone (`Mcp-Method`,
+    /// `Mcp-Name`), before its body is read: the same lookups, policy headers and grant subject
+    /// as [`Destination::of`]; the body, checked against the headers when it comes, goes through
+    /// [`Destination::of`] for its rewrite.
+    pub(crate) fn on_headers(
+        catalog: &Catalog,
+        method: &str,
+        name: &str,
+    ) -> Result<Self, GatewayError> {
+        match method {
+            "tools/call" => {
+                let (route, _) = catalog
+                    .route(name)
+                    .ok_or_else(|| GatewayError::invalid_params(format!("Unknown tool: {name}")))?;
+                Ok(Self::unspliced("tools/call", route, true, name))
+            }
+            "prompts/get" => {
+                let (route, _) = catalog.prompt_route(name).ok_or_else(|| {
+                    GatewayError::invalid_params(format!("Unknown prompt: {name}"))
+                })?;
+                Ok(Self::unspliced("prompts/get", route, false, name))
+            }
+            "resources/read" => Ok(Self::resource(catalog, "resources/read", name)?.0),
+            other => Err(GatewayError::invalid_params(format!(
+                "Invalid params: {other} is not routed on its headers"
+            ))),
+        }
+    }
+
     fn named(
         text: &str,
         method: &'static str,
@@ -134,6 +166,15 @@ impl Destination {
         tool: bool,
         shown_as: &str,
     ) -> Self {
+        let mut destination = Self::unspliced(method, route, tool, shown_as);
+        destination.rewrite.extend(
+            jsonrpc::span_in(text, raw.get()).map(|span| (span, route.upstream_name_json.clone())),
+        );
+        destination
+    }
+
+    /// A named destination with nothing of its body rewritten yet.
+    fn unspliced(method: &'static str, route: &Route, tool: bool, shown_as: &str) -> Self {
         let name = header_safe(&route.upstream_name);
         let policy = match (tool, &route.hints) {
             (true, Some(hints)) => vec![
@@ -146,16 +187,14 @@ impl Destination {
         Self {
             server: route.server,
             method,
-            rewrite: jsonrpc::span_in(text, raw.get())
-                .map(|span| (span, route.upstream_name_json.clone()))
-                .into_iter()
-                .collect(),
+            rewrite: Vec::new(),
             policy,
             subject: (
                 if tool { Kind::Tools } else { Kind::Prompts },
                 route.upstream_name.clone(),
             ),
             shown_as: shown_as.to_owned(),
+            name: Some(route.upstream_name.clone()),
         }
     }
 
@@ -212,27 +251,60 @@ impl Destination {
         raw: &RawValue,
         uri: &str,
     ) -> Result<Self, GatewayError> {
+        let (mut destination, mapped) = Self::resource(catalog, method, uri)?;
+        if let Some(upstream) = mapped {
+            let span = jsonrpc::span_in(text, raw.get())
+                .ok_or_else(|| GatewayError::invalid_params("Invalid params: uri"))?;
+            destination
+                .rewrite
+                .push((span, jsonrpc::json_string(&upstream)));
+        }
+        Ok(destination)
+    }
+
+    /// The destination of a resource URI, with nothing rewritten yet, and the URI its server
+    /// knows it by when that differs from the client's.
+    fn resource(
+        catalog: &Catalog,
+        method: &'static str,
+        uri: &str,
+    ) -> Result<(Self, Option<String>), GatewayError> {
         let (server, upstream_uri) = catalog
             .resource_route(uri)
             .ok_or_else(|| GatewayError::resource_not_found(uri))?;
         let upstream = upstream_uri.as_deref().unwrap_or(uri).to_owned();
         let policy = vec![("x-mcp-resourceuri", header_safe(&upstream))];
-        let rewrite = match upstream_uri {
-            None => Vec::new(),
-            Some(upstream) => vec![(
-                jsonrpc::span_in(text, raw.get())
-                    .ok_or_else(|| GatewayError::invalid_params("Invalid params: uri"))?,
-                jsonrpc::json_string(&upstream),
-            )],
-        };
-        Ok(Self {
+        let destination = Self {
             server,
             method,
-            rewrite,
+            rewrite: Vec::new(),
             policy,
-            subject: (Kind::Resources, upstream),
+            subject: (Kind::Resources, upstream.clone()),
             shown_as: uri.to_owned(),
-        })
+            name: Some(upstream),
+        };
+        Ok((destination, upstream_uri))
+    }
+
+    /// The server the request goes to.
+    pub(crate) fn server(&self) -> usize {
+        self.server
+    }
+
+    /// The call of a request routed on its headers: its body comes later (see
+    /// [`Destination::on_headers`]).
+    pub(crate) fn into_headers_call(self, session: Rc<Session>) -> Call {
+        let (kind, name) = self.subject;
+        Call {
+            server: self.server,
+            method: Some(self.method),
+            tool: (self.method == "tools/call" && kind == Kind::Tools).then_some(name),
+            name: self.name,
+            policy: self.policy,
+            body: Vec::new(),
+            received_len: 0,
+            session,
+        }
     }
 
     /// The call with its body rewritten for the upstream.
@@ -258,6 +330,7 @@ impl Destination {
             server: self.server,
             method: Some(self.method),
             tool: (self.method == "tools/call" && kind == Kind::Tools).then_some(name),
+            name: self.name,
             policy: self.policy,
             body,
             received_len,

@@ -60,6 +60,9 @@ pub struct SessionKeys {
     keys: Vec<Key>,
     ttl_seconds: u64,
     memo: RefCell<Vec<Option<Remembered>>>,
+    /// Key of the MAC naming stateless clients' bridged upstream sessions, derived from the
+    /// newest session key (HMAC-SHA-256, its own label).
+    bridge_key: [u8; 32],
 }
 
 impl std::fmt::Debug for SessionKeys {
@@ -76,6 +79,7 @@ impl SessionKeys {
             return Err("session.keys: at least one key is required".into());
         }
         let mut keys = Vec::with_capacity(config.keys.len());
+        let mut bridge_key = None;
         for (i, key) in config.keys.iter().enumerate() {
             if key.id.is_empty()
                 || !key
@@ -103,6 +107,12 @@ impl SessionKeys {
                     secret.len()
                 )
             })?;
+            if bridge_key.is_none() {
+                bridge_key = Some(crate::stateless::hmac_sha256(
+                    &secret,
+                    &[b"mcpgw bridge key v1"],
+                ));
+            }
             keys.push(Key {
                 id: key.id.clone(),
                 cipher,
@@ -115,7 +125,13 @@ impl SessionKeys {
             keys,
             ttl_seconds: config.ttl_seconds,
             memo: RefCell::new(vec![None; MEMO_SLOTS]),
+            bridge_key: bridge_key.unwrap_or_default(),
         })
+    }
+
+    /// The key of [`crate::stateless::bridge_id`].
+    pub fn bridge_key(&self) -> &[u8; 32] {
+        &self.bridge_key
     }
 
     /// Seals claims with the newest key. `nonce` must be fresh random bytes.

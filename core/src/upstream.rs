@@ -23,6 +23,16 @@ pub struct UpstreamSession {
     pub protocol_version: String,
 }
 
+impl UpstreamSession {
+    /// No session: an MCP 2026-07-28 upstream called by a 2026-07-28 client.
+    pub fn stateless() -> Self {
+        Self {
+            session_id: String::new(),
+            protocol_version: crate::stateless::VERSION.to_owned(),
+        }
+    }
+}
+
 const WAYS: u32 = 4;
 const SLOT_PREFIX: &str = "mcpgw.us.";
 

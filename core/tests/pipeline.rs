@@ -2967,3 +2967,144 @@ fn a_policy_refusal_after_the_plugin_becomes_a_jsonrpc_error() {
     assert_eq!(request.on_response_headers(&mut host), Action::Continue);
     assert!(host.reply.is_none());
 }
+
+// ------------------------------------------------------------------ MCP 2026-07-28 (stateless)
+
+/// alpha speaks 2026-07-28 (and 2025-11-25), beta only the session era.
+fn catalog_2026() -> Rc<Catalog> {
+    let config: GatewayConfig = serde_json::from_value(serde_json::json!({
+        "version": "t2026",
+        "session": {"keys": [{"id": "k1", "secret": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}]},
+        "limits": {"page_size": 10, "max_body_bytes": 4096, "list_ttl_ms": 1234},
+        "servers": [
+            {"name": "alpha", "prefix": "alpha_", "authority": "alpha.mcp.local", "cluster": "alpha",
+             "protocol_versions": ["2026-07-28", "2025-11-25"],
+             "tools": [{"name": "echo", "inputSchema": {"type": "object"}}]},
+            {"name": "beta", "prefix": "beta_", "authority": "beta.mcp.local", "cluster": "beta",
+             "tools": [{"name": "echo", "inputSchema": {"type": "object"}}]}
+        ]
+    }))
+    .unwrap();
+    Rc::new(Catalog::build(config).unwrap())
+}
+
+const META: &str = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}"#;
+
+fn post_2026(body: &str, method: &str, name: Option<&str>) -> FakeHost {
+    let mut host = FakeHost::post(body, None);
+    host.request_headers
+        .push(("mcp-protocol-version".into(), b"2026-07-28".to_vec()));
+    host.request_headers
+        .push(("mcp-method".into(), method.as_bytes().to_vec()));
+    if let Some(name) = name {
+        host.request_headers
+            .push(("mcp-name".into(), name.as_bytes().to_vec()));
+    }
+    host.request_headers
+        .push(("content-length".into(), body.len().to_string().into_bytes()));
+    host
+}
+
+#[test]
+fn stateless_lists_and_discover_are_answered_with_cache_hints() {
+    let catalog = catalog_2026();
+    let body = format!(r#"{{"jsonrpc":"2.0","id":3,"method":"tools/list","params":{{{META}}}}}"#);
+    let mut host = post_2026(&body, "tools/list", None);
+    run(&catalog, &mut host);
+    assert_eq!(host.reply_status(), 200);
+    let result = &host.reply_json()["result"];
+    assert_eq!(result["ttlMs"], 1234);
+    assert_eq!(result["cacheScope"], "public");
+    assert_eq!(result["tools"].as_array().unwrap().len(), 2);
+    assert!(host.reply_header("mcp-session-id").is_none());
+    let body =
+        format!(r#"{{"jsonrpc":"2.0","id":4,"method":"server/discover","params":{{{META}}}}}"#);
+    let mut host = post_2026(&body, "server/discover", None);
+    run(&catalog, &mut host);
+    assert_eq!(
+        host.reply_json()["result"]["supportedVersions"][0],
+        "2026-07-28"
+    );
+}
+
+#[test]
+fn stateless_mismatch_is_32020_with_the_id_and_nothing_is_forwarded() {
+    let catalog = catalog_2026();
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"alpha_echo","arguments":{{}},{META}}}}}"#
+    );
+    for (method, name) in [("tools/call", "beta_echo"), ("tools/list", "alpha_echo")] {
+        let mut host = post_2026(&body, method, Some(name));
+        run(&catalog, &mut host);
+        assert_eq!(host.reply_status(), 400);
+        let answer = host.reply_json();
+        assert_eq!(answer["error"]["code"], -32020, "{answer}");
+        assert_eq!(answer["id"], 9);
+        assert!(host.calls.is_empty() && !host.route_cache_cleared);
+    }
+    // The header promised no name: -32020 at once too (answered after reading the id).
+    let mut host = post_2026(&body, "tools/call", None);
+    run(&catalog, &mut host);
+    assert_eq!(host.reply_json()["error"]["code"], -32020);
+}
+
+#[test]
+fn headers_only_install_routes_on_mcp_name_and_splices_the_body() {
+    let catalog = catalog_2026();
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{{"name":"alpha_echo","arguments":{{"a":1}},{META}}}}}"#
+    );
+    let mut host = post_2026(&body, "tools/call", Some("alpha_echo"));
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), None).headers_only(true);
+    // Routed in the headers phase: no pause, no upstream session for a 2026 upstream.
+    assert_eq!(
+        request.on_request_headers(&mut host, false),
+        Action::Continue
+    );
+    assert!(host.calls.is_empty() && host.reply.is_none());
+    assert_eq!(
+        host.header(":authority").as_deref(),
+        Some("alpha.mcp.local")
+    );
+    assert_eq!(host.header("mcp-name").as_deref(), Some("echo"));
+    assert_eq!(
+        host.header("mcp-protocol-version").as_deref(),
+        Some("2026-07-28")
+    );
+    assert!(host.header("content-length").is_none());
+    assert!(host.route_cache_cleared);
+    // The body waits in the plugin until it is whole, then goes on with the upstream's name.
+    let size = host.request_body.len();
+    assert_eq!(
+        request.on_request_body(&mut host, size, true),
+        Action::Continue
+    );
+    let sent: serde_json::Value = serde_json::from_slice(&host.request_body).unwrap();
+    assert_eq!(sent["params"]["name"], "echo");
+    assert_eq!(sent["params"]["arguments"]["a"], 1);
+
+    // The same headers with another name in the body: refused before the body leaves.
+    let bad = body.replace("alpha_echo", "beta_echo");
+    let mut host = post_2026(&bad, "tools/call", Some("alpha_echo"));
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), None).headers_only(true);
+    assert_eq!(
+        request.on_request_headers(&mut host, false),
+        Action::Continue
+    );
+    let size = host.request_body.len();
+    request.on_request_body(&mut host, size, true);
+    assert_eq!(host.reply_status(), 400);
+    assert_eq!(host.reply_json()["error"]["code"], -32020);
+    assert_eq!(
+        host.request_body,
+        bad.as_bytes(),
+        "the body was not released"
+    );
+
+    // A 2025 POST cannot be read before routing there: a clear refusal, from the headers.
+    let mut host = FakeHost::post(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#, None);
+    let mut request = Request::new(Rc::clone(&catalog), Rc::default(), None).headers_only(true);
+    assert_eq!(request.on_request_headers(&mut host, false), Action::Pause);
+    assert_eq!(host.reply_status(), 400);
+    assert_eq!(host.reply_json()["error"]["code"], -32600);
+}

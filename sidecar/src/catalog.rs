@@ -26,6 +26,9 @@ pub struct ServerLists {
     pub capabilities: Option<String>,
     /// `serverInfo.name`/`version` as the server reported them, for the status page.
     pub server_info: Option<String>,
+    /// The MCP revisions the server speaks: its `server/discover` `supportedVersions` when it
+    /// answers one, else the version its `initialize` negotiated.
+    pub protocol_versions: Vec<String>,
 }
 
 /// One listed definition: its key (tool/prompt name, resource URI) and its JSON text.
@@ -305,6 +308,7 @@ pub fn build(settings: &Settings, health: &HashMap<String, Health>) -> Built {
                 resource_templates: copy(&lists.resource_templates),
                 capabilities: lists.capabilities.clone(),
                 server_info: lists.server_info.clone(),
+                protocol_versions: lists.protocol_versions.clone(),
             };
             &filtered
         };
@@ -466,6 +470,7 @@ fn server_config(
             .capabilities
             .as_ref()
             .and_then(|c| serde_json::value::RawValue::from_string(c.clone()).ok()),
+        protocol_versions: lists.protocol_versions.clone(),
     }
 }
 

@@ -247,7 +247,17 @@ async fn serve(
                 .get_or_create(&crate::metrics::server(&target.name))
                 .observe(started.elapsed().as_secs_f64());
             let lists = match listed {
-                Ok(lists) => Arc::new(lists),
+                Ok(mut lists) => {
+                    // What server/discover lists, and the version initialize negotiated.
+                    if let Some(versions) = discover_versions(target).await {
+                        for v in versions.into_iter().rev() {
+                            if !lists.protocol_versions.contains(&v) {
+                                lists.protocol_versions.insert(0, v);
+                            }
+                        }
+                    }
+                    Arc::new(lists)
+                }
                 Err(reason) => return (reason, served),
             };
             if last.as_deref() != Some(&*lists) {
@@ -331,6 +341,53 @@ fn extras_note(lists: &ServerLists) -> String {
     )
 }
 
+/// The revisions a server lists in its MCP 2026-07-28 `server/discover` answer; `None` when it
+/// does not answer one (a session-era server: its negotiated version stands alone).
+async fn discover_versions(target: &Target) -> Option<Vec<String>> {
+    const V2026: &str = "2026-07-28";
+    let body = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "server/discover",
+        "params": {"_meta": {
+            "io.modelcontextprotocol/protocolVersion": V2026,
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "mcpgw-sidecar", "version": env!("CARGO_PKG_VERSION")},
+        }},
+    });
+    let mut request = target
+        .http
+        .post(target.url.as_str())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", V2026)
+        .header("mcp-method", "server/discover")
+        .timeout(target.timing.request_timeout)
+        .body(body.to_string());
+    for h in &target.headers {
+        request = request.header(h.name.as_str(), h.value.as_str());
+    }
+    let response = request.send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let text = response.text().await.ok()?;
+    // JSON, or the SSE event carrying the result.
+    let messages = std::iter::once(text.as_str()).chain(
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim),
+    );
+    messages
+        .filter_map(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+        .find_map(|m| {
+            let versions = m.get("result")?.get("supportedVersions")?.as_array()?;
+            let versions: Vec<String> = versions
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            (!versions.is_empty()).then_some(versions)
+        })
+}
+
 /// One full pass: every page of every list the server declared.
 async fn list(client: &Client, limit: Duration) -> Result<ServerLists, String> {
     let caps = client
@@ -342,9 +399,13 @@ async fn list(client: &Client, limit: Duration) -> Result<ServerLists, String> {
             .as_ref()
             .map(|i| format!("{} {}", i.name, i.version))
     });
+    let negotiated = client
+        .peer_info()
+        .map(|info| info.protocol_version.to_string());
     let mut lists = ServerLists {
         server_info,
         capabilities: serde_json::to_string(&caps).ok(),
+        protocol_versions: negotiated.into_iter().collect(),
         ..ServerLists::default()
     };
     if caps.tools.is_some() {

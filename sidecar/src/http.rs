@@ -35,6 +35,7 @@ use tokio::time::{timeout_at, Instant};
 use crate::engine::{ListKind, Outputs, Published};
 use crate::settings::PluginToken;
 use crate::streams::{self, Registration, Registry};
+use mcpgw_core::config::Install;
 
 /// Longest hold of a long poll, whatever the client asks.
 pub const MAX_WAIT: Duration = Duration::from_secs(120);
@@ -412,11 +413,108 @@ async fn status(State(state): State<AppState>) -> Response {
 
 /// `GET <mcp_path>`: the notification stream, for requests the plugin vouched for (they carry
 /// its token); anything else is 404/405.
+/// MCP 2026-07-28 `subscriptions/listen` (checked and vouched for by the plugin): an SSE stream
+/// that opens with `notifications/subscriptions/acknowledged` and carries the catalog's
+/// `list_changed` notifications the client opted into (`params.notifications.toolsListChanged`,
+/// `promptsListChanged`, `resourcesListChanged`), each tagged with the subscription id (the
+/// request's id). Resource subscriptions are not relayed yet.
+async fn listen(
+    rx: tokio::sync::broadcast::Receiver<ListKind>,
+    keepalive: Duration,
+    request: Request,
+) -> Response {
+    let body = axum::body::to_bytes(request.into_body(), 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let message: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let id = message
+        .get("id")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let wanted = message
+        .pointer("/params/notifications")
+        .cloned()
+        .unwrap_or_default();
+    let opted = move |kind: &ListKind| {
+        let key = match kind {
+            ListKind::Tools => "toolsListChanged",
+            ListKind::Prompts => "promptsListChanged",
+            ListKind::Resources => "resourcesListChanged",
+        };
+        wanted.get(key).and_then(serde_json::Value::as_bool) == Some(true)
+    };
+    let meta = serde_json::json!({ "io.modelcontextprotocol/subscriptionId": id });
+    let ack = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+        "params": {"_meta": meta}});
+    let tagged = move |kind: ListKind| {
+        let method = match kind {
+            ListKind::Tools => "notifications/tools/list_changed",
+            ListKind::Prompts => "notifications/prompts/list_changed",
+            ListKind::Resources => "notifications/resources/list_changed",
+        };
+        serde_json::json!({"jsonrpc": "2.0", "method": method, "params": {"_meta": meta}})
+            .to_string()
+    };
+    let changes = stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(kind) => Some((kind, rx)),
+            // A lagging listener missed changes: tell it the tools changed (the common case).
+            Err(RecvError::Lagged(_)) => Some((ListKind::Tools, rx)),
+            Err(RecvError::Closed) => None,
+        }
+    })
+    .filter(move |kind| std::future::ready(opted(kind)))
+    .map(move |kind| Ok::<_, Infallible>(Event::default().data(tagged(kind))));
+    let first = stream::once(std::future::ready(Ok::<_, Infallible>(
+        Event::default().data(ack.to_string()),
+    )));
+    let mut response = Sse::new(first.chain(changes))
+        .keep_alive(KeepAlive::new().interval(keepalive).text("keep-alive"))
+        .into_response();
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// `envoy.install: wasm_plugin`: Envoy's default route brings here the MCP 2026-07-28 requests
+/// the plugin answers itself (`server/discover`, lists), because a filter installed without
+/// `allow_on_headers_stop_iteration` cannot hold the headers while it reads the body. The plugin
+/// holds the body and answers, which resets this request: the body never arrives. Should one
+/// arrive (the plugin missing from the chain), the client gets a JSON-RPC error, not a hang.
+async fn held_post(request: Request) -> Response {
+    let body = axum::body::to_bytes(request.into_body(), 1024 * 1024).await;
+    tracing::warn!(
+        "a POST reached the sidecar's MCP path with its body ({} bytes): the plugin did not answer it",
+        body.as_ref().map_or(0, |b| b.len())
+    );
+    let error = serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32603,
+        "message": "the MCP gateway plugin did not answer this request (is it in the filter chain?)"}});
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        error.to_string(),
+    )
+        .into_response()
+}
+
 async fn mcp_stream(State(state): State<AppState>, request: Request) -> Response {
     let outputs = state.outputs;
     let settings = outputs.settings.borrow().clone();
     if request.uri().path() != settings.gateway.0.mcp_path {
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    }
+    if request.method() == Method::POST && request.headers().contains_key("x-mcpgw-listen") {
+        if !state.auth.allows(request.headers()) {
+            return unauthorized("a subscription stream");
+        }
+        return listen(outputs.notices.subscribe(), settings.keepalive, request).await;
+    }
+    if request.method() == Method::POST && settings.envoy.install == Install::WasmPlugin {
+        return held_post(request).await;
     }
     if request.method() != Method::GET {
         let mut r = (StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n").into_response();
@@ -744,6 +842,7 @@ mod tests {
         let answer = request(sidecar.addr, "GET", "/mcp", &[&right]);
         assert_eq!(answer.status, 200, "{}", answer.head);
         assert_eq!(answer.header("content-type"), Some("text/event-stream"));
+        // (Only the wasm_plugin install holds POSTs here: tests/e2e/test_mcp2026.py.)
         assert_eq!(request(sidecar.addr, "POST", "/mcp", &[]).status, 405);
         assert_eq!(request(sidecar.addr, "GET", "/elsewhere", &[]).status, 404);
     }

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use mcpgw_core::config::{check_forward_header, GatewayInfo, HeaderValue, Limits, SessionKey};
+use mcpgw_core::config::{
+    check_forward_header, GatewayInfo, HeaderValue, Install, Limits, SessionKey,
+};
 use serde::Deserialize;
 
 /// Name of the Envoy cluster that points at the sidecar (static, in the bootstrap).
@@ -241,6 +243,10 @@ struct EnvoySection {
     retry_ms: u64,
     connect_timeout_ms: u64,
     access_log: AccessLog,
+    /// How the bootstrap installs the filter: `envoy_filter` (with
+    /// `allow_on_headers_stop_iteration`, both MCP generations) or `wasm_plugin` (without it, as
+    /// a stock Istio WasmPlugin: MCP 2026-07-28 routed on headers only). docs/mcp2026.md.
+    install: Install,
     /// Envoy HTTP filters placed after the plugin, before the router, as written (each with
     /// `name` and `typed_config`): an authorization filter (`rbac`, `ext_authz`) deciding on the
     /// plugin's policy headers (docs/governance.md). Bootstrap only.
@@ -274,6 +280,7 @@ impl Default for EnvoySection {
             retry_ms: 1_000,
             connect_timeout_ms: 5_000,
             access_log: AccessLog::All,
+            install: Install::EnvoyFilter,
             http_filters_after_plugin: Vec::new(),
             http_filters_before_plugin: Vec::new(),
         }
@@ -460,6 +467,7 @@ pub struct EnvoySettings {
     pub retry_ms: u64,
     pub connect_timeout: Duration,
     pub access_log: AccessLog,
+    pub install: Install,
     /// Extra HTTP filters after the plugin (checked: each names itself and has a `typed_config`).
     pub http_filters_after_plugin: Vec<serde_json::Value>,
     /// Extra HTTP filters before the plugin (same checks).
@@ -736,6 +744,7 @@ pub fn parse(
             retry_ms: envoy.retry_ms,
             connect_timeout: positive("envoy.connect_timeout_ms", envoy.connect_timeout_ms)?,
             access_log: envoy.access_log,
+            install: envoy.install,
             http_filters_after_plugin: check_filters(
                 "envoy.http_filters_after_plugin",
                 envoy.http_filters_after_plugin,

@@ -18,6 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use mcpgw_core::config::Install;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -181,22 +182,43 @@ pub fn route_configuration(settings: &Settings) -> Value {
             })
         })
         .collect();
+    let mut default_routes = vec![
+        // MCP 2026-07-28 `subscriptions/listen`, vouched for by the plugin: the sidecar serves it.
+        json!({
+            "match": {
+                "path": settings.gateway.0.mcp_path,
+                "headers": [{"name": "x-mcpgw-listen", "present_match": true}],
+            },
+            "route": {"cluster": SIDECAR_STREAMS_CLUSTER, "timeout": "0s"},
+        }),
+        json!({
+        "match": {
+            "path": settings.gateway.0.mcp_path,
+            "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+        },
+        "route": {"cluster": SIDECAR_STREAMS_CLUSTER, "timeout": "0s"},
+        }),
+    ];
+    if settings.envoy.install == Install::WasmPlugin {
+        // Installed without allow_on_headers_stop_iteration, the plugin cannot hold the headers
+        // of a request it answers itself (server/discover, lists) while it reads the body: they
+        // go on to the sidecar, which never sees the body (the plugin answers and resets).
+        default_routes.push(json!({
+            "match": {
+                "path": settings.gateway.0.mcp_path,
+                "headers": [{"name": ":method", "string_match": {"exact": "POST"}}],
+            },
+            "route": {"cluster": SIDECAR_STREAMS_CLUSTER, "timeout": "30s"},
+        }));
+    }
+    default_routes.push(json!({
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 404, "body": {"inline_string": "not found\n"}},
+    }));
     hosts.push(json!({
         "name": "mcpgw_default",
         "domains": ["*"],
-        "routes": [
-            {
-                "match": {
-                    "path": settings.gateway.0.mcp_path,
-                    "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
-                },
-                "route": {"cluster": SIDECAR_STREAMS_CLUSTER, "timeout": "0s"},
-            },
-            {
-                "match": {"prefix": "/"},
-                "direct_response": {"status": 404, "body": {"inline_string": "not found\n"}},
-            },
-        ],
+        "routes": default_routes,
     }));
     json!({
         "@type": ROUTES_TYPE,
@@ -397,7 +419,7 @@ pub fn bootstrap(settings: &Settings, xds_dir: &Path, options: &BootstrapOptions
     // Authentication (jwt_authn) before the plugin, which reads the verified claims.
     let mut filters: Vec<Value> = settings.envoy.http_filters_before_plugin.clone();
     if let Some(token) = &options.plugin_token {
-        let plugin_configuration = json!({
+        let mut plugin_configuration = json!({
             "sidecar": {
                 "cluster": SIDECAR_CLUSTER,
                 "authority": "mcpgw-sidecar",
@@ -407,25 +429,36 @@ pub fn bootstrap(settings: &Settings, xds_dir: &Path, options: &BootstrapOptions
                 "token": token.expose(),
             }
         });
+        let mut config = json!({
+            "name": "mcpgw",
+            "root_id": "mcpgw",
+            "failure_policy": "FAIL_RELOAD",
+            "vm_config": {
+                "vm_id": "mcpgw",
+                "runtime": "envoy.wasm.runtime.v8",
+                "code": {"local": {"filename": absolute(&settings.envoy.wasm).display().to_string()}},
+            },
+        });
+        // One builder, two installs (docs/mcp2026.md): the EnvoyFilter shape lets the headers
+        // wait for the body; the WasmPlugin shape cannot, and tells the plugin so.
+        match settings.envoy.install {
+            Install::EnvoyFilter => {
+                insert(&mut config, "allow_on_headers_stop_iteration", json!(true));
+            }
+            Install::WasmPlugin => {
+                insert(&mut plugin_configuration, "install", json!("wasm_plugin"));
+            }
+        }
+        let configuration = json!({
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": plugin_configuration.to_string(),
+        });
+        insert(&mut config, "configuration", configuration);
         filters.push(json!({
             "name": "envoy.filters.http.wasm",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": "mcpgw",
-                    "root_id": "mcpgw",
-                    "allow_on_headers_stop_iteration": true,
-                    "failure_policy": "FAIL_RELOAD",
-                    "configuration": {
-                        "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": plugin_configuration.to_string(),
-                    },
-                    "vm_config": {
-                        "vm_id": "mcpgw",
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": absolute(&settings.envoy.wasm).display().to_string()}},
-                    },
-                },
+                "config": config,
             },
         }));
     }
@@ -473,6 +506,13 @@ pub fn bootstrap(settings: &Settings, xds_dir: &Path, options: &BootstrapOptions
             ],
         },
     })
+}
+
+/// Sets `key` of a JSON object (anything else is left alone).
+fn insert(object: &mut Value, key: &str, value: Value) {
+    if let Some(map) = object.as_object_mut() {
+        map.insert(key.into(), value);
+    }
 }
 
 /// A static cluster to the sidecar.
@@ -625,12 +665,16 @@ servers:
             "gamma forwards x-forwarded-proto"
         );
         assert_eq!(hosts[3]["domains"][0], "*");
-        assert_eq!(hosts[3]["routes"][0]["match"]["path"], "/mcp");
+        // subscriptions/listen the plugin vouched for, then the GET notification stream.
+        for route in hosts[3]["routes"].as_array().unwrap().iter().take(2) {
+            assert_eq!(route["match"]["path"], "/mcp");
+            assert_eq!(route["route"]["cluster"], SIDECAR_STREAMS_CLUSTER);
+        }
         assert_eq!(
-            hosts[3]["routes"][0]["route"]["cluster"],
-            SIDECAR_STREAMS_CLUSTER
+            hosts[3]["routes"][0]["match"]["headers"][0]["name"],
+            "x-mcpgw-listen"
         );
-        assert_eq!(hosts[3]["routes"][1]["direct_response"]["status"], 404);
+        assert_eq!(hosts[3]["routes"][2]["direct_response"]["status"], 404);
     }
 
     #[test]
@@ -675,6 +719,56 @@ servers:
             .collect();
         assert!(leftovers.is_empty());
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn one_builder_writes_both_installs() {
+        let filter = settings();
+        assert_eq!(filter.envoy.install, Install::EnvoyFilter);
+        let plugin = parse(
+            "envoy: {xds_dir: /tmp/x, install: wasm_plugin}\nservers:\n  - {name: alpha, url: 'http://127.0.0.1:18081/mcp'}\n",
+            Path::new("/etc"),
+            &|_| None,
+        )
+        .unwrap();
+        let token = || PluginToken::parse(&"t".repeat(40), &"test").unwrap();
+        let wasm_of = |s: &Settings| {
+            let b = bootstrap(
+                s,
+                Path::new("/run/xds"),
+                &BootstrapOptions {
+                    plugin_token: Some(token()),
+                },
+            );
+            b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+                ["http_filters"][0]["typed_config"]["config"]
+                .clone()
+        };
+        let conf = |w: &Value| -> mcpgw_core::PluginConfig {
+            serde_json::from_str(w["configuration"]["value"].as_str().unwrap()).unwrap()
+        };
+        let (a, b) = (wasm_of(&filter), wasm_of(&plugin));
+        assert_eq!(a["allow_on_headers_stop_iteration"], true);
+        assert_eq!(conf(&a).install, Install::EnvoyFilter);
+        assert!(b.get("allow_on_headers_stop_iteration").is_none(), "{b}");
+        assert_eq!(conf(&b).install, Install::WasmPlugin);
+        // Only the WasmPlugin install sends the POSTs the plugin answers on to the sidecar.
+        let posts = |s: &Settings| {
+            let routes = route_configuration(s);
+            let default = routes["virtual_hosts"]
+                .as_array()
+                .unwrap()
+                .last()
+                .unwrap()
+                .clone();
+            default["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["match"]["headers"][0]["string_match"]["exact"] == "POST")
+                .count()
+        };
+        assert_eq!((posts(&filter), posts(&plugin)), (0, 1));
     }
 
     #[test]

@@ -283,6 +283,10 @@ def render(report: dict[str, Any]) -> str:
         "(`.venv/bin/python tests/conformance/run.py --docs` rewrites it; `make conformance` runs the same "
         "without touching docs/).",
         "",
+        "MCP 2026-07-28: the suite's pre-release line (0.2.0-alpha) runs its 2026-07-28 and 2025-11-25 "
+        "requirement sets directly and through the gateway: [conformance-2026.md](conformance-2026.md) "
+        "(`tests/conformance/run_next.py`).",
+        "",
         f"- Date: {report['date']}",
         f"- Command: `{report['command']}`",
         f"- Suite: `@modelcontextprotocol/conformance` {v['suite']} (active server scenarios), Node {v['node']}",

@@ -408,14 +408,25 @@ ACCESS_LOG_FORMAT = ("[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH
 def envoy_bootstrap(*, listen_port: int, admin_port: int, upstreams: Sequence[tuple[str, int]],
                     plugin_config: dict[str, Any], wasm_path: Path | str = WASM_PATH,
                     extra_clusters: Sequence[tuple[str, int]] = (), access_log: Path | str | None = None,
-                    stream_idle_timeout: str = "300s", pretty_config: bool = False) -> dict[str, Any]:
+                    stream_idle_timeout: str = "300s", pretty_config: bool = False,
+                    install: str = "envoy_filter", hold_port: int | None = None) -> dict[str, Any]:
     """The bootstrap the plugin expects, as a dict (render with `to_yaml`). A relative `wasm_path` is
     resolved by Envoy against its working directory.
 
     `upstreams`: (name, port) of each MCP server: a virtual host `<name>.mcp.local` routing `/` to
     cluster `<name>` with the Host rewritten to `127.0.0.1:<port>`. Anything else hits the default
     virtual host: 404. `extra_clusters`: (name, port) clusters without routes (e.g. the sidecar).
+
+    `install="wasm_plugin"`: the filter as a stock Istio WasmPlugin installs it (no
+    `allow_on_headers_stop_iteration`; the plugin is told `"install": "wasm_plugin"`), and the POSTs the
+    plugin answers itself go on to a hold listener on `hold_port` (cluster `mcpgw_hold`: a buffer filter
+    waits for a body that never comes, since the plugin answers first; docs/mcp2026.md).
     """
+    wasm_plugin = install == "wasm_plugin"
+    if wasm_plugin:
+        if hold_port is None:
+            raise HarnessError("install=wasm_plugin needs a hold_port")
+        plugin_config = {**plugin_config, "install": "wasm_plugin"}
     vhosts = [
         {
             "name": name,
@@ -432,12 +443,14 @@ def envoy_bootstrap(*, listen_port: int, admin_port: int, upstreams: Sequence[tu
         }
         for name, port in upstreams
     ]
-    vhosts.append({
-        "name": "default",
-        "domains": ["*"],
-        "routes": [{"match": {"prefix": "/"},
-                    "direct_response": {"status": 404, "body": {"inline_string": "no route\n"}}}],
-    })
+    default_routes: list[dict[str, Any]] = []
+    if wasm_plugin:
+        default_routes.append({"match": {"path": "/mcp", "headers": [
+            {"name": ":method", "string_match": {"exact": "POST"}}]},
+            "route": {"cluster": "mcpgw_hold", "timeout": "30s"}})
+    default_routes.append({"match": {"prefix": "/"},
+                           "direct_response": {"status": 404, "body": {"inline_string": "no route\n"}}})
+    vhosts.append({"name": "default", "domains": ["*"], "routes": default_routes})
     hcm: dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
                  ".HttpConnectionManager",
@@ -452,7 +465,7 @@ def envoy_bootstrap(*, listen_port: int, admin_port: int, upstreams: Sequence[tu
                     "config": {
                         "name": "mcpgw",
                         "root_id": "mcpgw",
-                        "allow_on_headers_stop_iteration": True,
+                        **({} if wasm_plugin else {"allow_on_headers_stop_iteration": True}),
                         "failure_policy": "FAIL_RELOAD",
                         "configuration": {
                             "@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -500,21 +513,60 @@ def envoy_bootstrap(*, listen_port: int, admin_port: int, upstreams: Sequence[tu
     ]
     for cluster in clusters[:len(upstreams)]:
         cluster["typed_extension_protocol_options"] = upstream_http_options()
+    listeners = [{
+        "name": "mcp",
+        "address": {"socket_address": {"address": HOST, "port_value": listen_port}},
+        "per_connection_buffer_limit_bytes": 4194304,
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": hcm,
+        }]}],
+    }]
+    if wasm_plugin:
+        listeners.append(hold_listener(hold_port))
+        clusters.append({
+            "name": "mcpgw_hold", "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "mcpgw_hold", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": HOST, "port_value": hold_port}}}}]}]},
+        })
     return {
         "static_resources": {
-            "listeners": [{
-                "name": "mcp",
-                "address": {"socket_address": {"address": HOST, "port_value": listen_port}},
-                "per_connection_buffer_limit_bytes": 4194304,
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": hcm,
-                }]}],
-            }],
+            "listeners": listeners,
             "clusters": clusters,
         },
         "admin": {"address": {"socket_address": {"address": HOST, "port_value": admin_port}}},
         "stats_config": {"stats_tags": [{"tag_name": n, "regex": r} for n, r in STATS_TAGS]},
+    }
+
+
+def hold_listener(port: int) -> dict[str, Any]:
+    """The hold listener of the wasm_plugin install: a buffer filter waits for the whole body, which the
+    plugin never lets through (it answers the client and the held request is reset). Should a body ever
+    arrive (the plugin missing from the chain), the answer is a JSON-RPC error, not a hang."""
+    error = '{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"the MCP gateway plugin did not answer this request"}}'
+    return {
+        "name": "mcpgw_hold",
+        "address": {"socket_address": {"address": HOST, "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                         ".HttpConnectionManager",
+                "stat_prefix": "mcpgw_hold",
+                "route_config": {"name": "hold", "virtual_hosts": [{"name": "hold", "domains": ["*"], "routes": [{
+                    "match": {"prefix": "/"},
+                    "direct_response": {"status": 503, "body": {"inline_string": error}},
+                    "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}],
+                }]}]},
+                "http_filters": [
+                    {"name": "envoy.filters.http.buffer", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                        "max_request_bytes": 4194304}},
+                    {"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+                ],
+            },
+        }]}],
     }
 
 
@@ -669,9 +721,10 @@ class Gateway:
     def __init__(self, workdir: Path, *, upstreams: Sequence[DemoServer] = (), plugin_config: dict[str, Any],
                  listen_port: int | None = None, admin_port: int | None = None, concurrency: int = 2,
                  wasm_path: Path | str = WASM_PATH, extra_clusters: Sequence[tuple[str, int]] = (),
-                 name: str = "envoy", validate: bool = False, routes: Sequence[tuple[str, int]] | None = None):
+                 name: str = "envoy", validate: bool = False, routes: Sequence[tuple[str, int]] | None = None,
+                 install: str = "envoy_filter"):
         self.workdir = Path(workdir)
-        lp, ap = free_ports(2)
+        lp, ap, hp = free_ports(3)
         self.listen_port = listen_port or lp
         self.admin_port = admin_port or ap
         self.wasm_path = Path(wasm_path)
@@ -681,7 +734,7 @@ class Gateway:
             listen_port=self.listen_port, admin_port=self.admin_port,
             upstreams=list(routes) if routes is not None else [(u.server_name, u.port) for u in upstreams],
             plugin_config=plugin_config, wasm_path=self.wasm_path.resolve(), extra_clusters=extra_clusters,
-            access_log=self.workdir / f"{name}-access.log")
+            access_log=self.workdir / f"{name}-access.log", install=install, hold_port=hp)
         self.config_path = self.workdir / f"{name}.yaml"
         self.envoy = Envoy(self.config_path, self.workdir, admin_port=self.admin_port,
                            listen_port=self.listen_port, concurrency=concurrency, name=name)

@@ -15,6 +15,8 @@ import pytest
 import harness
 
 EXAMPLE = harness.REPO_ROOT / "envoy.yaml"
+# The same example as a stock Istio WasmPlugin installs the filter (docs/mcp2026.md).
+EXAMPLE_WASMPLUGIN = harness.REPO_ROOT / "envoy-wasmplugin.yaml"
 
 
 def _require_wasm() -> None:
@@ -22,19 +24,23 @@ def _require_wasm() -> None:
         pytest.fail(f"{harness.WASM_PATH} missing: run ./build.sh", pytrace=False)
 
 
-def test_checked_in_example_validates():
+@pytest.mark.parametrize("example", [EXAMPLE, EXAMPLE_WASMPLUGIN], ids=["envoy_filter", "wasm_plugin"])
+def test_checked_in_example_validates(example):
     _require_wasm()
-    ok, out = harness.envoy_validate(EXAMPLE)
+    ok, out = harness.envoy_validate(example)
     assert ok, out[-3000:]
 
 
-def test_checked_in_example_is_current(tmp_path):
-    """envoy.yaml is generated; regenerate with `scripts/run.py --write-example envoy.yaml`."""
-    fresh = tmp_path / "envoy.yaml"
-    subprocess.run([sys.executable, str(harness.REPO_ROOT / "scripts" / "run.py"), "--write-example", str(fresh)],
-                   check=True, timeout=60)
-    assert fresh.read_text() == EXAMPLE.read_text(), \
-        "envoy.yaml is stale: run `.venv/bin/python scripts/run.py --write-example envoy.yaml`"
+@pytest.mark.parametrize("example,install", [(EXAMPLE, "envoy_filter"), (EXAMPLE_WASMPLUGIN, "wasm_plugin")],
+                         ids=["envoy_filter", "wasm_plugin"])
+def test_checked_in_example_is_current(tmp_path, example, install):
+    """envoy.yaml and envoy-wasmplugin.yaml are generated; regenerate with
+    `scripts/run.py --write-example envoy.yaml` (and `--write-example envoy-wasmplugin.yaml --install wasm_plugin`)."""
+    fresh = tmp_path / example.name
+    subprocess.run([sys.executable, str(harness.REPO_ROOT / "scripts" / "run.py"), "--write-example", str(fresh),
+                    "--install", install], check=True, timeout=60)
+    assert fresh.read_text() == example.read_text(), \
+        f"{example.name} is stale: run `.venv/bin/python scripts/run.py --write-example {example.name} --install {install}`"
 
 
 def test_generated_bootstraps_validate(tmp_path):

@@ -115,7 +115,8 @@ CASES = [
          None, "header mcp-protocol-version must appear once"),
     Case("content-type-twice", with_headers([("content-type", "application/json"), ("content-type", "text/plain")]),
          415, -32600, None, "Content-Type must be application/json"),  # one joined value reaches the gateway
-    Case("version-header-padded", with_headers({"mcp-protocol-version": "2025-06-18 ,x"}), 400, -32600),
+    # -32022 (MCP 2026-07-28), with data.supported naming the versions the gateway speaks, and the id.
+    Case("version-header-padded", with_headers({"mcp-protocol-version": "2025-06-18 ,x"}), 400, -32022, 1),
     # --- sessions -----------------------------------------------------------------------------------
     Case("reuse-after-delete", after_delete(), 404, None),
     Case("list-after-delete", after_delete(call("3", "{}", "tools/list")), 404, None),
