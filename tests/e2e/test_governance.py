@@ -17,12 +17,13 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpx
 import pytest
 
 import harness
 from conftest import make_document
 from harness import Gateway
-from rpc import Rpc, describe, rpc_error, tool_text
+from rpc import Rpc, describe, message_of, rpc_error, tool_text
 
 RBAC = {
     "name": "envoy.filters.http.rbac",
@@ -306,6 +307,68 @@ def test_a_grant_narrows_the_list_and_refuses_calls_outside_it(strict: Gateway):
         err = rpc_error(resp)
         assert err["id"] == "g-1" and err["error"]["code"] == -32001
         assert "tool add on server alpha" in err["error"]["message"], err
+
+
+def granted_gateway_of(install: str, request) -> Gateway:
+    return request.getfixturevalue("strict" if install == "envoy_filter" else "strict_wasmplugin")
+
+
+@pytest.fixture(scope="module")
+def strict_wasmplugin(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
+    """The strict grants gateway installed as a stock Istio WasmPlugin: 2026 calls routed on
+    their headers."""
+    doc = make_document(upstreams, catalogs)
+    doc["grants"] = {"public_key": PUBLIC_PEM, "missing": "nothing"}
+    doc["virtual_servers"] = VIRTUAL_SERVERS
+    gw = Gateway(workdir, upstreams=list(upstreams.values()), plugin_config={"document": doc},
+                 name="envoy-grants-wasmplugin", validate=True, install="wasm_plugin")
+    try:
+        gw.start()
+    except harness.HarnessError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield gw
+    gw.stop()
+
+
+def post_2026(url: str, method: str, params: dict[str, Any], *, name: str | None = None,
+              headers: dict[str, str] | None = None, id: Any = 1):
+    """An MCP 2026-07-28 request: no session, routing headers, the revision in `_meta`."""
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "gov2026", "version": "1"}}
+    h = {"content-type": "application/json", "accept": "application/json, text/event-stream",
+         "mcp-protocol-version": "2026-07-28", "mcp-method": method, **(headers or {})}
+    if name is not None:
+        h["mcp-name"] = name
+    body = {"jsonrpc": "2.0", "id": id, "method": method, "params": {**params, "_meta": meta}}
+    return httpx.post(url, json=body, headers=h, timeout=10.0)
+
+
+@pytest.mark.parametrize("install", ["envoy_filter", "wasm_plugin"])
+def test_stateless_2026_requests_are_held_to_the_grant(install: str, request):
+    """A 2026-07-28 client (no session) sees and calls only what its grant allows, whether the call
+    is routed on its body or, as a stock WasmPlugin must, on its headers; a narrowed list is
+    marked private to that caller."""
+    gw = granted_gateway_of(install, request)
+    token = {"x-mcp-authorized": grant(ALPHA_ECHO_BETA_ADD)}
+    resp = post_2026(gw.url, "tools/list", {}, headers=token)
+    assert resp.status_code == 200, describe(resp)
+    result = message_of(resp)["result"]
+    assert sorted(t["name"] for t in result["tools"]) == ["alpha_echo", "alpha_whoami", "beta_add"]
+    assert result["cacheScope"] == "private", result
+    resp = post_2026(gw.url, "tools/call", {"name": "alpha_echo", "arguments": {"text": "in"}},
+                     name="alpha_echo", headers=token)
+    assert resp.status_code == 200 and tool_text(message_of(resp)) == "alpha: in", describe(resp)
+    resp = post_2026(gw.url, "tools/call", {"name": "alpha_add", "arguments": {"a": 1, "b": 1}},
+                     name="alpha_add", headers=token, id="g26")
+    assert resp.status_code == 403, describe(resp)
+    err = rpc_error(resp)
+    assert err["error"]["code"] == -32001 and "tool add on server alpha" in err["error"]["message"], err
+    # No grant, `missing: nothing`: an empty list, and the call refused.
+    resp = post_2026(gw.url, "tools/list", {})
+    assert resp.status_code == 200 and message_of(resp)["result"]["tools"] == [], describe(resp)
+    resp = post_2026(gw.url, "tools/call", {"name": "alpha_echo", "arguments": {"text": "x"}}, name="alpha_echo")
+    assert resp.status_code == 403, describe(resp)
 
 
 def test_the_grant_header_never_reaches_an_upstream(strict: Gateway):
