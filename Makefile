@@ -48,9 +48,11 @@ test-e2e: wasm sidecar
 	$(VENV)/bin/python -m pytest -q tests/e2e
 
 # The official MCP conformance suite directly against tests/servers/conformance_server.py and through
-# the gateway (tests/conformance/run.py; expected failures: tests/conformance/expected-failures.yml).
+# the gateway (tests/conformance/run.py; expected failures: tests/conformance/expected-failures.yml),
+# then its 0.2.0-alpha pre-release's 2026-07-28 and 2025-11-25 requirement sets (run_next.py).
 conformance: wasm sidecar
 	$(VENV)/bin/python tests/conformance/run.py
+	$(VENV)/bin/python tests/conformance/run_next.py
 
 # The Wasm OCI image and wasmplugin/ checked with Istio's own code (tests/oci): build.sh pushes to a
 # registry on 127.0.0.1, Istio's image fetcher pulls it back, the manifests are rendered, validated

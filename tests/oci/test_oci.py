@@ -190,9 +190,11 @@ def sidecar_source_fields():
     return set(re.findall(r"pub (\w+):", body))
 
 
-def check_plugin_configuration(text, token, cluster):
+def check_plugin_configuration(text, token, cluster, install=None):
+    """`install`: the plugin's `install` key (the WasmPlugin's `wasm_plugin`; none: the default)."""
     conf = json.loads(text)
-    assert set(conf) == {"sidecar"}, conf
+    assert set(conf) == ({"sidecar"} if install is None else {"sidecar", "install"}), conf
+    assert conf.get("install") == install, conf
     sidecar = conf["sidecar"]
     assert set(sidecar) <= sidecar_source_fields(), sidecar
     assert sidecar["token"] == token
@@ -245,8 +247,10 @@ def test_manifests_are_wired(oci_check, rendered, install, compat_ref):
         "the local-only ConfigMaps must not reach the cluster"
     kinds = sorted(d["kind"] for d in docs)
     expected_plugin = INSTALLS[install][2]
+    # The WasmPlugin install adds the route that holds the headers of requests the plugin answers.
+    routes = ["HTTPRoute"] * (2 if expected_plugin == "WasmPlugin" else 1)
     assert kinds == sorted(["ConfigMap", "Secret", "ServiceAccount", "Service", "Deployment", "NetworkPolicy",
-                            "HTTPRoute", expected_plugin]), kinds
+                            expected_plugin, *routes]), kinds
     namespaces = {d["metadata"].get("namespace") for d in docs}
     assert len(namespaces) == 1 and None not in namespaces, namespaces
     ns = namespaces.pop()
@@ -273,10 +277,20 @@ def test_manifests_are_wired(oci_check, rendered, install, compat_ref):
     assert np["spec"]["podSelector"] == {"matchLabels": svc["spec"]["selector"]}
     assert np["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": gateway}}}],
                                       "ports": [{"protocol": "TCP", "port": port}]}]
-    (route,) = by_kind(docs, "HTTPRoute")
-    assert route["spec"]["parentRefs"][0]["name"] == gateway
-    assert route["spec"]["hostnames"] == [params["mcp_hostname"]]
-    assert route["spec"]["rules"][0]["matches"] == [{"path": {"type": "Exact", "value": "/mcp"}, "method": "GET"}]
+    routes = {d["metadata"]["name"]: d for d in by_kind(docs, "HTTPRoute")}
+    for route in routes.values():
+        assert route["spec"]["parentRefs"][0]["name"] == gateway
+        assert route["spec"]["hostnames"] == [params["mcp_hostname"]]
+        assert all(rule["backendRefs"] == [{"name": svc["metadata"]["name"], "port": port}]
+                   for rule in route["spec"]["rules"]), route
+    mcp = {"type": "Exact", "value": "/mcp"}
+    # Only the notification streams the plugin vouched for lead to the sidecar ...
+    assert [rule["matches"] for rule in routes["mcpgw-notifications"]["spec"]["rules"]] == [
+        [{"path": mcp, "method": "GET"}],
+        [{"path": mcp, "method": "POST", "headers": [{"name": "x-mcpgw-listen", "type": "Exact", "value": "1"}]}]]
+    # ... and, with a WasmPlugin, the held headers of what the plugin answers itself.
+    if expected_plugin == "WasmPlugin":
+        assert [rule["matches"] for rule in routes["mcpgw-hold"]["spec"]["rules"]] == [[{"path": mcp, "method": "POST"}]]
 
     conf_file = r["path"].with_name("sidecar.yaml")
     conf_file.write_text(cm["data"]["sidecar.yaml"])
@@ -386,7 +400,7 @@ def test_istio_turns_the_manifests_into_the_filter_the_plugin_needs(oci_check, r
         check_plugin_configuration(ef["configuration"], r["token"], params["sidecar_cluster"])
         envoy_validates_the_converted_filter(ef, params["sidecar_cluster"], tmp_path)
     for wp in facts["wasm_plugins"] or []:
-        check_plugin_configuration(wp["configuration"], r["token"], params["sidecar_cluster"])
+        check_plugin_configuration(wp["configuration"], r["token"], params["sidecar_cluster"], "wasm_plugin")
     assert (facts["envoy_filters"] or facts["wasm_plugins"])
 
 
