@@ -72,6 +72,7 @@ CONTENDERS = {
     "mcp_router": "native mcp + mcp_router",
     "mcpgw": "mcpgw plugin (this)",
     "mcpgw_notel": "mcpgw, telemetry: false",
+    "mcpgw_hdr": "mcpgw as a stock WasmPlugin (header-routed)",
 }
 # Contenders with MCP aggregation: they see every upstream; the others proxy one upstream.
 AGGREGATING = ("mcp_router", "mcpgw", "mcpgw_notel")
@@ -85,7 +86,12 @@ WORKLOADS = {
     "call2026": "tools/call, MCP 2026-07-28 (stateless, Mcp-Name)",
 }
 # Workloads run only by some contenders / at some connection counts (default: all).
-WORKLOAD_CONTENDERS = {"list200": AGGREGATING, "call2026": ("mcpgw",)}
+# mcpgw_hdr: the filter without allow_on_headers_stop_iteration (`install: wasm_plugin`), which serves
+# only MCP 2026-07-28 requests: it runs the 2026 call alone, routed on its Mcp-Name header.
+HEADERS_ONLY = ("mcpgw_hdr",)
+WORKLOAD_CONTENDERS = {"list200": AGGREGATING, "call2026": ("mcpgw", "mcpgw_hdr")}
+# Every other workload: every contender but the header-routed one.
+ALL_WORKLOADS_CONTENDERS = tuple(c for c in CONTENDERS if c not in HEADERS_ONLY)
 WORKLOAD_CONNS = {"list200": [16]}
 LUA_WORKLOAD = {"list200": "list"}
 # Which listener (upstream group) a workload uses.
@@ -133,6 +139,7 @@ TARGETS_DOC = """\
 | T7 | wasm <= 250 KB (250,000 bytes) after wasm-opt |
 | T8 | no per-session heap growth: Envoy RSS flat (< 1 MiB) across 10,000 sessions |
 | T9 | telemetry (metrics, access-log fields) costs <= 5 % of tools/call throughput at 16 connections |
+| T10 | the MCP 2026-07-28 tools/call routed on its headers (a stock Istio WasmPlugin's install) is the cheapest: throughput >= the 2025 tools/call's |
 """
 
 
@@ -293,12 +300,13 @@ NATIVE_MCP = {"name": "envoy.filters.http.mcp",
                                "max_request_body_size": 4 * 1024 * 1024}}
 
 
-def wasm_filter(name: str, root_id: str, vm_id: str, code: Path, configuration: str) -> dict:
+def wasm_filter(name: str, root_id: str, vm_id: str, code: Path, configuration: str,
+                stop_iteration: bool = True) -> dict:
     return {"name": "envoy.filters.http.wasm", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
         "config": {
             "name": name, "root_id": root_id,
-            "allow_on_headers_stop_iteration": True,
+            "allow_on_headers_stop_iteration": stop_iteration,
             "failure_policy": "FAIL_RELOAD",
             "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
                               "value": configuration},
@@ -347,12 +355,15 @@ def listener_for(contender: str, group: str, port: int, tools: dict[int, list], 
         filters = [NATIVE_MCP, {"name": "envoy.filters.http.mcp_router", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.mcp_router.v3.McpRouter",
             "servers": servers}}]
-    elif contender in ("mcpgw", "mcpgw_notel"):
+    elif contender in ("mcpgw", "mcpgw_notel", "mcpgw_hdr"):
         config = plugin_document(group, tools, key)
         if contender == "mcpgw_notel":
             config["telemetry"] = False  # the hot-path cost of telemetry: T9
+        if contender == "mcpgw_hdr":
+            config["install"] = "wasm_plugin"  # as a stock Istio WasmPlugin installs it
         doc = json.dumps(config, separators=(",", ":"))
-        filters = [wasm_filter(f"mcpgw_{group}", "mcpgw", "mcpgw", PLUGIN_WASM, doc), ROUTER]
+        filters = [wasm_filter(f"mcpgw_{group}", "mcpgw", "mcpgw", PLUGIN_WASM, doc,
+                               stop_iteration=contender not in HEADERS_ONLY), ROUTER]
         vhosts = [{"name": f"s{i + 1}", "domains": [f"s{i + 1}.{group}.mcp.local"],
                    "routes": [{"match": {"prefix": "/"},
                                "route": {"cluster": upstream_cluster(group, i), "timeout": "30s"}}]}
@@ -406,7 +417,8 @@ class Contender:
         return BASE_PORT[self.name] + LISTENER_OFFSET[group]
 
     def tool(self) -> str:
-        return {"mcpgw": "s1_echo", "mcpgw_notel": "s1_echo", "mcp_router": "b1__echo"}.get(self.name, "echo")
+        return {"mcpgw": "s1_echo", "mcpgw_notel": "s1_echo", "mcpgw_hdr": "s1_echo",
+                "mcp_router": "b1__echo"}.get(self.name, "echo")
 
     @property
     def pid(self) -> int:
@@ -820,12 +832,23 @@ def evaluate_targets(s: dict, wasm_bytes: int | None, growth: dict | None,
         f"{cost * 100:+.1f} %" if cost is not None else "n/a", cost is not None and cost <= 0.05,
         "1 - mcpgw / mcpgw_notel requests per second, 16 connections" + cpu_check("mcpgw", "mcpgw_notel", "call", 16),
         cells=[("mcpgw", "call", 16), ("mcpgw_notel", "call", 16)])
+    a, b = get("mcpgw_hdr", "call2026", 16, "rps"), get("mcpgw", "call", 16, "rps")
+    r = ratio(a, b)
+    add("T10", "2026 tools/call routed on headers (stock WasmPlugin) rps @16 >= the 2025 tools/call's",
+        f"{r:.2f}x" if r else "n/a", r is not None and r >= 1.0,
+        "mcpgw_hdr call2026 / mcpgw call requests per second, 16 connections"
+        + (f"; the envoy_filter install's call2026: {ratio(get('mcpgw', 'call2026', 16, 'rps'), b):.2f}x"
+           if ratio(get("mcpgw", "call2026", 16, "rps"), b) else "")
+        + (f"; CPU-time ratio {cr:.2f}x"
+           if (cr := ratio(get("mcpgw", "call", 16, "cpu_us_per_req"),
+                           get("mcpgw_hdr", "call2026", 16, "cpu_us_per_req"))) else ""),
+        cells=[("mcpgw_hdr", "call2026", 16), ("mcpgw", "call", 16)])
     return t
 
 
 def svg_chart(s: dict, contenders: list[str], workloads: list[str]) -> str:
     colors = {"plain": "#9e9e9e", "buffer": "#757575", "floor": "#64b5f6", "mcp": "#ffb74d",
-              "mcp_router": "#f57c00", "mcpgw": "#2e7d32", "mcpgw_notel": "#81c784"}
+              "mcp_router": "#f57c00", "mcpgw": "#2e7d32", "mcpgw_notel": "#81c784", "mcpgw_hdr": "#1b5e20"}
     panel_w, panel_h, label_w, gap = 360, 30 + 18 * len(contenders), 180, 24
     cols = [("rps", 16, "throughput, 16 connections (req/s)"), ("p99_us", 16, "p99 latency, 16 connections")]
     width = label_w + len(cols) * (panel_w + gap) + 20
@@ -872,7 +895,7 @@ def markdown_table(s: dict, contenders: list[str], workloads: list[str], conns_l
             plain = s.get(("plain", w, n), {}).get("rps")
             router = s.get(("mcp_router", w, n), {}).get("rps")
             for c in contenders:
-                if c not in WORKLOAD_CONTENDERS.get(w, CONTENDERS):
+                if c not in WORKLOAD_CONTENDERS.get(w, ALL_WORKLOADS_CONTENDERS):
                     continue
                 r = s.get((c, w, n))
                 if not r:
@@ -1192,12 +1215,13 @@ def main() -> int:
             if obj.failed:
                 continue
             for w in workloads:
-                if c not in WORKLOAD_CONTENDERS.get(w, CONTENDERS):
+                if c not in WORKLOAD_CONTENDERS.get(w, ALL_WORKLOADS_CONTENDERS):
                     continue
                 try:
                     g = GROUP_OF[w]
                     if g not in obj.sessions:
-                        obj.sessions[g] = open_session(obj, g)
+                        # A header-routed install has no 2025 session to open (2026 is stateless).
+                        obj.sessions[g] = None if c in HEADERS_ONLY else open_session(obj, g)
                     check_workload(obj, w)
                     live.setdefault(w, []).append(c)
                 except (RuntimeError, OSError, http.client.HTTPException, ValueError, KeyError) as e:
@@ -1303,7 +1327,7 @@ def main() -> int:
             print(f"- {c}: {msg}")
     print(f"\nreport: {out_dir / 'benchmarks.md'}")
     if args.smoke:
-        expected = sum(1 for w in workloads for c in contenders if c in WORKLOAD_CONTENDERS.get(w, CONTENDERS))
+        expected = sum(1 for w in workloads for c in contenders if c in WORKLOAD_CONTENDERS.get(w, ALL_WORKLOADS_CONTENDERS))
         ok = not failures and len(s) == expected and all(v["errors"] == 0 for v in s.values())
         print(f"smoke: {len(s)}/{expected} cells ok" + ("" if ok else " -- FAILED"))
         return 0 if ok else 1
