@@ -153,6 +153,10 @@ pub struct Limits {
     /// MCP 2026-07-28 `ttlMs` on list and `server/discover` results: how long a client may
     /// cache them (the lists change only with the catalog's version).
     pub list_ttl_ms: u64,
+    /// Tool discovery for large catalogs (docs/governance.md): with more tools than this,
+    /// `tools/list` offers the meta-tools `discover_tools` and `select_tools` instead of the
+    /// catalog. 0 (the default): off.
+    pub meta_tools_above: usize,
 }
 
 impl Default for Limits {
@@ -165,6 +169,7 @@ impl Default for Limits {
             upstream_timeout_ms: 10_000,
             max_session_opens_per_second: 20,
             list_ttl_ms: 30_000,
+            meta_tools_above: 0,
         }
     }
 }
