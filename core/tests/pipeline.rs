@@ -3317,3 +3317,37 @@ fn at_or_below_the_threshold_the_catalog_is_listed_as_usual() {
         "an unknown tool"
     );
 }
+
+#[test]
+fn a_selection_holds_inside_a_batch() {
+    let catalog = catalog_with_limits(
+        serde_json::json!({"page_size": 10, "max_body_bytes": 4096, "meta_tools_above": 2}),
+        false,
+    );
+    let token = initialize_at(&catalog, "2025-03-26");
+    let mut shared = HashMap::new();
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call("select_tools", serde_json::json!({"tools": ["alpha_add"]})),
+    );
+    assert!(host.reply_json()["result"].is_object());
+    let batch = r#"[
+        {"jsonrpc":"2.0","id":1,"method":"tools/list"},
+        {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"alpha_echo","arguments":{}}},
+        {"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"discover_tools","arguments":{}}}
+    ]"#;
+    let (host, _) = post_shared(&catalog, &mut shared, &token, batch);
+    assert!(host.calls.is_empty(), "nothing goes upstream");
+    let answers = host.reply_json();
+    let names: Vec<&str> = answers[0]["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["discover_tools", "select_tools", "alpha_add"]);
+    assert_eq!(answers[1]["error"]["code"], -32602);
+    assert_eq!(answers[2]["error"]["code"], -32600);
+}

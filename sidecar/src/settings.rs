@@ -1200,6 +1200,12 @@ VEiyi/nozagw7BaWXmzbOWyy95gZLirTkhUb1P4Z4lgKLU2rD5NCbGPHAA==\\n\
         let limited = parse_ok("limits: {max_json_depth: 16, max_body_bytes: 4096}\n");
         assert_eq!(limited.limits.0.max_json_depth, 16);
         assert_eq!(limited.limits.0.max_body_bytes, 4096);
+        assert_eq!(
+            limited.limits.0.meta_tools_above, 0,
+            "tool discovery is off by default"
+        );
+        let discovery = parse_ok("limits: {meta_tools_above: 40}\n");
+        assert_eq!(discovery.limits.0.meta_tools_above, 40);
     }
 
     #[test]
