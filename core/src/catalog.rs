@@ -587,7 +587,7 @@ impl Catalog {
         page.push_str(META_TOOLS);
         if let Some(scope) = scope {
             for (item, _) in self.shown_tools(access) {
-                if scope.iter().any(|name| *name == item.shown_as) {
+                if scope.contains(&item.shown_as) {
                     page.push(',');
                     page.push_str(&item.definition);
                 }

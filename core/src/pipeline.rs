@@ -1419,11 +1419,16 @@ impl Request {
         let access = self.access(&catalog, host)?;
         let message: Value = serde_json::from_str(text)
             .map_err(|_| GatewayError::invalid_params("Invalid params"))?;
-        let arguments = &message["params"]["arguments"];
+        let argument = |name: &str| {
+            message
+                .get("params")
+                .and_then(|params| params.get("arguments"))
+                .and_then(|arguments| arguments.get(name))
+        };
         let structured = if name == crate::catalog::DISCOVER_TOOLS {
-            let server = match &arguments["server"] {
-                Value::Null => None,
-                Value::String(server) => Some(server.as_str()),
+            let server = match argument("server") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(server)) => Some(server.as_str()),
                 _ => {
                     return Err(GatewayError::invalid_params(
                         "Invalid params: server must be a string",
@@ -1432,8 +1437,8 @@ impl Request {
             };
             catalog.discover(server, &access)?
         } else {
-            let tools: Vec<String> = match &arguments["tools"] {
-                Value::Array(tools) if !tools.is_empty() => tools
+            let tools: Vec<String> = match argument("tools") {
+                Some(Value::Array(tools)) if !tools.is_empty() => tools
                     .iter()
                     .map(|tool| tool.as_str().map(String::from))
                     .collect::<Option<_>>()
