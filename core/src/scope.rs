@@ -61,3 +61,43 @@ pub fn set(host: &mut dyn Host, id: &str, tools: &[String]) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ended::tests::Shared;
+
+    /// `count` session ids that share one set.
+    fn colliding(count: usize) -> Vec<String> {
+        let set = |id: &str| crate::upstream::hash(&[id]) % SETS;
+        let first = set("s0");
+        (0..)
+            .map(|i| format!("s{i}"))
+            .filter(|id| set(id) == first)
+            .take(count)
+            .collect()
+    }
+
+    #[test]
+    fn a_scope_is_found_only_by_its_session_and_a_full_set_evicts_the_oldest() {
+        let mut host = Shared::default();
+        let ids = colliding(WAYS + 1);
+        for (i, id) in ids.iter().take(WAYS).enumerate() {
+            assert!(set(&mut host, id, &[format!("t{i}")]));
+        }
+        for (i, id) in ids.iter().take(WAYS).enumerate() {
+            assert_eq!(get(&host, id), Some(vec![format!("t{i}")]));
+        }
+        assert_eq!(get(&host, "someone-else"), None);
+        // A new selection replaces the session's own, without evicting another.
+        assert!(set(&mut host, &ids[1], &["again".to_owned()]));
+        assert_eq!(get(&host, &ids[0]), Some(vec!["t0".to_owned()]));
+        assert_eq!(get(&host, &ids[1]), Some(vec!["again".to_owned()]));
+        // One more session in the full set: the oldest (ids[0]) loses its scope, nobody else's.
+        let last = ids.last().unwrap();
+        assert!(set(&mut host, last, &["new".to_owned()]));
+        assert_eq!(get(&host, &ids[0]), None);
+        assert_eq!(get(&host, last), Some(vec!["new".to_owned()]));
+        assert_eq!(get(&host, &ids[2]), Some(vec!["t2".to_owned()]));
+    }
+}
