@@ -159,6 +159,8 @@ pub struct Catalog {
     initialize_tail: String,
     /// Problems that did not reject the document (shadowed names), for the log.
     pub warnings: Vec<String>,
+    /// `tool_categories` of the document: what `discover_tools` offers besides servers.
+    pub tool_categories: Vec<crate::config::ToolCategory>,
 }
 
 #[derive(Deserialize)]
@@ -245,6 +247,7 @@ impl Catalog {
             tool_overrides,
             validate_arguments,
             authorization_after_plugin,
+            tool_categories,
         } = config;
         let mut warnings = Vec::new();
         for (i, o) in tool_overrides.iter().enumerate() {
@@ -436,6 +439,7 @@ impl Catalog {
             authorization_after_plugin,
             initialize_tail,
             warnings,
+            tool_categories,
         })
     }
 
@@ -619,9 +623,32 @@ impl Catalog {
     pub fn discover(
         &self,
         server: Option<&str>,
+        category: Option<&str>,
         access: &crate::grant::Access<'_>,
     ) -> Result<serde_json::Value, GatewayError> {
         use serde_json::json;
+        if let Some(name) = category {
+            let config = self
+                .tool_categories
+                .iter()
+                .find(|c| c.name == name)
+                .ok_or_else(|| {
+                    GatewayError::invalid_params(format!(
+                        "Invalid params: unknown category {}",
+                        json_string(name)
+                    ))
+                })?;
+            let tools: Vec<serde_json::Value> = self
+                .shown_tools(access)
+                .filter(|(item, _)| config.tools.contains(&item.shown_as))
+                .map(|(item, _)| {
+                    json!({"name": item.shown_as, "description": one_line(&item.definition)})
+                })
+                .collect();
+            return Ok(
+                json!({"category": name, "description": config.description, "tools": tools}),
+            );
+        }
         match server {
             None => {
                 let servers: Vec<serde_json::Value> = self
@@ -638,6 +665,26 @@ impl Catalog {
                         })
                     })
                     .collect();
+                let categories: Vec<serde_json::Value> = self
+                    .tool_categories
+                    .iter()
+                    .filter_map(|c| {
+                        let count = self
+                            .shown_tools(access)
+                            .filter(|(item, _)| c.tools.contains(&item.shown_as))
+                            .count();
+                        (count > 0).then(|| {
+                            json!({"name": c.name, "description": c.description, "tools": count})
+                        })
+                    })
+                    .collect();
+                if !categories.is_empty() {
+                    return Ok(json!({
+                        "servers": servers,
+                        "categories": categories,
+                        "hint": "call discover_tools with {\"category\": name} (or {\"server\": name}) to see its tools, then select_tools with the names you need"
+                    }));
+                }
                 Ok(json!({
                     "servers": servers,
                     "hint": "call discover_tools with {\"server\": name} to see its tools, then select_tools with the names you need"
@@ -843,7 +890,7 @@ fn is_token_byte(b: u8) -> bool {
 
 /// The two meta-tools of tool discovery, as `tools/list` lists them.
 const META_TOOLS: &str = concat!(
-    r#"{"name":"discover_tools","description":"Lists the servers of this gateway with their tool counts; with `server`, that server's tools with one-line descriptions. Then call select_tools.","inputSchema":{"type":"object","properties":{"server":{"type":"string","description":"A server name from discover_tools"}}}},"#,
+    r#"{"name":"discover_tools","description":"Lists the servers of this gateway with their tool counts; with `server`, that server's tools with one-line descriptions. Then call select_tools.","inputSchema":{"type":"object","properties":{"server":{"type":"string","description":"A server name from discover_tools"},"category":{"type":"string","description":"A category name from discover_tools"}}}},"#,
     r#"{"name":"select_tools","description":"Makes exactly these tools available in this session (all or nothing); tools/list then shows them.","inputSchema":{"type":"object","properties":{"tools":{"type":"array","items":{"type":"string"},"description":"Tool names as discover_tools shows them"}},"required":["tools"]}}"#
 );
 

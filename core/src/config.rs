@@ -45,6 +45,20 @@ pub struct GatewayConfig {
     /// `envoy.http_filters_after_plugin` is not empty.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub authorization_after_plugin: bool,
+    /// Categories `discover_tools` offers (tool discovery, docs/governance.md); none: per server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_categories: Vec<ToolCategory>,
+}
+
+/// A category of tools for `discover_tools`: a name, a hint for the model, the tools (as clients
+/// see them: prefixed, or renamed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCategory {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub tools: Vec<String>,
 }
 
 /// How the gateway presents itself to clients.

@@ -1435,7 +1435,16 @@ impl Request {
                     ))
                 }
             };
-            catalog.discover(server, &access)?
+            let category = match argument("category") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(category)) => Some(category.as_str()),
+                _ => {
+                    return Err(GatewayError::invalid_params(
+                        "Invalid params: category must be a string",
+                    ))
+                }
+            };
+            catalog.discover(server, category, &access)?
         } else {
             let tools: Vec<String> = match argument("tools") {
                 Some(Value::Array(tools)) if !tools.is_empty() => tools

@@ -3351,3 +3351,50 @@ fn a_selection_holds_inside_a_batch() {
     assert_eq!(answers[1]["error"]["code"], -32602);
     assert_eq!(answers[2]["error"]["code"], -32600);
 }
+
+#[test]
+fn discover_tools_offers_configured_categories() {
+    let config: GatewayConfig = serde_json::from_value(serde_json::json!({
+        "version": "t1",
+        "session": {"keys": [{"id": "k1", "secret": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}], "ttl_seconds": 3600},
+        "limits": {"meta_tools_above": 1},
+        "tool_categories": [{"name": "math", "description": "Arithmetic", "tools": ["alpha_add", "nope"]}],
+        "servers": [
+            {"name": "alpha", "prefix": "alpha_", "authority": "alpha.mcp.local", "cluster": "alpha",
+             "tools": [{"name": "echo", "inputSchema": {"type": "object"}}, {"name": "add", "description": "a+b\nmore"}]}
+        ]
+    }))
+    .unwrap();
+    let catalog = Rc::new(Catalog::build(config).unwrap());
+    let token = initialize(&catalog);
+    let mut shared = HashMap::new();
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call("discover_tools", serde_json::json!({})),
+    );
+    let found = &host.reply_json()["result"]["structuredContent"];
+    assert_eq!(
+        found["categories"],
+        serde_json::json!([{"name": "math", "description": "Arithmetic", "tools": 1}])
+    );
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call("discover_tools", serde_json::json!({"category": "math"})),
+    );
+    let found = &host.reply_json()["result"]["structuredContent"];
+    assert_eq!(
+        found["tools"],
+        serde_json::json!([{"name": "alpha_add", "description": "a+b"}])
+    );
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call("discover_tools", serde_json::json!({"category": "art"})),
+    );
+    assert_eq!(host.reply_json()["error"]["code"], -32602);
+}
