@@ -919,6 +919,7 @@ def discovering(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
     """`limits.meta_tools_above: 2` (the demo catalog has more), with the virtual servers."""
     doc = make_document(upstreams, catalogs)
     doc["limits"]["meta_tools_above"] = 2
+    doc["tool_categories"] = [{"name": "echoes", "description": "Echo tools", "tools": ["alpha_echo", "beta_echo"]}]
     doc["virtual_servers"] = VIRTUAL_SERVERS
     gw = Gateway(workdir, upstreams=list(upstreams.values()), plugin_config={"document": doc},
                  name="envoy-discovery", validate=True)
@@ -946,6 +947,9 @@ def test_discovery_lists_meta_tools_then_scopes_one_session(discovering: Gateway
         resp, _ = c.call_tool("discover_tools")
         servers = {s["name"]: s["tools"] for s in structured(resp)["servers"]}
         assert sum(servers.values()) == len(expected_tools) and set(servers) == {"alpha", "beta"}
+        assert structured(resp)["categories"] == [{"name": "echoes", "description": "Echo tools", "tools": 2}]
+        resp, _ = c.call_tool("discover_tools", {"category": "echoes"})
+        assert [t["name"] for t in structured(resp)["tools"]] == ["alpha_echo", "beta_echo"]
         resp, _ = c.call_tool("discover_tools", {"server": "alpha"})
         tools = {t["name"]: t["description"] for t in structured(resp)["tools"]}
         assert set(tools) == {n for n in expected_tools if n.startswith("alpha_")}
