@@ -192,6 +192,21 @@ impl Batch {
                         "Invalid Request: initialize must not be part of a batch",
                     ))),
                     "ping" => local(Ok("{}")),
+                    "tools/list" if ctx.catalog.meta_tools_active() => {
+                        match (cursor_of(&params), ctx.access) {
+                            (Ok(None), Some(access)) => {
+                                let scope = crate::scope::get(host, &self.session.id);
+                                local(Ok(&ctx.catalog.meta_tools_page(scope.as_deref(), access)))
+                            }
+                            (Ok(Some(_)), _) => local(Err(GatewayError::invalid_params(
+                                "Invalid params: unknown cursor",
+                            ))),
+                            (Err(e), _) => local(Err(e)),
+                            (Ok(None), None) => {
+                                local(Err(GatewayError::upstream("no grant evaluated")))
+                            }
+                        }
+                    }
                     "tools/list" => list(ListKind::Tools),
                     "prompts/list" => list(ListKind::Prompts),
                     "resources/list" => list(ListKind::Resources),
@@ -219,6 +234,33 @@ impl Batch {
                                 ))
                                 .because("batched_call_refused")))));
                             return;
+                        }
+                        if routed == "tools/call" && ctx.catalog.meta_tools_active() {
+                            // Tool discovery: the meta-tools are answered alone, and a session's
+                            // selection holds in a batch too.
+                            let called = params.name.and_then(jsonrpc::raw_str);
+                            let refusal = match called.as_deref() {
+                                Some(
+                                    crate::catalog::DISCOVER_TOOLS | crate::catalog::SELECT_TOOLS,
+                                ) => Some(GatewayError::invalid_request(
+                                    "Invalid Request: discover_tools and select_tools must be \
+                                     sent alone, not in a batch",
+                                )),
+                                Some(name) => crate::scope::get(host, &self.session.id)
+                                    .filter(|scope| !scope.iter().any(|tool| tool == name))
+                                    .map(|_| {
+                                        GatewayError::invalid_params(format!(
+                                            "Invalid params: tool {} is outside this session's \
+                                             selection (select_tools)",
+                                            jsonrpc::json_string(name)
+                                        ))
+                                    }),
+                                None => None,
+                            };
+                            if let Some(refusal) = refusal {
+                                self.answers.push(Some(local(Err(refusal))));
+                                return;
+                            }
                         }
                         let granted = |destination: &Destination| match ctx.access {
                             Some(access) => destination.check(ctx.catalog, access),

@@ -159,6 +159,8 @@ pub struct Catalog {
     initialize_tail: String,
     /// Problems that did not reject the document (shadowed names), for the log.
     pub warnings: Vec<String>,
+    /// `tool_categories` of the document: what `discover_tools` offers besides servers.
+    pub tool_categories: Vec<crate::config::ToolCategory>,
 }
 
 #[derive(Deserialize)]
@@ -245,6 +247,7 @@ impl Catalog {
             tool_overrides,
             validate_arguments,
             authorization_after_plugin,
+            tool_categories,
         } = config;
         let mut warnings = Vec::new();
         for (i, o) in tool_overrides.iter().enumerate() {
@@ -436,6 +439,7 @@ impl Catalog {
             authorization_after_plugin,
             initialize_tail,
             warnings,
+            tool_categories,
         })
     }
 
@@ -549,6 +553,160 @@ impl Catalog {
             return Err(unknown());
         }
         Ok(Cow::Owned(pages.swap_remove(index)))
+    }
+
+    /// Whether `tools/list` offers the meta-tools instead of the catalog
+    /// (`limits.meta_tools_above`, docs/governance.md "Tool discovery").
+    pub fn meta_tools_active(&self) -> bool {
+        let above = self.limits.meta_tools_above;
+        above > 0 && self.tools.len() > above
+    }
+
+    /// The tools `access` shows, with their server's config.
+    fn shown_tools<'s>(
+        &'s self,
+        access: &'s crate::grant::Access<'_>,
+    ) -> impl Iterator<Item = (&'s Listed, &'s ServerConfig)> + 's {
+        self.listed[0].iter().filter_map(move |item| {
+            let server = self.servers.get(item.server)?;
+            access
+                .shows(
+                    crate::grant::Kind::Tools,
+                    &server.name,
+                    &item.granted_as,
+                    &item.shown_as,
+                )
+                .then_some((item, server))
+        })
+    }
+
+    /// The `tools/list` result while the meta-tools are active: the two meta-tools, then the
+    /// tools of the session's scope that `access` shows (none before a selection).
+    pub fn meta_tools_page(
+        &self,
+        scope: Option<&[String]>,
+        access: &crate::grant::Access<'_>,
+    ) -> String {
+        let mut page = String::from("{\"tools\":[");
+        page.push_str(META_TOOLS);
+        if let Some(scope) = scope {
+            for (item, _) in self.shown_tools(access) {
+                if scope.contains(&item.shown_as) {
+                    page.push(',');
+                    page.push_str(&item.definition);
+                }
+            }
+        }
+        page.push_str("]}");
+        page
+    }
+
+    /// The names of `names` that are no tool `access` shows.
+    pub fn unknown_tools(
+        &self,
+        names: &[String],
+        access: &crate::grant::Access<'_>,
+    ) -> Vec<String> {
+        names
+            .iter()
+            .filter(|name| {
+                !self
+                    .shown_tools(access)
+                    .any(|(item, _)| item.shown_as == **name)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// What `discover_tools` answers (its structured content): the servers with the number of
+    /// tools `access` shows of each, or, for one `server`, its tools with one-line descriptions.
+    pub fn discover(
+        &self,
+        server: Option<&str>,
+        category: Option<&str>,
+        access: &crate::grant::Access<'_>,
+    ) -> Result<serde_json::Value, GatewayError> {
+        use serde_json::json;
+        if let Some(name) = category {
+            let config = self
+                .tool_categories
+                .iter()
+                .find(|c| c.name == name)
+                .ok_or_else(|| {
+                    GatewayError::invalid_params(format!(
+                        "Invalid params: unknown category {}",
+                        json_string(name)
+                    ))
+                })?;
+            let tools: Vec<serde_json::Value> = self
+                .shown_tools(access)
+                .filter(|(item, _)| config.tools.contains(&item.shown_as))
+                .map(|(item, _)| {
+                    json!({"name": item.shown_as, "description": one_line(&item.definition)})
+                })
+                .collect();
+            return Ok(
+                json!({"category": name, "description": config.description, "tools": tools}),
+            );
+        }
+        match server {
+            None => {
+                let servers: Vec<serde_json::Value> = self
+                    .servers
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(index, config)| {
+                        let count = self
+                            .shown_tools(access)
+                            .filter(|(item, _)| item.server == index)
+                            .count();
+                        (count > 0).then(|| {
+                            json!({"name": config.name, "prefix": config.prefix, "tools": count})
+                        })
+                    })
+                    .collect();
+                let categories: Vec<serde_json::Value> = self
+                    .tool_categories
+                    .iter()
+                    .filter_map(|c| {
+                        let count = self
+                            .shown_tools(access)
+                            .filter(|(item, _)| c.tools.contains(&item.shown_as))
+                            .count();
+                        (count > 0).then(|| {
+                            json!({"name": c.name, "description": c.description, "tools": count})
+                        })
+                    })
+                    .collect();
+                if !categories.is_empty() {
+                    return Ok(json!({
+                        "servers": servers,
+                        "categories": categories,
+                        "hint": "call discover_tools with {\"category\": name} (or {\"server\": name}) to see its tools, then select_tools with the names you need"
+                    }));
+                }
+                Ok(json!({
+                    "servers": servers,
+                    "hint": "call discover_tools with {\"server\": name} to see its tools, then select_tools with the names you need"
+                }))
+            }
+            Some(name) => {
+                let tools: Vec<serde_json::Value> = self
+                    .shown_tools(access)
+                    .filter(|(_, config)| config.name == name)
+                    .map(|(item, _)| {
+                        json!({"name": item.shown_as, "description": one_line(&item.definition)})
+                    })
+                    .collect();
+                if tools.is_empty() {
+                    return Err(GatewayError::invalid_params(format!(
+                        "Invalid params: unknown server {}",
+                        json_string(name)
+                    )));
+                }
+                Ok(json!({"server": name, "tools": tools}))
+            }
+        }
     }
 
     /// The `initialize` result for a negotiated protocol version.
@@ -728,6 +886,37 @@ fn validate_server(index: usize, server: &ServerConfig) -> Result<(), String> {
 
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
+}
+
+/// The two meta-tools of tool discovery, as `tools/list` lists them.
+const META_TOOLS: &str = concat!(
+    r#"{"name":"discover_tools","description":"Lists the servers of this gateway with their tool counts; with `server`, that server's tools with one-line descriptions. Then call select_tools.","inputSchema":{"type":"object","properties":{"server":{"type":"string","description":"A server name from discover_tools"},"category":{"type":"string","description":"A category name from discover_tools"}}}},"#,
+    r#"{"name":"select_tools","description":"Makes exactly these tools available in this session (all or nothing); tools/list then shows them.","inputSchema":{"type":"object","properties":{"tools":{"type":"array","items":{"type":"string"},"description":"Tool names as discover_tools shows them"}},"required":["tools"]}}"#
+);
+
+/// Name of the meta-tool that lists servers and tools.
+pub const DISCOVER_TOOLS: &str = "discover_tools";
+/// Name of the meta-tool that sets the session's scope.
+pub const SELECT_TOOLS: &str = "select_tools";
+
+/// The first line of a definition's `description`, at most 160 characters.
+fn one_line(definition: &str) -> String {
+    #[derive(Deserialize)]
+    struct Described {
+        #[serde(default)]
+        description: Option<String>,
+    }
+    let description = serde_json::from_str::<Described>(definition)
+        .ok()
+        .and_then(|d| d.description)
+        .unwrap_or_default();
+    description
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(160)
+        .collect()
 }
 
 fn paginate<'a>(

@@ -45,6 +45,20 @@ pub struct GatewayConfig {
     /// `envoy.http_filters_after_plugin` is not empty.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub authorization_after_plugin: bool,
+    /// Categories `discover_tools` offers (tool discovery, docs/governance.md); none: per server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_categories: Vec<ToolCategory>,
+}
+
+/// A category of tools for `discover_tools`: a name, a hint for the model, the tools (as clients
+/// see them: prefixed, or renamed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCategory {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub tools: Vec<String>,
 }
 
 /// How the gateway presents itself to clients.
@@ -153,6 +167,10 @@ pub struct Limits {
     /// MCP 2026-07-28 `ttlMs` on list and `server/discover` results: how long a client may
     /// cache them (the lists change only with the catalog's version).
     pub list_ttl_ms: u64,
+    /// Tool discovery for large catalogs (docs/governance.md): with more tools than this,
+    /// `tools/list` offers the meta-tools `discover_tools` and `select_tools` instead of the
+    /// catalog. 0 (the default): off.
+    pub meta_tools_above: usize,
 }
 
 impl Default for Limits {
@@ -165,6 +183,7 @@ impl Default for Limits {
             upstream_timeout_ms: 10_000,
             max_session_opens_per_second: 20,
             list_ttl_ms: 30_000,
+            meta_tools_above: 0,
         }
     }
 }

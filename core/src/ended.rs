@@ -148,7 +148,7 @@ impl Set {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::{HashMap, HashSet};
 
     use super::*;
@@ -156,7 +156,7 @@ mod tests {
 
     /// Shared data with versions, like the proxy's; nothing else.
     #[derive(Default)]
-    struct Shared {
+    pub(crate) struct Shared {
         data: HashMap<String, (Vec<u8>, u32)>,
         next: u32,
         now: u64,

@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod relay;
 mod route;
 pub mod schema;
+pub mod scope;
 pub mod session;
 pub mod sse;
 pub mod stateless;

@@ -1109,6 +1109,9 @@ impl Request {
                         self.open_session(host)?;
                         Ok(self.reply_result(host, "{}"))
                     }
+                    "tools/list" if self.catalog.meta_tools_active() => {
+                        self.meta_list(host, &params)
+                    }
                     "tools/list" => self.list(host, ListKind::Tools, &params),
                     "logging/setLevel" => self.set_level(host, &params),
                     "prompts/list" => self.list(host, ListKind::Prompts, &params),
@@ -1135,12 +1138,36 @@ impl Request {
                             .open_session(host)?
                             .ok_or_else(GatewayError::missing_session)?;
                         let catalog = Rc::clone(&self.catalog);
+                        let meta = routed == "tools/call" && catalog.meta_tools_active();
+                        let called = params.name.and_then(jsonrpc::raw_str);
+                        if meta {
+                            if let Some(
+                                name @ (crate::catalog::DISCOVER_TOOLS
+                                | crate::catalog::SELECT_TOOLS),
+                            ) = called.as_deref()
+                            {
+                                return self.meta_call(host, text, name, &session);
+                            }
+                        }
                         let destination = Destination::of(&catalog, text, routed, &params)?;
                         if let Some(audit) = &mut self.audit {
                             let (server, name) = destination.target(&catalog);
                             audit.target(server, name);
                         }
                         destination.check(&catalog, &self.access(&catalog, host)?)?;
+                        if meta {
+                            if let (Some(scope), Some(name)) =
+                                (crate::scope::get(host, &session.id), called.as_deref())
+                            {
+                                if !scope.iter().any(|tool| tool == name) {
+                                    return Err(GatewayError::invalid_params(format!(
+                                        "Invalid params: tool {} is outside this session's \
+                                         selection (select_tools)",
+                                        jsonrpc::json_string(name)
+                                    )));
+                                }
+                            }
+                        }
                         self.route(host, destination.into_call(text, body.len(), session)?)
                     }
                     other => {
@@ -1358,6 +1385,110 @@ impl Request {
         let access = self.access(&catalog, host)?;
         let page = catalog.page_for(kind, cursor.as_deref(), &access)?;
         Ok(self.reply_result(host, &page))
+    }
+
+    /// `tools/list` while the meta-tools are active: them, and the session's selection.
+    fn meta_list(
+        &mut self,
+        host: &mut dyn Host,
+        params: &Params<'_>,
+    ) -> Result<Action, GatewayError> {
+        let session = self.open_session(host)?;
+        if cursor_of(params)?.is_some() {
+            return Err(GatewayError::invalid_params(
+                "Invalid params: unknown cursor",
+            ));
+        }
+        let catalog = Rc::clone(&self.catalog);
+        let access = self.access(&catalog, host)?;
+        let scope = session.and_then(|session| crate::scope::get(host, &session.id));
+        let page = catalog.meta_tools_page(scope.as_deref(), &access);
+        Ok(self.reply_result(host, &page))
+    }
+
+    /// A call of `discover_tools` or `select_tools`, answered by the gateway itself.
+    fn meta_call(
+        &mut self,
+        host: &mut dyn Host,
+        text: &str,
+        name: &str,
+        session: &Session,
+    ) -> Result<Action, GatewayError> {
+        use serde_json::{json, Value};
+        let catalog = Rc::clone(&self.catalog);
+        let access = self.access(&catalog, host)?;
+        let message: Value = serde_json::from_str(text)
+            .map_err(|_| GatewayError::invalid_params("Invalid params"))?;
+        let argument = |name: &str| {
+            message
+                .get("params")
+                .and_then(|params| params.get("arguments"))
+                .and_then(|arguments| arguments.get(name))
+        };
+        let structured = if name == crate::catalog::DISCOVER_TOOLS {
+            let server = match argument("server") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(server)) => Some(server.as_str()),
+                _ => {
+                    return Err(GatewayError::invalid_params(
+                        "Invalid params: server must be a string",
+                    ))
+                }
+            };
+            let category = match argument("category") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(category)) => Some(category.as_str()),
+                _ => {
+                    return Err(GatewayError::invalid_params(
+                        "Invalid params: category must be a string",
+                    ))
+                }
+            };
+            catalog.discover(server, category, &access)?
+        } else {
+            let tools: Vec<String> = match argument("tools") {
+                Some(Value::Array(tools)) if !tools.is_empty() => tools
+                    .iter()
+                    .map(|tool| tool.as_str().map(String::from))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| {
+                        GatewayError::invalid_params("Invalid params: tools must be strings")
+                    })?,
+                _ => {
+                    return Err(GatewayError::invalid_params(
+                        "Invalid params: tools must be a non-empty array of tool names",
+                    ))
+                }
+            };
+            if tools.len() > crate::scope::MAX_TOOLS {
+                return Err(GatewayError::invalid_params(format!(
+                    "Invalid params: at most {} tools may be selected",
+                    crate::scope::MAX_TOOLS
+                )));
+            }
+            let unknown = catalog.unknown_tools(&tools, &access);
+            if !unknown.is_empty() {
+                return Err(GatewayError::invalid_params(format!(
+                    "Invalid params: unknown tools: {}",
+                    unknown.join(", ")
+                )));
+            }
+            if !crate::scope::set(host, &session.id, &tools) {
+                return Err(GatewayError::upstream(
+                    "Internal error: the selection could not be recorded; retry",
+                ));
+            }
+            json!({
+                "selected": tools,
+                "toolsListChanged": true,
+                "hint": "tools/list now shows these tools; call them directly"
+            })
+        };
+        let result = json!({
+            "content": [{"type": "text", "text": structured.to_string()}],
+            "structuredContent": structured,
+        });
+        Ok(self.reply_result(host, &result.to_string()))
     }
 
     /// What this request may see and call: its `x-mcp-authorized`, verified (everything when

@@ -3108,3 +3108,293 @@ fn headers_only_install_routes_on_mcp_name_and_splices_the_body() {
     assert_eq!(host.reply_status(), 400);
     assert_eq!(host.reply_json()["error"]["code"], -32600);
 }
+
+/// A POST on `token` that sees (and leaves behind) the shared data `shared`.
+fn post_shared(
+    catalog: &Rc<Catalog>,
+    shared: &mut HashMap<String, (Vec<u8>, u32)>,
+    token: &str,
+    body: &str,
+) -> (FakeHost, Action) {
+    let mut host = FakeHost::post(body, Some(token));
+    host.shared = std::mem::take(shared);
+    host.next_version = 1_000_000;
+    let (_, action) = run(catalog, &mut host);
+    *shared = host.shared.clone();
+    (host, action)
+}
+
+fn listed_names(host: &FakeHost) -> Vec<String> {
+    host.reply_json()["result"]["tools"]
+        .as_array()
+        .expect("a tools list")
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn meta_call(tool: &str, arguments: serde_json::Value) -> String {
+    serde_json::json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments}})
+    .to_string()
+}
+
+#[test]
+fn above_the_threshold_tools_list_offers_the_meta_tools_and_selection_scopes_the_session() {
+    let catalog = catalog_with_limits(
+        serde_json::json!({"page_size": 10, "max_body_bytes": 4096, "meta_tools_above": 2}),
+        false,
+    );
+    assert!(catalog.meta_tools_active());
+    let mut shared = HashMap::new();
+    let token = initialize(&catalog);
+    let other = {
+        let mut host = FakeHost::post(
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
+            None,
+        );
+        host.nonce_seed = 7;
+        run(&catalog, &mut host);
+        host.reply_header("mcp-session-id").unwrap()
+    };
+    let id = |token: &str| {
+        catalog
+            .keys
+            .open(token.as_bytes(), FakeHost::post("", None).now)
+            .map(|s| s.id.clone())
+    };
+    assert_ne!(id(&token), id(&other));
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+
+    let (host, _) = post_shared(&catalog, &mut shared, &token, list);
+    assert_eq!(listed_names(&host), ["discover_tools", "select_tools"]);
+
+    // discover: servers with counts, then one server's tools with one-line descriptions.
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call("discover_tools", serde_json::json!({})),
+    );
+    let found = &host.reply_json()["result"]["structuredContent"];
+    assert_eq!(found["servers"][0]["name"], "alpha");
+    assert_eq!(found["servers"][0]["tools"], 2);
+    assert_eq!(found["servers"][1]["tools"], 1);
+    assert!(
+        host.calls.is_empty()
+            && host
+                .request_headers
+                .iter()
+                .all(|(n, _)| n != "x-mcp-servername")
+    );
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call("discover_tools", serde_json::json!({"server": "alpha"})),
+    );
+    let found = &host.reply_json()["result"]["structuredContent"];
+    assert_eq!(
+        found["tools"][1],
+        serde_json::json!({"name": "alpha_add", "description": "a+b"})
+    );
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call("discover_tools", serde_json::json!({"server": "nope"})),
+    );
+    assert_eq!(host.reply_json()["error"]["code"], -32602);
+
+    // A selection naming an unknown tool changes nothing and names it.
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call(
+            "select_tools",
+            serde_json::json!({"tools": ["alpha_add", "gamma_x"]}),
+        ),
+    );
+    assert_eq!(host.reply_json()["error"]["code"], -32602);
+    let message = host.reply_json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("gamma_x") && !message.contains("alpha_add"),
+        "{message}"
+    );
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call("select_tools", serde_json::json!({"tools": []})),
+    );
+    assert_eq!(host.reply_json()["error"]["code"], -32602);
+    let (host, _) = post_shared(&catalog, &mut shared, &token, list);
+    assert_eq!(listed_names(&host), ["discover_tools", "select_tools"]);
+
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call(
+            "select_tools",
+            serde_json::json!({"tools": ["alpha_add", "beta_echo"]}),
+        ),
+    );
+    let selected = &host.reply_json()["result"]["structuredContent"];
+    assert_eq!(
+        selected["selected"],
+        serde_json::json!(["alpha_add", "beta_echo"])
+    );
+    let (host, _) = post_shared(&catalog, &mut shared, &token, list);
+    assert_eq!(
+        listed_names(&host),
+        ["discover_tools", "select_tools", "alpha_add", "beta_echo"]
+    );
+
+    // In scope: routed (the upstream session opens first); outside: refused, never forwarded.
+    let (host, action) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call("alpha_add", serde_json::json!({})),
+    );
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.calls[0].0, "alpha");
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call("alpha_echo", serde_json::json!({})),
+    );
+    assert_eq!(host.reply_json()["error"]["code"], -32602);
+    assert!(host.calls.is_empty());
+
+    // Another session has no scope: the meta-tools only, and every tool callable.
+    let (host, _) = post_shared(&catalog, &mut shared, &other, list);
+    assert_eq!(listed_names(&host), ["discover_tools", "select_tools"]);
+    let (host, action) = post_shared(
+        &catalog,
+        &mut shared,
+        &other,
+        &meta_call("alpha_echo", serde_json::json!({})),
+    );
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.calls[0].0, "alpha");
+}
+
+#[test]
+fn at_or_below_the_threshold_the_catalog_is_listed_as_usual() {
+    let catalog = catalog_with_limits(
+        serde_json::json!({"page_size": 10, "max_body_bytes": 4096, "meta_tools_above": 3}),
+        false,
+    );
+    assert!(!catalog.meta_tools_active());
+    let token = initialize(&catalog);
+    let mut shared = HashMap::new();
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    );
+    assert_eq!(
+        listed_names(&host),
+        ["alpha_echo", "alpha_add", "beta_echo"]
+    );
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call("select_tools", serde_json::json!({"tools": ["alpha_add"]})),
+    );
+    assert_eq!(
+        host.reply_json()["error"]["code"],
+        -32602,
+        "an unknown tool"
+    );
+}
+
+#[test]
+fn a_selection_holds_inside_a_batch() {
+    let catalog = catalog_with_limits(
+        serde_json::json!({"page_size": 10, "max_body_bytes": 4096, "meta_tools_above": 2}),
+        false,
+    );
+    let token = initialize_at(&catalog, "2025-03-26");
+    let mut shared = HashMap::new();
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call("select_tools", serde_json::json!({"tools": ["alpha_add"]})),
+    );
+    assert!(host.reply_json()["result"].is_object());
+    let batch = r#"[
+        {"jsonrpc":"2.0","id":1,"method":"tools/list"},
+        {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"alpha_echo","arguments":{}}},
+        {"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"discover_tools","arguments":{}}}
+    ]"#;
+    let (host, _) = post_shared(&catalog, &mut shared, &token, batch);
+    assert!(host.calls.is_empty(), "nothing goes upstream");
+    let answers = host.reply_json();
+    let names: Vec<&str> = answers[0]["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["discover_tools", "select_tools", "alpha_add"]);
+    assert_eq!(answers[1]["error"]["code"], -32602);
+    assert_eq!(answers[2]["error"]["code"], -32600);
+}
+
+#[test]
+fn discover_tools_offers_configured_categories() {
+    let config: GatewayConfig = serde_json::from_value(serde_json::json!({
+        "version": "t1",
+        "session": {"keys": [{"id": "k1", "secret": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}], "ttl_seconds": 3600},
+        "limits": {"meta_tools_above": 1},
+        "tool_categories": [{"name": "math", "description": "Arithmetic", "tools": ["alpha_add", "nope"]}],
+        "servers": [
+            {"name": "alpha", "prefix": "alpha_", "authority": "alpha.mcp.local", "cluster": "alpha",
+             "tools": [{"name": "echo", "inputSchema": {"type": "object"}}, {"name": "add", "description": "a+b\nmore"}]}
+        ]
+    }))
+    .unwrap();
+    let catalog = Rc::new(Catalog::build(config).unwrap());
+    let token = initialize(&catalog);
+    let mut shared = HashMap::new();
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call("discover_tools", serde_json::json!({})),
+    );
+    let found = &host.reply_json()["result"]["structuredContent"];
+    assert_eq!(
+        found["categories"],
+        serde_json::json!([{"name": "math", "description": "Arithmetic", "tools": 1}])
+    );
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call("discover_tools", serde_json::json!({"category": "math"})),
+    );
+    let found = &host.reply_json()["result"]["structuredContent"];
+    assert_eq!(
+        found["tools"],
+        serde_json::json!([{"name": "alpha_add", "description": "a+b"}])
+    );
+    let (host, _) = post_shared(
+        &catalog,
+        &mut shared,
+        &token,
+        &meta_call("discover_tools", serde_json::json!({"category": "art"})),
+    );
+    assert_eq!(host.reply_json()["error"]["code"], -32602);
+}

@@ -394,6 +394,7 @@ pub fn build(settings: &Settings, health: &HashMap<String, Health>) -> Built {
         tool_overrides: settings.tool_overrides.0.clone(),
         validate_arguments: settings.validate_arguments,
         authorization_after_plugin: !settings.envoy.http_filters_after_plugin.is_empty(),
+        tool_categories: settings.tool_categories.0.clone(),
     };
     let hash = content_hash(&document);
     document.hash = hash.clone();

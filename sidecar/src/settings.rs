@@ -67,6 +67,9 @@ struct FileConfig {
     /// Curated tools: hide, rename, describe, pin arguments (docs/governance.md).
     #[serde(default)]
     tool_overrides: Vec<ToolOverrideSection>,
+    /// Categories `discover_tools` offers (tool discovery, docs/governance.md).
+    #[serde(default)]
+    tool_categories: Vec<mcpgw_core::config::ToolCategory>,
     /// Check tools/call arguments against the advertised inputSchema at the gateway.
     #[serde(default)]
     validate_arguments: bool,
@@ -369,6 +372,7 @@ pub struct Settings {
     pub virtual_servers: SerdeEq<Vec<mcpgw_core::grant::VirtualServerConfig>>,
     pub oauth: SerdeEq<Option<mcpgw_core::identity::OAuthConfig>>,
     pub tool_overrides: SerdeEq<Vec<mcpgw_core::curation::ToolOverride>>,
+    pub tool_categories: SerdeEq<Vec<mcpgw_core::config::ToolCategory>>,
     pub validate_arguments: bool,
     pub invalid_tools: InvalidTools,
 }
@@ -596,6 +600,7 @@ pub fn parse(
         virtual_servers,
         oauth,
         tool_overrides,
+        tool_categories,
         validate_arguments,
         invalid_tools,
     } = file;
@@ -757,6 +762,7 @@ pub fn parse(
         servers: specs,
         grants: SerdeEq(grants),
         virtual_servers: SerdeEq(virtual_servers),
+        tool_categories: SerdeEq(tool_categories),
         oauth: SerdeEq(oauth),
         validate_arguments,
         invalid_tools,
@@ -1200,6 +1206,15 @@ VEiyi/nozagw7BaWXmzbOWyy95gZLirTkhUb1P4Z4lgKLU2rD5NCbGPHAA==\\n\
         let limited = parse_ok("limits: {max_json_depth: 16, max_body_bytes: 4096}\n");
         assert_eq!(limited.limits.0.max_json_depth, 16);
         assert_eq!(limited.limits.0.max_body_bytes, 4096);
+        assert_eq!(
+            limited.limits.0.meta_tools_above, 0,
+            "tool discovery is off by default"
+        );
+        let discovery = parse_ok("limits: {meta_tools_above: 40}\n");
+        assert_eq!(discovery.limits.0.meta_tools_above, 40);
+        let categories =
+            parse_ok("tool_categories: [{name: math, description: Arithmetic, tools: [a_add]}]\n");
+        assert_eq!(categories.tool_categories.0[0].tools, ["a_add"]);
     }
 
     #[test]

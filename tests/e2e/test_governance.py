@@ -910,3 +910,80 @@ def test_calls_cannot_dodge_the_filter_inside_a_batch(governed: Gateway):
         resp, _ = c.call_tool("alpha_add", {"a": 1, "b": 2})
         assert resp.status_code == 403, "alone, rbac decides"
         c.delete()
+
+
+# --- Tool discovery for large catalogs: discover_tools / select_tools (docs/governance.md) ---
+
+@pytest.fixture(scope="module")
+def discovering(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
+    """`limits.meta_tools_above: 2` (the demo catalog has more), with the virtual servers."""
+    doc = make_document(upstreams, catalogs)
+    doc["limits"]["meta_tools_above"] = 2
+    doc["tool_categories"] = [{"name": "echoes", "description": "Echo tools", "tools": ["alpha_echo", "beta_echo"]}]
+    doc["virtual_servers"] = VIRTUAL_SERVERS
+    gw = Gateway(workdir, upstreams=list(upstreams.values()), plugin_config={"document": doc},
+                 name="envoy-discovery", validate=True)
+    try:
+        gw.start()
+    except harness.HarnessError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield gw
+    gw.stop()
+
+
+META = ["discover_tools", "select_tools"]
+
+
+def structured(resp) -> dict[str, Any]:
+    msg = message_of(resp)
+    assert "result" in msg, msg
+    return msg["result"]["structuredContent"]
+
+
+def test_discovery_lists_meta_tools_then_scopes_one_session(discovering: Gateway, expected_tools, upstreams):
+    with session_on(discovering) as c, session_on(discovering) as other:
+        assert listed_tools(c) == META
+
+        resp, _ = c.call_tool("discover_tools")
+        servers = {s["name"]: s["tools"] for s in structured(resp)["servers"]}
+        assert sum(servers.values()) == len(expected_tools) and set(servers) == {"alpha", "beta"}
+        assert structured(resp)["categories"] == [{"name": "echoes", "description": "Echo tools", "tools": 2}]
+        resp, _ = c.call_tool("discover_tools", {"category": "echoes"})
+        assert [t["name"] for t in structured(resp)["tools"]] == ["alpha_echo", "beta_echo"]
+        resp, _ = c.call_tool("discover_tools", {"server": "alpha"})
+        tools = {t["name"]: t["description"] for t in structured(resp)["tools"]}
+        assert set(tools) == {n for n in expected_tools if n.startswith("alpha_")}
+        assert all("\n" not in d for d in tools.values())
+
+        # All or nothing: one unknown name, and nothing is selected.
+        resp, _ = c.call_tool("select_tools", {"tools": ["alpha_echo", "nope_tool"]})
+        err = rpc_error(resp)["error"]
+        assert err["code"] == -32602 and "nope_tool" in err["message"], err
+        assert listed_tools(c) == META
+
+        resp, _ = c.call_tool("select_tools", {"tools": ["alpha_echo", "beta_add"]})
+        assert structured(resp)["selected"] == ["alpha_echo", "beta_add"]
+        assert listed_tools(c) == META + ["alpha_echo", "beta_add"]
+        resp, msg = c.call_tool("alpha_echo", {"text": "in scope"})
+        assert resp.status_code == 200 and tool_text(msg) == "alpha: in scope", describe(resp)
+        upstreams["alpha"].clear_log()
+        resp, _ = c.call_tool("alpha_add", {"a": 1, "b": 2})
+        err = rpc_error(resp)["error"]
+        assert err["code"] == -32602 and "select_tools" in err["message"], err
+        calls = [r for r in upstreams["alpha"].requests_log() if r.get("rpc_method") == "tools/call"]
+        assert calls == [], "a call outside the selection never reaches its upstream"
+
+        # The other session is untouched: the meta-tools, and every tool callable.
+        assert listed_tools(other) == META
+        resp, msg = other.call_tool("alpha_add", {"a": 1, "b": 2})
+        assert resp.status_code == 200, describe(resp)
+
+
+def test_a_selection_is_held_to_the_virtual_server(discovering: Gateway):
+    vs = {"x-mcp-virtualserver": "team-a/readers"}
+    with session_on(discovering) as c:
+        resp, _ = c.call_tool("discover_tools", {"server": "beta"}, headers=vs)
+        assert [t["name"] for t in structured(resp)["tools"]] == ["beta_echo"]
+        resp, _ = c.call_tool("select_tools", {"tools": ["beta_echo", "beta_add"]}, headers=vs)
+        err = rpc_error(resp)["error"]
+        assert err["code"] == -32602 and "beta_add" in err["message"] and "beta_echo" not in err["message"]
