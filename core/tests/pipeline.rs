@@ -313,6 +313,35 @@ fn initialize(catalog: &Rc<Catalog>) -> String {
         .expect("a session token")
 }
 
+/// Puts an upstream session of `server` (id `upstream_id`, protocol 2025-06-18) in the cache for
+/// the client session of `token`, as an earlier call would have; returns the client session's id.
+fn cache_upstream(
+    host: &mut FakeHost,
+    catalog: &Catalog,
+    token: &str,
+    server: &str,
+    upstream_id: &str,
+) -> String {
+    let session_id = catalog
+        .keys
+        .open(token.as_bytes(), host.now)
+        .unwrap()
+        .id
+        .clone();
+    let up = upstream::UpstreamSession {
+        session_id: upstream_id.into(),
+        protocol_version: "2025-06-18".into(),
+    };
+    upstream::store(
+        host,
+        catalog.limits.upstream_session_slots,
+        &session_id,
+        server,
+        &up,
+    );
+    session_id
+}
+
 #[test]
 fn initialize_negotiates_and_issues_a_session() {
     let catalog = catalog(10);
@@ -630,23 +659,7 @@ fn a_call_with_only_allowed_headers_removes_nothing() {
     let token = initialize(&catalog);
     let body = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"alpha_echo"}}"#;
     let mut host = FakeHost::post(body, Some(&token));
-    let session_id = catalog
-        .keys
-        .open(token.as_bytes(), host.now)
-        .unwrap()
-        .id
-        .clone();
-    let up = upstream::UpstreamSession {
-        session_id: "up".into(),
-        protocol_version: "2025-06-18".into(),
-    };
-    upstream::store(
-        &mut host,
-        catalog.limits.upstream_session_slots,
-        &session_id,
-        "alpha",
-        &up,
-    );
+    cache_upstream(&mut host, &catalog, &token, "alpha", "up");
     run(&catalog, &mut host);
     // Only the spoofed routing header (removed on every path) cost a removal.
     assert_eq!(host.removed, ["x-mcp-servername"]);
@@ -2942,23 +2955,7 @@ fn a_policy_refusal_after_the_plugin_becomes_a_jsonrpc_error() {
     // An MCP answer with 403 (the upstream's own JSON-RPC error) passes through untouched.
     let body = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"alpha_echo","arguments":{}}}"#;
     let mut host = FakeHost::post(body, Some(&token));
-    let session_id = catalog
-        .keys
-        .open(token.as_bytes(), host.now)
-        .unwrap()
-        .id
-        .clone();
-    let up = upstream::UpstreamSession {
-        session_id: "up-alpha".into(),
-        protocol_version: "2025-06-18".into(),
-    };
-    upstream::store(
-        &mut host,
-        catalog.limits.upstream_session_slots,
-        &session_id,
-        "alpha",
-        &up,
-    );
+    cache_upstream(&mut host, &catalog, &token, "alpha", "up-alpha");
     let (mut request, _) = run(&catalog, &mut host);
     host.response_headers = vec![
         (":status".into(), b"403".to_vec()),

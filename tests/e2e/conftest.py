@@ -65,10 +65,7 @@ def make_document(upstreams: dict[str, DemoServer], catalogs: dict[str, list[dic
 def gateway(workdir: Path, upstreams: dict[str, DemoServer], catalogs) -> Iterator[Gateway]:
     gw = Gateway(workdir, upstreams=list(upstreams.values()),
                  plugin_config={"document": make_document(upstreams, catalogs)}, validate=True)
-    try:
-        gw.start()
-    except harness.HarnessError as e:
-        pytest.fail(str(e), pytrace=False)
+    harness.started(gw)
     yield gw
     gw.stop()
 

@@ -709,6 +709,18 @@ def vm_counters(envoy: "Envoy", extra: Sequence[str] = ()) -> dict[str, int]:
     return {k: stats[k] for k in names}
 
 
+def started(gw: "Gateway") -> "Gateway":
+    """Starts `gw` for a fixture: a gateway that does not start fails the test with Envoy's own
+    words, without a traceback."""
+    try:
+        gw.start()
+    except HarnessError as e:
+        import pytest
+
+        pytest.fail(str(e), pytrace=False)
+    return gw
+
+
 class Gateway:
     """Envoy + the plugin in front of `upstreams`, on fresh ports unless given.
 

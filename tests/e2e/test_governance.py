@@ -81,10 +81,7 @@ def governed(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
     assert filters[0]["name"] == "envoy.filters.http.wasm"
     filters.insert(1, RBAC)
     audit_log(gw)
-    try:
-        gw.start()
-    except harness.HarnessError as e:
-        pytest.fail(str(e), pytrace=False)
+    harness.started(gw)
     yield gw
     gw.stop()
 
@@ -252,10 +249,7 @@ def granted_gateway(workdir: Path, upstreams, catalogs, missing: str, name: str)
     doc["virtual_servers"] = VIRTUAL_SERVERS
     gw = Gateway(workdir, upstreams=list(upstreams.values()), plugin_config={"document": doc},
                  name=name, validate=True)
-    try:
-        gw.start()
-    except harness.HarnessError as e:
-        pytest.fail(str(e), pytrace=False)
+    harness.started(gw)
     return gw
 
 
@@ -322,10 +316,7 @@ def strict_wasmplugin(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
     doc["virtual_servers"] = VIRTUAL_SERVERS
     gw = Gateway(workdir, upstreams=list(upstreams.values()), plugin_config={"document": doc},
                  name="envoy-grants-wasmplugin", validate=True, install="wasm_plugin")
-    try:
-        gw.start()
-    except harness.HarnessError as e:
-        pytest.fail(str(e), pytrace=False)
+    harness.started(gw)
     yield gw
     gw.stop()
 
@@ -561,10 +552,7 @@ def authn(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
     hcm = gw.bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["http_filters"].insert(0, filt)
     audit_log(gw)
-    try:
-        gw.start()
-    except harness.HarnessError as e:
-        pytest.fail(str(e), pytrace=False)
+    harness.started(gw)
     yield gw
     gw.stop()
 
@@ -665,10 +653,7 @@ def curated(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
     doc["validate_arguments"] = True
     gw = Gateway(workdir, upstreams=list(upstreams.values()), plugin_config={"document": doc},
                  name="envoy-curated", validate=True)
-    try:
-        gw.start()
-    except harness.HarnessError as e:
-        pytest.fail(str(e), pytrace=False)
+    harness.started(gw)
     yield gw
     gw.stop()
 
@@ -923,10 +908,7 @@ def discovering(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
     doc["virtual_servers"] = VIRTUAL_SERVERS
     gw = Gateway(workdir, upstreams=list(upstreams.values()), plugin_config={"document": doc},
                  name="envoy-discovery", validate=True)
-    try:
-        gw.start()
-    except harness.HarnessError as e:
-        pytest.fail(str(e), pytrace=False)
+    harness.started(gw)
     yield gw
     gw.stop()
 

@@ -39,10 +39,7 @@ def plugin_gateway(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]:
     """Envoy with the filter as a stock Istio WasmPlugin installs it (no allow_on_headers_stop_iteration)."""
     gw = Gateway(workdir, upstreams=list(upstreams.values()), name="envoy-wasmplugin", validate=True,
                  plugin_config={"document": make_document(upstreams, catalogs)}, install="wasm_plugin")
-    try:
-        gw.start()
-    except harness.HarnessError as e:
-        pytest.fail(str(e), pytrace=False)
+    harness.started(gw)
     yield gw
     gw.stop()
 
@@ -290,10 +287,7 @@ def native_gateway(request, workdir: Path, upstreams, catalogs) -> Iterator[Gate
         server["protocol_versions"] = [V2026, "2025-11-25"]
     gw = Gateway(workdir, upstreams=list(upstreams.values()), name=f"envoy-native-{request.param}",
                  validate=True, plugin_config={"document": doc}, install=request.param)
-    try:
-        gw.start()
-    except harness.HarnessError as e:
-        pytest.fail(str(e), pytrace=False)
+    harness.started(gw)
     yield gw
     gw.stop()
 
@@ -439,10 +433,7 @@ def modern_only_gateway(workdir: Path, upstreams, catalogs) -> Iterator[Gateway]
             server["protocol_versions"] = [V2026]
     gw = Gateway(workdir, upstreams=list(upstreams.values()), name="envoy-modern-only", validate=True,
                  plugin_config={"document": doc})
-    try:
-        gw.start()
-    except harness.HarnessError as e:
-        pytest.fail(str(e), pytrace=False)
+    harness.started(gw)
     yield gw
     gw.stop()
 

@@ -21,10 +21,7 @@ def short_gateway(workdir, upstreams, catalogs):
                          plugin_config={"document": make_document(upstreams, catalogs, ttl_seconds=TTL,
                                                                   key_id="k-other")},
                          validate=True)
-    try:
-        gw.start()
-    except harness.HarnessError as e:
-        pytest.fail(str(e), pytrace=False)
+    harness.started(gw)
     yield gw
     gw.stop()
 
