@@ -31,7 +31,7 @@ use kube::{Api, Client};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::engine::{ConfigEvent, Status};
+use crate::engine::{ConfigEvent, Published, Status};
 use crate::settings::{self, KeyFile, Settings};
 use model::{Kind, ObjectKey, Plan, Planned, Refusal, RegKey, Snapshot};
 
@@ -47,6 +47,7 @@ struct Stores {
     services: Store<DynamicObject>,
     extensions: Store<DynamicObject>,
     secrets: Store<DynamicObject>,
+    virtual_servers: (Store<DynamicObject>, ApiResource),
 }
 
 fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
@@ -163,6 +164,15 @@ impl Stores {
                 None,
             ),
             secrets: w(&resource("", "v1", "Secret", "secrets"), Some(&credential)),
+            virtual_servers: {
+                let ar = resource(
+                    model::GROUP,
+                    model::VERSION,
+                    "MCPVirtualServer",
+                    "mcpvirtualservers",
+                );
+                (w(&ar, None), ar)
+            },
         }
     }
 
@@ -175,6 +185,7 @@ impl Stores {
             &self.services,
             &self.extensions,
             &self.secrets,
+            &self.virtual_servers.0,
         ]);
         for store in all {
             let _ = store.wait_until_ready().await;
@@ -193,8 +204,63 @@ impl Stores {
             services: values(&self.services),
             extensions: values(&self.extensions),
             secrets: values(&self.secrets),
+            virtual_servers: values(&self.virtual_servers.0),
         }
     }
+}
+
+/// What [`build_settings`] made of a plan.
+pub struct Built {
+    pub settings: Settings,
+    /// Registrations the plugin's validation refused.
+    pub refused: BTreeMap<RegKey, Refusal>,
+    /// `MCPVirtualServer`s left out (their name is the file's own virtual server's).
+    pub refused_virtual: BTreeMap<ObjectKey, Refusal>,
+}
+
+/// The file's virtual servers plus the `MCPVirtualServer`s (named `<namespace>/<name>`); one whose
+/// name the file already uses is refused.
+fn add_virtual_servers(
+    doc: &mut serde_json::Map<String, Value>,
+    plan: &Plan,
+) -> BTreeMap<ObjectKey, Refusal> {
+    let mut refused = BTreeMap::new();
+    let mut list = doc
+        .get("virtual_servers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let file_names: Vec<String> = list
+        .iter()
+        .filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    for v in &plan.virtual_servers {
+        let name = v.key.to_string();
+        if file_names.contains(&name) {
+            refused.insert(
+                v.key.clone(),
+                Refusal {
+                    reason: "NameConflict",
+                    message: format!(
+                        "the sidecar's configuration file defines virtual server {name} itself"
+                    ),
+                },
+            );
+            continue;
+        }
+        let mut entry = json!({"name": name, "tools": v.tools});
+        if let Some(d) = &v.description {
+            entry["description"] = json!(d);
+        }
+        if let Some(p) = &v.prompts {
+            entry["prompts"] = json!(p);
+        }
+        list.push(entry);
+    }
+    if !list.is_empty() {
+        doc.insert("virtual_servers".into(), Value::Array(list));
+    }
+    refused
 }
 
 /// The file's servers plus `plan`'s, validated server by server (the plugin's `Catalog::build`
@@ -205,7 +271,7 @@ pub fn build_settings(
     text: &str,
     plan: &Plan,
     key_file: KeyFile,
-) -> Result<(Settings, BTreeMap<RegKey, Refusal>), String> {
+) -> Result<Built, String> {
     let parsed: Value =
         yaml_serde::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut doc = match parsed {
@@ -213,6 +279,7 @@ pub fn build_settings(
         Value::Null => serde_json::Map::new(),
         _ => return Err(format!("{}: must be a YAML mapping", path.display())),
     };
+    let refused_virtual = add_virtual_servers(&mut doc, plan);
     let base_servers = doc
         .get("servers")
         .and_then(Value::as_array)
@@ -278,7 +345,11 @@ pub fn build_settings(
     let planned: Vec<&Planned> = accepted.iter().map(|(_, p)| *p).collect();
     apply_authorities(&mut settings, &planned);
     crate::catalog::check_document(&settings)?;
-    Ok((settings, refused))
+    Ok(Built {
+        settings,
+        refused,
+        refused_virtual,
+    })
 }
 
 /// The route's hostname is the server's `:authority` (standalone mode: `<name>.<suffix>`), and
@@ -367,88 +438,211 @@ fn now_rfc3339() -> String {
     )
 }
 
+/// Writes the `Ready` condition of `obj` (kind `ar`) unless it already says the same; errors are
+/// logged once per distinct message (keyed by `label`) and retried on the next reconcile.
+#[allow(clippy::too_many_arguments)]
+async fn write_ready(
+    client: &Client,
+    ar: &ApiResource,
+    obj: &DynamicObject,
+    key: &ObjectKey,
+    label: String,
+    generation: i64,
+    (ready, reason, message): (bool, String, String),
+    failures: &mut BTreeMap<String, String>,
+) {
+    let status_text = if ready { "True" } else { "False" };
+    let current = obj
+        .data
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+        })
+        .cloned();
+    let field = |c: &Option<Value>, f: &str| {
+        c.as_ref()
+            .and_then(|c| c.get(f))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let same_status = field(&current, "status").as_deref() == Some(status_text);
+    if same_status
+        && field(&current, "reason").as_deref() == Some(reason.as_str())
+        && field(&current, "message").as_deref() == Some(message.as_str())
+        && current
+            .as_ref()
+            .and_then(|c| c.get("observedGeneration"))
+            .and_then(Value::as_i64)
+            == Some(generation)
+    {
+        return;
+    }
+    let transition = match (same_status, field(&current, "lastTransitionTime")) {
+        (true, Some(t)) => t,
+        _ => now_rfc3339(),
+    };
+    let patch = json!({"status": {"conditions": [{
+        "type": "Ready",
+        "status": status_text,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": transition,
+    }]}});
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &key.namespace, ar);
+    match api
+        .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            failures.remove(&label);
+            if ready {
+                tracing::info!("{label}: Ready: {message}");
+            } else {
+                tracing::warn!("{label}: not ready ({reason}): {message}");
+            }
+        }
+        Err(e) => {
+            let message = error_chain(&e);
+            if failures.get(&label) != Some(&message) {
+                tracing::warn!("{label}: status not written: {message}");
+                failures.insert(label, message);
+            }
+        }
+    }
+}
+
+fn find_object(store: &Store<DynamicObject>, key: &ObjectKey) -> Option<Arc<DynamicObject>> {
+    store.state().into_iter().find(|o| {
+        o.metadata.name.as_deref() == Some(key.name.as_str())
+            && o.metadata.namespace.as_deref() == Some(key.namespace.as_str())
+    })
+}
+
+/// The names each `MCPVirtualServer` lists that the published catalog does not offer (the
+/// plugin's own `Catalog` of the published document decides).
+fn missing_names(
+    body: &[u8],
+    virtuals: &[model::PlannedVirtual],
+) -> Option<BTreeMap<ObjectKey, Vec<String>>> {
+    let catalog = serde_json::from_slice(body)
+        .map_err(|e| e.to_string())
+        .and_then(mcpgw_core::Catalog::build)
+        .ok()?;
+    Some(
+        virtuals
+            .iter()
+            .map(|v| {
+                let mut missing: Vec<String> = v
+                    .tools
+                    .iter()
+                    .filter(|t| catalog.route(t).is_none())
+                    .map(|t| format!("tool {t}"))
+                    .collect();
+                missing.extend(
+                    v.prompts
+                        .iter()
+                        .flatten()
+                        .filter(|p| catalog.prompt_route(p).is_none())
+                        .map(|p| format!("prompt {p}")),
+                );
+                (v.key.clone(), missing)
+            })
+            .collect(),
+    )
+}
+
+/// The `Ready` condition an `MCPVirtualServer` should have: the names it lists that the
+/// published catalog does not offer make it `ToolsNotFound` (it still shows the others).
+fn desired_virtual(
+    v: &model::PlannedVirtual,
+    refused: &BTreeMap<ObjectKey, Refusal>,
+    missing: Option<&BTreeMap<ObjectKey, Vec<String>>>,
+) -> (bool, String, String) {
+    if let Some(r) = refused.get(&v.key) {
+        return (false, r.reason.to_string(), r.message.clone());
+    }
+    let Some(missing) = missing.and_then(|m| m.get(&v.key)) else {
+        return (
+            false,
+            "Pending".into(),
+            "not in a published configuration document yet".into(),
+        );
+    };
+    if missing.is_empty() {
+        (
+            true,
+            "Ready".into(),
+            format!(
+                "Serving virtual server {} ({} tools); select it with X-Mcp-Virtualserver: {}",
+                v.key,
+                v.tools.len(),
+                v.key
+            ),
+        )
+    } else {
+        (
+            false,
+            "ToolsNotFound".into(),
+            format!(
+                "no server of the gateway offers {} (the virtual server shows the others)",
+                missing.join(", ")
+            ),
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn write_statuses(
     client: &Client,
     stores: &Stores,
     plan: &Plan,
     refused: &BTreeMap<RegKey, Refusal>,
+    refused_virtual: &BTreeMap<ObjectKey, Refusal>,
+    missing: Option<&BTreeMap<ObjectKey, Vec<String>>>,
     status: &Status,
-    failures: &mut BTreeMap<RegKey, String>,
+    failures: &mut BTreeMap<String, String>,
 ) {
     for (rk, generation) in &plan.owned {
         let Some((_, store, ar)) = stores.registrations.iter().find(|(k, _, _)| *k == rk.kind)
         else {
             continue;
         };
-        let Some(obj) = store.state().into_iter().find(|o| {
-            o.metadata.name.as_deref() == Some(rk.key.name.as_str())
-                && o.metadata.namespace.as_deref() == Some(rk.key.namespace.as_str())
-        }) else {
+        let Some(obj) = find_object(store, &rk.key) else {
             continue;
         };
-        let (ready, reason, message) = desired(rk, plan, refused, status);
-        let status_text = if ready { "True" } else { "False" };
-        let current = obj
-            .data
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .and_then(|c| {
-                c.iter()
-                    .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
-            })
-            .cloned();
-        let field = |c: &Option<Value>, f: &str| {
-            c.as_ref()
-                .and_then(|c| c.get(f))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
-        let same_status = field(&current, "status").as_deref() == Some(status_text);
-        if same_status
-            && field(&current, "reason").as_deref() == Some(reason.as_str())
-            && field(&current, "message").as_deref() == Some(message.as_str())
-            && current
-                .as_ref()
-                .and_then(|c| c.get("observedGeneration"))
-                .and_then(Value::as_i64)
-                == Some(*generation)
-        {
+        let verdict = desired(rk, plan, refused, status);
+        write_ready(
+            client,
+            ar,
+            &obj,
+            &rk.key,
+            rk.to_string(),
+            *generation,
+            verdict,
+            failures,
+        )
+        .await;
+    }
+    let (store, ar) = &stores.virtual_servers;
+    for v in &plan.virtual_servers {
+        let Some(obj) = find_object(store, &v.key) else {
             continue;
-        }
-        let transition = match (same_status, field(&current, "lastTransitionTime")) {
-            (true, Some(t)) => t,
-            _ => now_rfc3339(),
         };
-        let patch = json!({"status": {"conditions": [{
-            "type": "Ready",
-            "status": status_text,
-            "reason": reason,
-            "message": message,
-            "observedGeneration": generation,
-            "lastTransitionTime": transition,
-        }]}});
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &rk.key.namespace, ar);
-        match api
-            .patch_status(&rk.key.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {
-                failures.remove(rk);
-                if ready {
-                    tracing::info!("{rk}: Ready: {message}");
-                } else {
-                    tracing::warn!("{rk}: not ready ({reason}): {message}");
-                }
-            }
-            Err(e) => {
-                // Retried on the next reconcile; said once per distinct error.
-                let message = error_chain(&e);
-                if failures.get(rk) != Some(&message) {
-                    tracing::warn!("{rk}: status not written: {message}");
-                    failures.insert(rk.clone(), message);
-                }
-            }
-        }
+        let verdict = desired_virtual(v, refused_virtual, missing);
+        write_ready(
+            client,
+            ar,
+            &obj,
+            &v.key,
+            format!("MCPVirtualServer {}", v.key),
+            v.generation,
+            verdict,
+            failures,
+        )
+        .await;
     }
 }
 
@@ -460,6 +654,7 @@ pub async fn run(
     client: Client,
     events: mpsc::Sender<ConfigEvent>,
     mut status: watch::Receiver<Arc<Status>>,
+    document: watch::Receiver<Option<Arc<Published>>>,
 ) {
     let notify = Arc::new(Notify::new());
     let stores = Stores::new(&client, &notify);
@@ -471,16 +666,24 @@ pub async fn run(
     let mut current: Option<Arc<Settings>> = None;
     let mut last_error: Option<String> = None;
     let mut last_refusals: BTreeMap<RegKey, Refusal> = BTreeMap::new();
-    let mut status_failures: BTreeMap<RegKey, String> = BTreeMap::new();
+    let mut status_failures: BTreeMap<String, String> = BTreeMap::new();
+    // The plugin's view of the published document (which names a virtual server may list).
+    let mut missing: Option<(String, BTreeMap<ObjectKey, Vec<String>>)> = None;
     loop {
         let plan = model::plan(&stores.snapshot(), &gateway);
         let built = std::fs::read_to_string(&config)
             .map_err(|e| format!("{}: {e}", config.display()))
             .and_then(|text| build_settings(&config, &text, &plan, KeyFile::Create));
         let mut refused = BTreeMap::new();
+        let mut refused_virtual = BTreeMap::new();
         match built {
-            Ok((settings, extra)) => {
+            Ok(Built {
+                settings,
+                refused: extra,
+                refused_virtual: extra_virtual,
+            }) => {
                 refused = extra;
+                refused_virtual = extra_virtual;
                 last_error = None;
                 if current.as_deref() != Some(&settings) {
                     let settings = Arc::new(settings);
@@ -512,12 +715,21 @@ pub async fn run(
             }
             last_refusals = all;
         }
+        let published = document.borrow().clone();
+        if let Some(p) = published {
+            let stamp = format!("{} {:?}", p.hash, plan.virtual_servers);
+            if missing.as_ref().map(|(s, _)| s) != Some(&stamp) {
+                missing = missing_names(&p.body, &plan.virtual_servers).map(|m| (stamp, m));
+            }
+        }
         let snapshot = status.borrow_and_update().clone();
         write_statuses(
             &client,
             &stores,
             &plan,
             &refused,
+            &refused_virtual,
+            missing.as_ref().map(|(_, m)| m),
             &snapshot,
             &mut status_failures,
         )
@@ -574,7 +786,9 @@ mod tests {
             servers: vec![planned("github", "github_"), planned("bad", "has space")],
             ..Plan::default()
         };
-        let (settings, refused) = build_settings(&path, text, &plan, KeyFile::Create).unwrap();
+        let Built {
+            settings, refused, ..
+        } = build_settings(&path, text, &plan, KeyFile::Create).unwrap();
         assert_eq!(settings.servers.len(), 1);
         let s = &settings.servers[0];
         assert_eq!(s.authority, "github.example.test");
