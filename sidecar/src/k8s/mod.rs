@@ -379,13 +379,28 @@ fn desired(
     };
     match status.servers.iter().find(|s| s.name == p.name) {
         Some(report) => match report.state {
-            "serving" => (
-                true,
-                "Ready".into(),
-                format!(
+            "serving" => {
+                let mut message = format!(
                     "Discovered {} tools for server {} (hostname {})",
                     report.tools, p.name, p.authority
-                ),
+                );
+                if !report.invalid_tools.is_empty() {
+                    // Tool hygiene: served without them; the reasons, as the status page has them.
+                    message.push_str(&format!(
+                        "; {} invalid tool(s) left out: {}",
+                        report.invalid_tools.len(),
+                        report.invalid_tools.join("; ")
+                    ));
+                }
+                (true, "Ready".into(), message)
+            }
+            "refused" if !report.invalid_tools.is_empty() => (
+                false,
+                "InvalidTools".into(),
+                report
+                    .detail
+                    .clone()
+                    .unwrap_or_else(|| report.invalid_tools.join("; ")),
             ),
             "disabled" => (false, "Disabled".into(), "spec.state is Disabled".into()),
             "pending" => (
@@ -757,6 +772,60 @@ mod tests {
         let t = now_rfc3339();
         assert_eq!(t.len(), 20, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
+    }
+
+    #[test]
+    fn hygiene_reasons_reach_the_registration_condition() {
+        let rk = RegKey {
+            kind: Kind::Registration,
+            key: ObjectKey {
+                namespace: "ns".into(),
+                name: "github".into(),
+            },
+        };
+        let plan = Plan {
+            servers: vec![Planned {
+                reg: rk.clone(),
+                name: "github".into(),
+                prefix: "github_".into(),
+                enabled: true,
+                url: "https://api.example.test:443/mcp".into(),
+                authority: "github.mcp.local".into(),
+                credential: None,
+                cluster: "outbound|443||api.example.test".into(),
+            }],
+            ..Plan::default()
+        };
+        let report = |state: &'static str, detail: Option<&str>| crate::catalog::ServerReport {
+            name: "github".into(),
+            state,
+            detail: detail.map(str::to_string),
+            prefix: "github_".into(),
+            tools: 2,
+            prompts: 0,
+            resources: 0,
+            server_info: None,
+            invalid_tools: vec!["tool \"bad name\": invalid name".into()],
+        };
+        let status = |r| Status {
+            servers: vec![r],
+            ..Status::default()
+        };
+        let none = BTreeMap::new();
+        let (ready, reason, message) =
+            desired(&rk, &plan, &none, &status(report("serving", None)));
+        assert!(ready);
+        assert_eq!(reason, "Ready");
+        assert!(message.contains("1 invalid tool(s) left out: tool \"bad name\""), "{message}");
+        let (ready, reason, message) = desired(
+            &rk,
+            &plan,
+            &none,
+            &status(report("refused", Some("server \"github\" refused: 1 invalid tool(s)"))),
+        );
+        assert!(!ready);
+        assert_eq!(reason, "InvalidTools");
+        assert!(message.contains("refused: 1 invalid tool(s)"), "{message}");
     }
 
     #[test]
