@@ -812,16 +812,21 @@ mod tests {
             ..Status::default()
         };
         let none = BTreeMap::new();
-        let (ready, reason, message) =
-            desired(&rk, &plan, &none, &status(report("serving", None)));
+        let (ready, reason, message) = desired(&rk, &plan, &none, &status(report("serving", None)));
         assert!(ready);
         assert_eq!(reason, "Ready");
-        assert!(message.contains("1 invalid tool(s) left out: tool \"bad name\""), "{message}");
+        assert!(
+            message.contains("1 invalid tool(s) left out: tool \"bad name\""),
+            "{message}"
+        );
         let (ready, reason, message) = desired(
             &rk,
             &plan,
             &none,
-            &status(report("refused", Some("server \"github\" refused: 1 invalid tool(s)"))),
+            &status(report(
+                "refused",
+                Some("server \"github\" refused: 1 invalid tool(s)"),
+            )),
         );
         assert!(!ready);
         assert_eq!(reason, "InvalidTools");

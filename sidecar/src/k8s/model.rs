@@ -756,9 +756,11 @@ mod tests {
     #[test]
     fn virtual_servers_are_named_namespace_slash_name() {
         let mut snap = snapshot();
-        snap.virtual_servers.push(json!({"metadata": {"name": "readers", "namespace": "team-a", "generation": 2,
+        snap.virtual_servers.push(
+            json!({"metadata": {"name": "readers", "namespace": "team-a", "generation": 2,
             "creationTimestamp": "2026-01-01T00:00:00Z"},
-            "spec": {"description": "read only", "tools": ["github_get_me"]}}));
+            "spec": {"description": "read only", "tools": ["github_get_me"]}}),
+        );
         let v = virtual_servers(&snap);
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].key.to_string(), "team-a/readers");
