@@ -248,14 +248,16 @@ fn add_virtual_servers(
             );
             continue;
         }
-        let mut entry = json!({"name": name, "tools": v.tools});
+        let mut entry = serde_json::Map::new();
+        entry.insert("name".into(), json!(name));
+        entry.insert("tools".into(), json!(v.tools));
         if let Some(d) = &v.description {
-            entry["description"] = json!(d);
+            entry.insert("description".into(), json!(d));
         }
         if let Some(p) = &v.prompts {
-            entry["prompts"] = json!(p);
+            entry.insert("prompts".into(), json!(p));
         }
-        list.push(entry);
+        list.push(Value::Object(entry));
     }
     if !list.is_empty() {
         doc.insert("virtual_servers".into(), Value::Array(list));
@@ -772,6 +774,53 @@ mod tests {
         let t = now_rfc3339();
         assert_eq!(t.len(), 20, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
+    }
+
+    #[test]
+    fn virtual_servers_join_the_files_and_the_file_keeps_its_names() {
+        let dir = std::env::temp_dir().join(format!("mcpgw-k8s-vs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sidecar.yaml");
+        let text = "plugin_token: {file: plugin.token}\nsession: {key_file: session.key}\n\
+                    virtual_servers: [{name: team-a/readers, tools: [a_echo]}]\n";
+        let virtual_server = |ns: &str, name: &str| model::PlannedVirtual {
+            key: ObjectKey {
+                namespace: ns.into(),
+                name: name.into(),
+            },
+            generation: 1,
+            description: Some("d".into()),
+            tools: vec!["github_echo".into()],
+            prompts: None,
+        };
+        let plan = Plan {
+            virtual_servers: vec![
+                virtual_server("team-a", "readers"),
+                virtual_server("mcp-test", "readers"),
+            ],
+            ..Plan::default()
+        };
+        let built = build_settings(&path, text, &plan, KeyFile::Create).unwrap();
+        let names: Vec<&str> = built
+            .settings
+            .virtual_servers
+            .0
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(names, ["team-a/readers", "mcp-test/readers"]);
+        assert_eq!(built.settings.virtual_servers.0[0].tools, ["a_echo"]);
+        assert_eq!(
+            built.settings.virtual_servers.0[1].description.as_deref(),
+            Some("d")
+        );
+        let refused: Vec<String> = built
+            .refused_virtual
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(refused, ["team-a/readers"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
