@@ -3,8 +3,9 @@
 //! `servers:` list.
 //!
 //! Watches (reflector caches, one per kind): `MCPServerRegistration` and `MCPServer`, `HTTPRoute`,
-//! `MCPGatewayExtension`, Istio `ServiceEntry`, `Service` (ExternalName backends) and only the
-//! Secrets labelled `mcp.kagenti.com/credential=true` (label selector on the watch). Any change
+//! `MCPGatewayExtension`, `MCPVirtualServer` (each becomes the virtual server `<namespace>/<name>`
+//! of the document, next to the file's), Istio `ServiceEntry`, `Service` (ExternalName backends)
+//! and only the Secrets labelled `mcp.kagenti.com/credential=true` (label selector on the watch). Any change
 //! reruns [`model::plan`]; its servers are added to the file's text and loaded with the same
 //! [`settings::load_text`] standalone mode uses, so the plugin's own `Catalog::build` validates
 //! them (a server it refuses is left out, with its reason on the registration). The engine then
