@@ -185,6 +185,7 @@ fn serve(config: &Path, kube_gateway: Option<&str>) -> Result<(), String> {
                     client,
                     config_tx,
                     outputs.status.clone(),
+                    outputs.document.clone(),
                 ));
             }
             #[cfg(not(feature = "kube"))]

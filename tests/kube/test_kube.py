@@ -278,6 +278,68 @@ def test_prefix_conflict_is_reported(stack: dict[str, Any]) -> None:
     api.delete(MCP, "MCPServerRegistration", "mcp-test", "github-again")
 
 
+VS = "x-mcp-virtualserver"
+
+
+def vs_tools(url: str, vs: str) -> list[str]:
+    with Rpc(url) as rpc:
+        rpc.initialize()
+        resp, msg = rpc.request("tools/list", headers={VS: vs})
+        assert resp.status_code == 200, resp.text
+        return sorted(t["name"] for t in msg["result"]["tools"])
+
+
+def ensure_github(stack: dict[str, Any], upstream: TlsServer) -> None:
+    """The guide's registration (when this test runs alone; otherwise the earlier tests made it)."""
+    api = stack["api"]
+    if api.get(MCP, "MCPServerRegistration", "mcp-test", "github") is None:
+        apply_guide(api, "guide-mcpserverregistration.yaml")
+        point_service_entry_at(api, upstream)
+    wait_ready(api, "MCPServerRegistration", "mcp-test", "github", "True", "Ready")
+
+
+def test_virtual_server_resource_curates_the_tools(stack: dict[str, Any], upstream: TlsServer) -> None:
+    """An MCPVirtualServer becomes the virtual server <namespace>/<name>: X-Mcp-Virtualserver
+    selects it, its Ready condition names what no server offers; deleted, the name is unknown."""
+    api, sc, gw = stack["api"], stack["sidecar"], stack["gateway"]
+    ensure_github(stack, upstream)
+    harness.wait_until(lambda: "github_whoami" in (attempt(lambda: tools(gw.url)) or []), timeout=30,
+                       what="github_ tools through Envoy")
+    api.apply({"apiVersion": MCP, "kind": "MCPVirtualServer", "metadata": {"name": "readers", "namespace": "mcp-test"},
+               "spec": {"description": "Read-only GitHub tools",
+                        "tools": ["github_echo", "github_whoami", "github_nope"]}})
+    cond = wait_ready(api, "MCPVirtualServer", "mcp-test", "readers", "False", "ToolsNotFound")
+    assert "github_nope" in cond["message"] and "github_echo" not in cond["message"], cond
+    _, _, doc = sc.document()
+    vs = next(v for v in doc["virtual_servers"] if v["name"] == "mcp-test/readers")
+    assert vs["description"] == "Read-only GitHub tools"
+    harness.wait_until(lambda: attempt(lambda: vs_tools(gw.url, "mcp-test/readers")) == ["github_echo", "github_whoami"],
+                       timeout=30, what="the virtual server's tools through Envoy")
+    assert {"github_add", "github_echo", "github_whoami"} <= set(tools(gw.url)), "no header: the whole catalog"
+    with Rpc(gw.url) as rpc:
+        rpc.initialize()
+        resp, msg = rpc.call_tool("github_whoami", headers={VS: "mcp-test/readers"})
+        assert resp.status_code == 200 and "headers" in json.loads(tool_text(msg)), resp.text
+        resp, msg = rpc.call_tool("github_add", {"a": 1, "b": 2}, headers={VS: "mcp-test/readers"})
+        assert resp.status_code == 200, resp.text
+        assert msg["error"]["code"] == -32602 and "not in virtual server mcp-test/readers" in msg["error"]["message"], msg
+    # Fixed: Ready.
+    api.merge_patch(MCP, "MCPVirtualServer", "mcp-test", "readers",
+                    {"spec": {"tools": ["github_echo", "github_whoami"]}})
+    cond = wait_ready(api, "MCPVirtualServer", "mcp-test", "readers", "True", "Ready")
+    assert cond["observedGeneration"] == 2, cond
+    # Deleted: the name is an unknown virtual server (400), not the whole catalog.
+    api.delete(MCP, "MCPVirtualServer", "mcp-test", "readers")
+
+    def refused() -> bool:
+        with Rpc(gw.url) as rpc:
+            resp, msg = rpc.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                                   "clientInfo": {"name": "t", "version": "1"}},
+                                    headers={VS: "mcp-test/readers"}, session=False)
+            return resp.status_code == 400 and "unknown virtual server" in msg["error"]["message"]
+    harness.wait_until(refused, timeout=30, what="the deleted virtual server refused (400)")
+
+
 def test_unreachable_server_is_reported_as_discovery_failed(stack: dict[str, Any]) -> None:
     api = stack["api"]
     (closed,) = free_ports(1)
@@ -310,6 +372,8 @@ def test_the_sidecar_has_least_privilege(api: KubeApi, stack: dict[str, Any]) ->
         r = c.patch(api.path(MCP, "MCPServerRegistration", "mcp-test", "github"), content=json.dumps({"spec": {"toolPrefix": "x_"}}),
                     headers={"content-type": "application/merge-patch+json"})
         assert r.status_code == 403, r.text
+        assert c.get(api.path(MCP, "MCPVirtualServer", "mcp-test", "")).status_code == 200
+        assert c.delete(api.path(MCP, "MCPVirtualServer", "mcp-test", "any")).status_code == 403
 
 
 def test_two_extensions_give_two_configurations(api: KubeApi, stack: dict[str, Any], workdir: Path,
@@ -335,8 +399,11 @@ def test_two_extensions_give_two_configurations(api: KubeApi, stack: dict[str, A
         harness.wait_until(lambda: "teamb_whoami" in (attempt(lambda: tools(gw_b.url)) or []), timeout=30, what="teamb_ tools on gateway B")
         assert not any(t.startswith("github_") for t in tools(gw_b.url))
         assert not any(t.startswith("teamb_") for t in tools(stack["gateway"].url))
-        # No credential on team B's registration: none is sent.
-        assert "authorization" not in whoami(gw_b.url, "teamb_whoami")["headers"]
+        # No credential on team B's registration: none is sent. (Envoy B may load the server's
+        # cluster from the xDS files a moment after the plugin lists its tools.)
+        seen = harness.wait_until(lambda: attempt(lambda: whoami(gw_b.url, "teamb_whoami")), timeout=30,
+                                  what="teamb_whoami through gateway B")
+        assert "authorization" not in seen["headers"]
     finally:
         gw_b.stop()
         sc_b.stop()

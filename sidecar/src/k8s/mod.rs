@@ -3,8 +3,9 @@
 //! `servers:` list.
 //!
 //! Watches (reflector caches, one per kind): `MCPServerRegistration` and `MCPServer`, `HTTPRoute`,
-//! `MCPGatewayExtension`, Istio `ServiceEntry`, `Service` (ExternalName backends) and only the
-//! Secrets labelled `mcp.kagenti.com/credential=true` (label selector on the watch). Any change
+//! `MCPGatewayExtension`, `MCPVirtualServer` (each becomes the virtual server `<namespace>/<name>`
+//! of the document, next to the file's), Istio `ServiceEntry`, `Service` (ExternalName backends)
+//! and only the Secrets labelled `mcp.kagenti.com/credential=true` (label selector on the watch). Any change
 //! reruns [`model::plan`]; its servers are added to the file's text and loaded with the same
 //! [`settings::load_text`] standalone mode uses, so the plugin's own `Catalog::build` validates
 //! them (a server it refuses is left out, with its reason on the registration). The engine then
@@ -31,7 +32,7 @@ use kube::{Api, Client};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::engine::{ConfigEvent, Status};
+use crate::engine::{ConfigEvent, Published, Status};
 use crate::settings::{self, KeyFile, Settings};
 use model::{Kind, ObjectKey, Plan, Planned, Refusal, RegKey, Snapshot};
 
@@ -47,6 +48,7 @@ struct Stores {
     services: Store<DynamicObject>,
     extensions: Store<DynamicObject>,
     secrets: Store<DynamicObject>,
+    virtual_servers: (Store<DynamicObject>, ApiResource),
 }
 
 fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
@@ -163,6 +165,15 @@ impl Stores {
                 None,
             ),
             secrets: w(&resource("", "v1", "Secret", "secrets"), Some(&credential)),
+            virtual_servers: {
+                let ar = resource(
+                    model::GROUP,
+                    model::VERSION,
+                    "MCPVirtualServer",
+                    "mcpvirtualservers",
+                );
+                (w(&ar, None), ar)
+            },
         }
     }
 
@@ -175,6 +186,7 @@ impl Stores {
             &self.services,
             &self.extensions,
             &self.secrets,
+            &self.virtual_servers.0,
         ]);
         for store in all {
             let _ = store.wait_until_ready().await;
@@ -193,8 +205,65 @@ impl Stores {
             services: values(&self.services),
             extensions: values(&self.extensions),
             secrets: values(&self.secrets),
+            virtual_servers: values(&self.virtual_servers.0),
         }
     }
+}
+
+/// What [`build_settings`] made of a plan.
+pub struct Built {
+    pub settings: Settings,
+    /// Registrations the plugin's validation refused.
+    pub refused: BTreeMap<RegKey, Refusal>,
+    /// `MCPVirtualServer`s left out (their name is the file's own virtual server's).
+    pub refused_virtual: BTreeMap<ObjectKey, Refusal>,
+}
+
+/// The file's virtual servers plus the `MCPVirtualServer`s (named `<namespace>/<name>`); one whose
+/// name the file already uses is refused.
+fn add_virtual_servers(
+    doc: &mut serde_json::Map<String, Value>,
+    plan: &Plan,
+) -> BTreeMap<ObjectKey, Refusal> {
+    let mut refused = BTreeMap::new();
+    let mut list = doc
+        .get("virtual_servers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let file_names: Vec<String> = list
+        .iter()
+        .filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    for v in &plan.virtual_servers {
+        let name = v.key.to_string();
+        if file_names.contains(&name) {
+            refused.insert(
+                v.key.clone(),
+                Refusal {
+                    reason: "NameConflict",
+                    message: format!(
+                        "the sidecar's configuration file defines virtual server {name} itself"
+                    ),
+                },
+            );
+            continue;
+        }
+        let mut entry = serde_json::Map::new();
+        entry.insert("name".into(), json!(name));
+        entry.insert("tools".into(), json!(v.tools));
+        if let Some(d) = &v.description {
+            entry.insert("description".into(), json!(d));
+        }
+        if let Some(p) = &v.prompts {
+            entry.insert("prompts".into(), json!(p));
+        }
+        list.push(Value::Object(entry));
+    }
+    if !list.is_empty() {
+        doc.insert("virtual_servers".into(), Value::Array(list));
+    }
+    refused
 }
 
 /// The file's servers plus `plan`'s, validated server by server (the plugin's `Catalog::build`
@@ -205,7 +274,7 @@ pub fn build_settings(
     text: &str,
     plan: &Plan,
     key_file: KeyFile,
-) -> Result<(Settings, BTreeMap<RegKey, Refusal>), String> {
+) -> Result<Built, String> {
     let parsed: Value =
         yaml_serde::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut doc = match parsed {
@@ -213,6 +282,7 @@ pub fn build_settings(
         Value::Null => serde_json::Map::new(),
         _ => return Err(format!("{}: must be a YAML mapping", path.display())),
     };
+    let refused_virtual = add_virtual_servers(&mut doc, plan);
     let base_servers = doc
         .get("servers")
         .and_then(Value::as_array)
@@ -278,7 +348,11 @@ pub fn build_settings(
     let planned: Vec<&Planned> = accepted.iter().map(|(_, p)| *p).collect();
     apply_authorities(&mut settings, &planned);
     crate::catalog::check_document(&settings)?;
-    Ok((settings, refused))
+    Ok(Built {
+        settings,
+        refused,
+        refused_virtual,
+    })
 }
 
 /// The route's hostname is the server's `:authority` (standalone mode: `<name>.<suffix>`), and
@@ -308,13 +382,28 @@ fn desired(
     };
     match status.servers.iter().find(|s| s.name == p.name) {
         Some(report) => match report.state {
-            "serving" => (
-                true,
-                "Ready".into(),
-                format!(
+            "serving" => {
+                let mut message = format!(
                     "Discovered {} tools for server {} (hostname {})",
                     report.tools, p.name, p.authority
-                ),
+                );
+                if !report.invalid_tools.is_empty() {
+                    // Tool hygiene: served without them; the reasons, as the status page has them.
+                    message.push_str(&format!(
+                        "; {} invalid tool(s) left out: {}",
+                        report.invalid_tools.len(),
+                        report.invalid_tools.join("; ")
+                    ));
+                }
+                (true, "Ready".into(), message)
+            }
+            "refused" if !report.invalid_tools.is_empty() => (
+                false,
+                "InvalidTools".into(),
+                report
+                    .detail
+                    .clone()
+                    .unwrap_or_else(|| report.invalid_tools.join("; ")),
             ),
             "disabled" => (false, "Disabled".into(), "spec.state is Disabled".into()),
             "pending" => (
@@ -367,88 +456,211 @@ fn now_rfc3339() -> String {
     )
 }
 
+/// Writes the `Ready` condition of `obj` (kind `ar`) unless it already says the same; errors are
+/// logged once per distinct message (keyed by `label`) and retried on the next reconcile.
+#[allow(clippy::too_many_arguments)]
+async fn write_ready(
+    client: &Client,
+    ar: &ApiResource,
+    obj: &DynamicObject,
+    key: &ObjectKey,
+    label: String,
+    generation: i64,
+    (ready, reason, message): (bool, String, String),
+    failures: &mut BTreeMap<String, String>,
+) {
+    let status_text = if ready { "True" } else { "False" };
+    let current = obj
+        .data
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+        })
+        .cloned();
+    let field = |c: &Option<Value>, f: &str| {
+        c.as_ref()
+            .and_then(|c| c.get(f))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let same_status = field(&current, "status").as_deref() == Some(status_text);
+    if same_status
+        && field(&current, "reason").as_deref() == Some(reason.as_str())
+        && field(&current, "message").as_deref() == Some(message.as_str())
+        && current
+            .as_ref()
+            .and_then(|c| c.get("observedGeneration"))
+            .and_then(Value::as_i64)
+            == Some(generation)
+    {
+        return;
+    }
+    let transition = match (same_status, field(&current, "lastTransitionTime")) {
+        (true, Some(t)) => t,
+        _ => now_rfc3339(),
+    };
+    let patch = json!({"status": {"conditions": [{
+        "type": "Ready",
+        "status": status_text,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": transition,
+    }]}});
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &key.namespace, ar);
+    match api
+        .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            failures.remove(&label);
+            if ready {
+                tracing::info!("{label}: Ready: {message}");
+            } else {
+                tracing::warn!("{label}: not ready ({reason}): {message}");
+            }
+        }
+        Err(e) => {
+            let message = error_chain(&e);
+            if failures.get(&label) != Some(&message) {
+                tracing::warn!("{label}: status not written: {message}");
+                failures.insert(label, message);
+            }
+        }
+    }
+}
+
+fn find_object(store: &Store<DynamicObject>, key: &ObjectKey) -> Option<Arc<DynamicObject>> {
+    store.state().into_iter().find(|o| {
+        o.metadata.name.as_deref() == Some(key.name.as_str())
+            && o.metadata.namespace.as_deref() == Some(key.namespace.as_str())
+    })
+}
+
+/// The names each `MCPVirtualServer` lists that the published catalog does not offer (the
+/// plugin's own `Catalog` of the published document decides).
+fn missing_names(
+    body: &[u8],
+    virtuals: &[model::PlannedVirtual],
+) -> Option<BTreeMap<ObjectKey, Vec<String>>> {
+    let catalog = serde_json::from_slice(body)
+        .map_err(|e| e.to_string())
+        .and_then(mcpgw_core::Catalog::build)
+        .ok()?;
+    Some(
+        virtuals
+            .iter()
+            .map(|v| {
+                let mut missing: Vec<String> = v
+                    .tools
+                    .iter()
+                    .filter(|t| catalog.route(t).is_none())
+                    .map(|t| format!("tool {t}"))
+                    .collect();
+                missing.extend(
+                    v.prompts
+                        .iter()
+                        .flatten()
+                        .filter(|p| catalog.prompt_route(p).is_none())
+                        .map(|p| format!("prompt {p}")),
+                );
+                (v.key.clone(), missing)
+            })
+            .collect(),
+    )
+}
+
+/// The `Ready` condition an `MCPVirtualServer` should have: the names it lists that the
+/// published catalog does not offer make it `ToolsNotFound` (it still shows the others).
+fn desired_virtual(
+    v: &model::PlannedVirtual,
+    refused: &BTreeMap<ObjectKey, Refusal>,
+    missing: Option<&BTreeMap<ObjectKey, Vec<String>>>,
+) -> (bool, String, String) {
+    if let Some(r) = refused.get(&v.key) {
+        return (false, r.reason.to_string(), r.message.clone());
+    }
+    let Some(missing) = missing.and_then(|m| m.get(&v.key)) else {
+        return (
+            false,
+            "Pending".into(),
+            "not in a published configuration document yet".into(),
+        );
+    };
+    if missing.is_empty() {
+        (
+            true,
+            "Ready".into(),
+            format!(
+                "Serving virtual server {} ({} tools); select it with X-Mcp-Virtualserver: {}",
+                v.key,
+                v.tools.len(),
+                v.key
+            ),
+        )
+    } else {
+        (
+            false,
+            "ToolsNotFound".into(),
+            format!(
+                "no server of the gateway offers {} (the virtual server shows the others)",
+                missing.join(", ")
+            ),
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn write_statuses(
     client: &Client,
     stores: &Stores,
     plan: &Plan,
     refused: &BTreeMap<RegKey, Refusal>,
+    refused_virtual: &BTreeMap<ObjectKey, Refusal>,
+    missing: Option<&BTreeMap<ObjectKey, Vec<String>>>,
     status: &Status,
-    failures: &mut BTreeMap<RegKey, String>,
+    failures: &mut BTreeMap<String, String>,
 ) {
     for (rk, generation) in &plan.owned {
         let Some((_, store, ar)) = stores.registrations.iter().find(|(k, _, _)| *k == rk.kind)
         else {
             continue;
         };
-        let Some(obj) = store.state().into_iter().find(|o| {
-            o.metadata.name.as_deref() == Some(rk.key.name.as_str())
-                && o.metadata.namespace.as_deref() == Some(rk.key.namespace.as_str())
-        }) else {
+        let Some(obj) = find_object(store, &rk.key) else {
             continue;
         };
-        let (ready, reason, message) = desired(rk, plan, refused, status);
-        let status_text = if ready { "True" } else { "False" };
-        let current = obj
-            .data
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .and_then(|c| {
-                c.iter()
-                    .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
-            })
-            .cloned();
-        let field = |c: &Option<Value>, f: &str| {
-            c.as_ref()
-                .and_then(|c| c.get(f))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
-        let same_status = field(&current, "status").as_deref() == Some(status_text);
-        if same_status
-            && field(&current, "reason").as_deref() == Some(reason.as_str())
-            && field(&current, "message").as_deref() == Some(message.as_str())
-            && current
-                .as_ref()
-                .and_then(|c| c.get("observedGeneration"))
-                .and_then(Value::as_i64)
-                == Some(*generation)
-        {
+        let verdict = desired(rk, plan, refused, status);
+        write_ready(
+            client,
+            ar,
+            &obj,
+            &rk.key,
+            rk.to_string(),
+            *generation,
+            verdict,
+            failures,
+        )
+        .await;
+    }
+    let (store, ar) = &stores.virtual_servers;
+    for v in &plan.virtual_servers {
+        let Some(obj) = find_object(store, &v.key) else {
             continue;
-        }
-        let transition = match (same_status, field(&current, "lastTransitionTime")) {
-            (true, Some(t)) => t,
-            _ => now_rfc3339(),
         };
-        let patch = json!({"status": {"conditions": [{
-            "type": "Ready",
-            "status": status_text,
-            "reason": reason,
-            "message": message,
-            "observedGeneration": generation,
-            "lastTransitionTime": transition,
-        }]}});
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &rk.key.namespace, ar);
-        match api
-            .patch_status(&rk.key.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {
-                failures.remove(rk);
-                if ready {
-                    tracing::info!("{rk}: Ready: {message}");
-                } else {
-                    tracing::warn!("{rk}: not ready ({reason}): {message}");
-                }
-            }
-            Err(e) => {
-                // Retried on the next reconcile; said once per distinct error.
-                let message = error_chain(&e);
-                if failures.get(rk) != Some(&message) {
-                    tracing::warn!("{rk}: status not written: {message}");
-                    failures.insert(rk.clone(), message);
-                }
-            }
-        }
+        let verdict = desired_virtual(v, refused_virtual, missing);
+        write_ready(
+            client,
+            ar,
+            &obj,
+            &v.key,
+            format!("MCPVirtualServer {}", v.key),
+            v.generation,
+            verdict,
+            failures,
+        )
+        .await;
     }
 }
 
@@ -460,6 +672,7 @@ pub async fn run(
     client: Client,
     events: mpsc::Sender<ConfigEvent>,
     mut status: watch::Receiver<Arc<Status>>,
+    document: watch::Receiver<Option<Arc<Published>>>,
 ) {
     let notify = Arc::new(Notify::new());
     let stores = Stores::new(&client, &notify);
@@ -471,16 +684,24 @@ pub async fn run(
     let mut current: Option<Arc<Settings>> = None;
     let mut last_error: Option<String> = None;
     let mut last_refusals: BTreeMap<RegKey, Refusal> = BTreeMap::new();
-    let mut status_failures: BTreeMap<RegKey, String> = BTreeMap::new();
+    let mut status_failures: BTreeMap<String, String> = BTreeMap::new();
+    // The plugin's view of the published document (which names a virtual server may list).
+    let mut missing: Option<(String, BTreeMap<ObjectKey, Vec<String>>)> = None;
     loop {
         let plan = model::plan(&stores.snapshot(), &gateway);
         let built = std::fs::read_to_string(&config)
             .map_err(|e| format!("{}: {e}", config.display()))
             .and_then(|text| build_settings(&config, &text, &plan, KeyFile::Create));
         let mut refused = BTreeMap::new();
+        let mut refused_virtual = BTreeMap::new();
         match built {
-            Ok((settings, extra)) => {
+            Ok(Built {
+                settings,
+                refused: extra,
+                refused_virtual: extra_virtual,
+            }) => {
                 refused = extra;
+                refused_virtual = extra_virtual;
                 last_error = None;
                 if current.as_deref() != Some(&settings) {
                     let settings = Arc::new(settings);
@@ -512,12 +733,21 @@ pub async fn run(
             }
             last_refusals = all;
         }
+        let published = document.borrow().clone();
+        if let Some(p) = published {
+            let stamp = format!("{} {:?}", p.hash, plan.virtual_servers);
+            if missing.as_ref().map(|(s, _)| s) != Some(&stamp) {
+                missing = missing_names(&p.body, &plan.virtual_servers).map(|m| (stamp, m));
+            }
+        }
         let snapshot = status.borrow_and_update().clone();
         write_statuses(
             &client,
             &stores,
             &plan,
             &refused,
+            &refused_virtual,
+            missing.as_ref().map(|(_, m)| m),
             &snapshot,
             &mut status_failures,
         )
@@ -548,6 +778,112 @@ mod tests {
     }
 
     #[test]
+    fn virtual_servers_join_the_files_and_the_file_keeps_its_names() {
+        let dir = std::env::temp_dir().join(format!("mcpgw-k8s-vs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sidecar.yaml");
+        let text = "plugin_token: {file: plugin.token}\nsession: {key_file: session.key}\n\
+                    virtual_servers: [{name: team-a/readers, tools: [a_echo]}]\n";
+        let virtual_server = |ns: &str, name: &str| model::PlannedVirtual {
+            key: ObjectKey {
+                namespace: ns.into(),
+                name: name.into(),
+            },
+            generation: 1,
+            description: Some("d".into()),
+            tools: vec!["github_echo".into()],
+            prompts: None,
+        };
+        let plan = Plan {
+            virtual_servers: vec![
+                virtual_server("team-a", "readers"),
+                virtual_server("mcp-test", "readers"),
+            ],
+            ..Plan::default()
+        };
+        let built = build_settings(&path, text, &plan, KeyFile::Create).unwrap();
+        let names: Vec<&str> = built
+            .settings
+            .virtual_servers
+            .0
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(names, ["team-a/readers", "mcp-test/readers"]);
+        assert_eq!(built.settings.virtual_servers.0[0].tools, ["a_echo"]);
+        assert_eq!(
+            built.settings.virtual_servers.0[1].description.as_deref(),
+            Some("d")
+        );
+        let refused: Vec<String> = built
+            .refused_virtual
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(refused, ["team-a/readers"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn hygiene_reasons_reach_the_registration_condition() {
+        let rk = RegKey {
+            kind: Kind::Registration,
+            key: ObjectKey {
+                namespace: "ns".into(),
+                name: "github".into(),
+            },
+        };
+        let plan = Plan {
+            servers: vec![Planned {
+                reg: rk.clone(),
+                name: "github".into(),
+                prefix: "github_".into(),
+                enabled: true,
+                url: "https://api.example.test:443/mcp".into(),
+                authority: "github.mcp.local".into(),
+                credential: None,
+                cluster: "outbound|443||api.example.test".into(),
+            }],
+            ..Plan::default()
+        };
+        let report = |state: &'static str, detail: Option<&str>| crate::catalog::ServerReport {
+            name: "github".into(),
+            state,
+            detail: detail.map(str::to_string),
+            prefix: "github_".into(),
+            tools: 2,
+            prompts: 0,
+            resources: 0,
+            server_info: None,
+            invalid_tools: vec!["tool \"bad name\": invalid name".into()],
+        };
+        let status = |r| Status {
+            servers: vec![r],
+            ..Status::default()
+        };
+        let none = BTreeMap::new();
+        let (ready, reason, message) = desired(&rk, &plan, &none, &status(report("serving", None)));
+        assert!(ready);
+        assert_eq!(reason, "Ready");
+        assert!(
+            message.contains("1 invalid tool(s) left out: tool \"bad name\""),
+            "{message}"
+        );
+        let (ready, reason, message) = desired(
+            &rk,
+            &plan,
+            &none,
+            &status(report(
+                "refused",
+                Some("server \"github\" refused: 1 invalid tool(s)"),
+            )),
+        );
+        assert!(!ready);
+        assert_eq!(reason, "InvalidTools");
+        assert!(message.contains("refused: 1 invalid tool(s)"), "{message}");
+    }
+
+    #[test]
     fn servers_join_the_file_and_the_plugin_validates_each() {
         let dir = std::env::temp_dir().join(format!("mcpgw-k8s-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -574,7 +910,9 @@ mod tests {
             servers: vec![planned("github", "github_"), planned("bad", "has space")],
             ..Plan::default()
         };
-        let (settings, refused) = build_settings(&path, text, &plan, KeyFile::Create).unwrap();
+        let Built {
+            settings, refused, ..
+        } = build_settings(&path, text, &plan, KeyFile::Create).unwrap();
         assert_eq!(settings.servers.len(), 1);
         let s = &settings.servers[0];
         assert_eq!(s.authority, "github.example.test");

@@ -100,6 +100,56 @@ pub struct Snapshot {
     pub extensions: Vec<Value>,
     /// Only the Secrets carrying the credential label (the watch's label selector).
     pub secrets: Vec<Value>,
+    /// `MCPVirtualServer` objects (every namespace; every gateway serves them all).
+    pub virtual_servers: Vec<Value>,
+}
+
+/// An `MCPVirtualServer`: named `<namespace>/<name>` in the document's `virtual_servers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedVirtual {
+    pub key: ObjectKey,
+    pub generation: i64,
+    pub description: Option<String>,
+    pub tools: Vec<String>,
+    /// Absent: every prompt.
+    pub prompts: Option<Vec<String>>,
+}
+
+/// The virtual servers of the snapshot, oldest first (the file's own virtual servers win a name).
+pub fn virtual_servers(snap: &Snapshot) -> Vec<PlannedVirtual> {
+    let strings = |v: Option<&Value>| -> Option<Vec<String>> {
+        v.and_then(Value::as_array).map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+    };
+    let mut out: Vec<(String, PlannedVirtual)> = snap
+        .virtual_servers
+        .iter()
+        .filter_map(|v| {
+            let key = key_of(v)?;
+            Some((
+                s(v, &["metadata", "creationTimestamp"])
+                    .unwrap_or("")
+                    .to_string(),
+                PlannedVirtual {
+                    key,
+                    generation: v
+                        .pointer("/metadata/generation")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0),
+                    description: s(v, &["spec", "description"]).map(str::to_string),
+                    tools: strings(v.pointer("/spec/tools")).unwrap_or_default(),
+                    prompts: strings(v.pointer("/spec/prompts")),
+                },
+            ))
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.0, &a.1.key).cmp(&(&b.0, &b.1.key)));
+    out.into_iter().map(|(_, v)| v).collect()
 }
 
 /// A server of this gateway, ready for the servers document.
@@ -134,6 +184,8 @@ pub struct Plan {
     pub refused: BTreeMap<RegKey, Refusal>,
     /// Every registration this gateway owns (served or refused), with its generation.
     pub owned: BTreeMap<RegKey, i64>,
+    /// Every `MCPVirtualServer`, oldest first.
+    pub virtual_servers: Vec<PlannedVirtual>,
 }
 
 fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -528,6 +580,7 @@ pub fn plan(snap: &Snapshot, gateway: &ObjectKey) -> Plan {
             cluster,
         });
     }
+    plan.virtual_servers = virtual_servers(snap);
     plan
 }
 
@@ -593,6 +646,7 @@ mod tests {
             services: vec![],
             extensions: vec![extension()],
             secrets: vec![secret(true, "Bearer ghp_x")],
+            virtual_servers: vec![],
         }
     }
 
@@ -697,6 +751,23 @@ mod tests {
         // The older MCPServer predates extensions.
         snap.registrations[0].0 = Kind::LegacyServer;
         assert_eq!(super::plan(&snap, &gw()).servers.len(), 1);
+    }
+
+    #[test]
+    fn virtual_servers_are_named_namespace_slash_name() {
+        let mut snap = snapshot();
+        snap.virtual_servers.push(
+            json!({"metadata": {"name": "readers", "namespace": "team-a", "generation": 2,
+            "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"description": "read only", "tools": ["github_get_me"]}}),
+        );
+        let v = virtual_servers(&snap);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].key.to_string(), "team-a/readers");
+        assert_eq!(v[0].generation, 2);
+        assert_eq!(v[0].tools, vec!["github_get_me".to_string()]);
+        assert_eq!(v[0].prompts, None);
+        assert_eq!(v[0].description.as_deref(), Some("read only"));
     }
 
     #[test]
