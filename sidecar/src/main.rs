@@ -238,9 +238,14 @@ fn bootstrap(config: &Path, out: Option<&Path>, wasm: bool) -> Result<(), String
         .clone()
         .ok_or("envoy.xds_dir must be set to generate a bootstrap")?;
     warn_if_admin_exposed(&settings);
-    // Initial xDS files, so Envoy can start before the sidecar.
-    let mut writer = xds::Writer::new(dir.clone());
-    writer.write(&settings, std::time::Instant::now())?;
+    // Initial xDS files, so Envoy can start before the sidecar. Files that exist are the
+    // running sidecar's (it writes them whenever its catalog changes, and always once when it
+    // starts): overwriting them with this file's servers alone would hide what it discovered,
+    // e.g. every server of Kubernetes mode, until its next change.
+    if !dir.join(xds::CDS_FILE).exists() || !dir.join(xds::RDS_FILE).exists() {
+        let mut writer = xds::Writer::new(dir.clone());
+        writer.write(&settings, std::time::Instant::now())?;
+    }
     let doc = xds::bootstrap(
         &settings,
         &dir,
