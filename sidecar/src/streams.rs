@@ -7,6 +7,9 @@
 //! [`mcpgw_core::relay::rewrite`] (server requests get `mcpgw:<server>:<id>` ids, mapped
 //! `resources/updated` URIs) and passes it on, merged with the `list_changed` notifications.
 //!
+//! The same follower takes notices meant for its session alone ([`Registry::notify`], the
+//! plugin's `POST /v1/streams/notify` after a `select_tools`).
+//!
 //! Bounds: registrations in total and per client session (the oldest is evicted), each expiring
 //! with the session TTL; one follower per client session (a newer stream of the same session takes
 //! over); upstream GET streams in total (a semaphore).
