@@ -290,7 +290,10 @@ async fn notify(State(state): State<AppState>, request: Request) -> Response {
         }
     };
     let delivered = state.streams.notify(&notice.session, kind.notification());
-    tracing::debug!("{} for a client session: delivered {delivered}", notice.method);
+    tracing::debug!(
+        "{} for a client session: delivered {delivered}",
+        notice.method
+    );
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(
         "x-mcpgw-delivered",

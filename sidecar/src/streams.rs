@@ -742,7 +742,10 @@ mod tests {
         assert!(!registry.notify("a", notice));
         registry.release("a", a);
         assert_eq!(a_rx2.try_recv().unwrap(), notice);
-        assert!(registry.notify("a", notice), "the older stream's end leaves the newer one");
+        assert!(
+            registry.notify("a", notice),
+            "the older stream's end leaves the newer one"
+        );
         registry.release("a", newer);
         assert!(!registry.notify("a", notice));
         assert!(!registry.lock().sessions.contains_key("a"));
