@@ -2,8 +2,8 @@
 Wasm plugin polling the sidecar), the sidecar discovering Python-SDK MCP servers, and Python-SDK MCP
 clients talking to the gateway. Covers: a server added while a client is connected (new tools on
 every worker within 2 s, `list_changed` on the client's GET stream), an upstream killed and
-restarted, the sidecar killed and restarted, a prefix collision, and a TLS upstream that requires
-a bearer token.
+restarted, the sidecar killed and restarted, a prefix collision, a TLS upstream that requires
+a bearer token, and `select_tools` pushing `list_changed` on its own session's GET stream only.
 
 Each test prints the figures it measured (run with `-s` to see them)."""
 
