@@ -462,6 +462,10 @@ pub struct SidecarLink {
 /// GET streams for the client's notification stream.
 pub const SIDECAR_STREAMS_PATH: &str = "/v1/streams";
 
+/// Where the plugin asks the sidecar to send a `list_changed` notification on one client
+/// session's notification stream (after a `select_tools` changed that session's tools/list).
+pub const SIDECAR_NOTIFY_PATH: &str = "/v1/streams/notify";
+
 fn default_sidecar_authority() -> String {
     "mcpgw-sidecar".into()
 }

@@ -8,7 +8,7 @@ use crate::batch::{self, Batch, Progress};
 use crate::budget::LogBudget;
 use crate::catalog::{Catalog, ForwardHeaders, ListKind};
 use crate::config::{
-    ServerConfig, SidecarLink, ROUTING_ONLY_HEADERS, SIDECAR_STREAMS_PATH,
+    ServerConfig, SidecarLink, ROUTING_ONLY_HEADERS, SIDECAR_NOTIFY_PATH, SIDECAR_STREAMS_PATH,
     SUPPORTED_PROTOCOL_VERSIONS,
 };
 use crate::error::GatewayError;
@@ -1488,7 +1488,19 @@ impl Request {
             "content": [{"type": "text", "text": structured.to_string()}],
             "structuredContent": structured,
         });
-        Ok(self.reply_result(host, &result.to_string()))
+        let action = self.reply_result(host, &result.to_string());
+        if name != crate::catalog::DISCOVER_TOOLS {
+            // The session's tools/list changed: its notification stream says so (after the
+            // answer, fire-and-forget: the answer neither waits for it nor fails with it).
+            notify_streams(
+                self.sidecar.as_deref(),
+                catalog.limits.upstream_timeout_ms,
+                host,
+                session,
+                TOOLS_LIST_CHANGED,
+            );
+        }
+        Ok(action)
     }
 
     /// What this request may see and call: its `x-mcp-authorized`, verified (everything when
@@ -2681,6 +2693,45 @@ pub(crate) fn forget_streams(
         host.log(
             Level::Warn,
             &format!("cannot tell the sidecar that a session ended: {e}"),
+        );
+    }
+}
+
+/// The notification a `select_tools` sends on the session's notification stream.
+pub(crate) const TOOLS_LIST_CHANGED: &str = "notifications/tools/list_changed";
+
+/// Asks the sidecar, fire-and-forget, to send `method` (a `list_changed` notification) on the
+/// notification stream of this one client session, if one is open. Nothing waits for the
+/// answer; the call is made so that it outlives the stream (whose answer is already sent).
+/// No sidecar: nothing to do (and no stream to notify).
+pub(crate) fn notify_streams(
+    sidecar: Option<&SidecarLink>,
+    timeout_ms: u64,
+    host: &mut dyn Host,
+    session: &Session,
+    method: &str,
+) {
+    let Some(sidecar) = sidecar else {
+        return;
+    };
+    let body = format!(
+        "{{\"session\":{},\"method\":{}}}",
+        jsonrpc::json_string(&session.id),
+        jsonrpc::json_string(method),
+    );
+    let headers = [
+        (":method", "POST"),
+        (":path", SIDECAR_NOTIFY_PATH),
+        (":authority", sidecar.authority.as_str()),
+        ("authorization", sidecar.authorization.as_str()),
+        ("content-type", "application/json"),
+    ];
+    // Detached: the answer was just sent, and the stream (with its calls) ends with it.
+    if let Err(e) = host.dispatch_detached(&sidecar.cluster, &headers, body.as_bytes(), timeout_ms)
+    {
+        host.log(
+            Level::Warn,
+            &format!("cannot ask the sidecar to notify a session's stream: {e}"),
         );
     }
 }

@@ -51,6 +51,8 @@ struct FakeHost {
     woken: Vec<(u32, Vec<u8>)>,
     /// Calls made to outlive the stream (cluster, headers).
     detached: Vec<(String, Vec<(String, String)>)>,
+    /// The bodies of the detached calls, in order.
+    detached_bodies: Vec<Vec<u8>>,
     /// Telemetry events (Debug form) and access-log fields reported.
     events: Vec<String>,
     fields: Vec<(mcpgw_core::Field, String)>,
@@ -243,9 +245,10 @@ impl Host for FakeHost {
         &mut self,
         cluster: &str,
         headers: &[(&str, &str)],
-        _body: &[u8],
+        body: &[u8],
         _timeout: u64,
     ) -> Result<(), String> {
+        self.detached_bodies.push(body.to_vec());
         let headers = headers
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -3394,4 +3397,76 @@ fn discover_tools_offers_configured_categories() {
         &meta_call("discover_tools", serde_json::json!({"category": "art"})),
     );
     assert_eq!(host.reply_json()["error"]["code"], -32602);
+}
+
+#[test]
+fn a_selection_notifies_the_sessions_stream_through_the_sidecar_after_the_answer() {
+    let catalog = catalog_with_limits(
+        serde_json::json!({"page_size": 10, "max_body_bytes": 4096, "meta_tools_above": 2}),
+        false,
+    );
+    let token = initialize(&catalog);
+    let session_id = catalog
+        .keys
+        .open(token.as_bytes(), FakeHost::post("", None).now)
+        .unwrap()
+        .id
+        .clone();
+    let call = |body: &str, sidecar: Option<Rc<SidecarLink>>| {
+        let mut host = FakeHost::post(body, Some(&token));
+        host.next_version = 1_000_000;
+        let mut request = Request::new(Rc::clone(&catalog), Rc::default(), sidecar);
+        assert_eq!(request.on_request_headers(&mut host, false), Action::Pause);
+        let size = host.request_body.len();
+        request.on_request_body(&mut host, size, true);
+        host
+    };
+    let select = meta_call("select_tools", serde_json::json!({"tools": ["alpha_add"]}));
+
+    let host = call(&select, sidecar_link());
+    // Answered at once, and the notice is on its way, detached (nothing awaits it).
+    assert_eq!(
+        host.reply_json()["result"]["structuredContent"]["toolsListChanged"],
+        true
+    );
+    assert!(host.calls.is_empty(), "{:?}", host.calls);
+    assert_eq!(host.detached.len(), 1);
+    let (cluster, headers) = host.detached[0].clone();
+    assert_eq!(cluster, "mcpgw_sidecar");
+    for want in [
+        (":method", "POST"),
+        (":path", "/v1/streams/notify"),
+        (":authority", "mcpgw-sidecar"),
+        ("authorization", SIDECAR_AUTHORIZATION),
+        ("content-type", "application/json"),
+    ] {
+        assert!(
+            headers.contains(&(want.0.into(), want.1.into())),
+            "{want:?} in {headers:?}"
+        );
+    }
+    assert_eq!(headers.len(), 5, "nothing of the client's: {headers:?}");
+    let body: serde_json::Value = serde_json::from_slice(&host.detached_bodies[0]).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"session": session_id,
+            "method": "notifications/tools/list_changed"})
+    );
+
+    // A refused selection and a discovery change nothing: no notice.
+    for body in [
+        meta_call("select_tools", serde_json::json!({"tools": ["gamma_x"]})),
+        meta_call("discover_tools", serde_json::json!({})),
+    ] {
+        let host = call(&body, sidecar_link());
+        assert!(host.reply_json().get("id").is_some());
+        assert!(host.detached.is_empty() && host.calls.is_empty(), "{body}");
+    }
+    // No sidecar: the selection is answered the same, and nothing is dispatched.
+    let host = call(&select, None);
+    assert_eq!(
+        host.reply_json()["result"]["structuredContent"]["toolsListChanged"],
+        true
+    );
+    assert!(host.detached.is_empty() && host.calls.is_empty());
 }

@@ -3,6 +3,9 @@
 //! - `GET <mcp_path>`: the clients' notification stream (SSE), routed here by Envoy: the
 //!   `list_changed` notifications merged with the upstream GET streams of the client's session.
 //! - `POST /v1/streams`: the plugin registers an upstream session it opened for a client session.
+//! - `DELETE /v1/streams`: the plugin tells that a client session ended.
+//! - `POST /v1/streams/notify`: the plugin has a `list_changed` notification sent on one client
+//!   session's notification stream (after `select_tools` changed that session's tools/list).
 //! - `GET /v1/status`: servers, collisions, config errors (JSON, for people and tests).
 //! - `GET /healthz`.
 //! - `GET /metrics`: Prometheus metrics (see metrics.rs; open, no secret in them).
@@ -184,6 +187,7 @@ fn router_with(outputs: Outputs, token: &PluginToken, streams: Arc<Registry>) ->
     Router::new()
         .route("/v1/config", get(config))
         .route("/v1/streams", post(register).delete(forget))
+        .route("/v1/streams/notify", post(notify))
         .route("/v1/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
@@ -237,6 +241,65 @@ async fn forget(State(state): State<AppState>, request: Request) -> Response {
         Ok(_) => json_error(StatusCode::BAD_REQUEST, "bad_request", "session is empty"),
         Err(e) => json_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
     }
+}
+
+/// The body of `POST /v1/streams/notify`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Notice {
+    session: String,
+    method: String,
+}
+
+/// `POST /v1/streams/notify`: sends a `list_changed` notification (no other method) on the
+/// notification stream of this one client session, if one is open. `204` either way (whether a
+/// stream took it is in the `x-mcpgw-delivered` header, for tests): a notice is a hint, and a
+/// session without an open stream has nobody to tell.
+async fn notify(State(state): State<AppState>, request: Request) -> Response {
+    if !state.auth.allows(request.headers()) {
+        return unauthorized("POST /v1/streams/notify");
+    }
+    let Ok(body) = axum::body::to_bytes(request.into_body(), streams::MAX_BODY_BYTES).await else {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the body is too large",
+        );
+    };
+    let notice = match serde_json::from_slice::<Notice>(&body) {
+        Ok(notice) => notice,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    };
+    if notice.session.is_empty() || notice.session.len() > 512 {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "session must be 1 to 512 bytes",
+        );
+    }
+    let kind = match notice.method.as_str() {
+        "notifications/tools/list_changed" => ListKind::Tools,
+        "notifications/prompts/list_changed" => ListKind::Prompts,
+        "notifications/resources/list_changed" => ListKind::Resources,
+        _ => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "method must be a list_changed notification",
+            )
+        }
+    };
+    let delivered = state.streams.notify(&notice.session, kind.notification());
+    tracing::debug!(
+        "{} for a client session: delivered {delivered}",
+        notice.method
+    );
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        "x-mcpgw-delivered",
+        HeaderValue::from_static(if delivered { "1" } else { "0" }),
+    );
+    response
 }
 
 /// `POST /v1/streams`: the plugin opened an upstream session for a client session (see
@@ -904,6 +967,85 @@ mod tests {
             request(sidecar.addr, "GET", "/v1/streams", &[&right]).status,
             405
         );
+    }
+
+    /// A vouched notification stream of `session`, its head read; the socket stays open.
+    fn open_stream(addr: SocketAddr, session: &str) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let text = format!(
+            "GET /mcp HTTP/1.1\r\nhost: sidecar\r\nauthorization: Bearer {TOKEN}\r\n\
+             x-mcpgw-session: {session}\r\n\r\n"
+        );
+        stream.write_all(text.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(stream.read(&mut byte).unwrap(), 1);
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"));
+        stream
+    }
+
+    /// What arrives on a stream within `wait`.
+    fn read_for(stream: &mut TcpStream, wait: Duration) -> String {
+        stream.set_read_timeout(Some(wait)).unwrap();
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(n) => String::from_utf8_lossy(&chunk[..n]).into_owned(),
+            Err(_) => String::new(),
+        }
+    }
+
+    #[test]
+    fn a_notice_reaches_the_stream_of_its_session_alone() {
+        let sidecar = start();
+        let right = format!("authorization: Bearer {TOKEN}");
+        let post = |headers: &[&str], body: &str| {
+            exchange(sidecar.addr, "POST", "/v1/streams/notify", headers, body)
+        };
+        let notice = r#"{"session":"c2Vzc2lvbi1h","method":"notifications/tools/list_changed"}"#;
+        assert_refused(&post(&[], notice));
+        assert_refused(&post(&["authorization: Bearer wrong-token"], notice));
+        for bad in [
+            "{",
+            r#"{"session":"c2Vzc2lvbi1h"}"#,
+            r#"{"session":"","method":"notifications/tools/list_changed"}"#,
+            r#"{"session":"s","method":"notifications/message"}"#,
+            r#"{"session":"s","method":"notifications/tools/list_changed","x":1}"#,
+        ] {
+            assert_eq!(post(&[&right], bad).status, 400, "{bad}");
+        }
+        let huge = format!(
+            r#"{{"session":"{}","method":"notifications/tools/list_changed"}}"#,
+            "s".repeat(streams::MAX_BODY_BYTES)
+        );
+        assert_eq!(post(&[&right], &huge).status, 413);
+        // No stream open: nobody to tell.
+        let answer = post(&[&right], notice);
+        assert_eq!(answer.status, 204);
+        assert_eq!(answer.header("x-mcpgw-delivered"), Some("0"));
+
+        let mut a = open_stream(sidecar.addr, "c2Vzc2lvbi1h");
+        let mut b = open_stream(sidecar.addr, "c2Vzc2lvbi1i");
+        // The stream's follower starts on its own task: wait until it takes the notice.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = post(&[&right], notice);
+            assert_eq!(answer.status, 204);
+            if answer.header("x-mcpgw-delivered") == Some("1") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never delivered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let got = read_for(&mut a, Duration::from_secs(5));
+        assert!(
+            got.contains(r#"data: {"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#),
+            "{got}"
+        );
+        let other = read_for(&mut b, Duration::from_millis(300));
+        assert!(!other.contains("list_changed"), "{other}");
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! [`mcpgw_core::relay::rewrite`] (server requests get `mcpgw:<server>:<id>` ids, mapped
 //! `resources/updated` URIs) and passes it on, merged with the `list_changed` notifications.
 //!
+//! The same follower takes notices meant for its session alone ([`Registry::notify`], the
+//! plugin's `POST /v1/streams/notify` after a `select_tools`).
+//!
 //! Bounds: registrations in total and per client session (the oldest is evicted), each expiring
 //! with the session TTL; one follower per client session (a newer stream of the same session takes
 //! over); upstream GET streams in total (a semaphore).
@@ -112,6 +115,8 @@ struct SessionState {
     entries: Vec<Entry>,
     /// The stream following this session: its id, and what wakes it.
     follower: Option<(u64, watch::Sender<()>)>,
+    /// Where that stream takes messages for this session alone ([`Registry::notify`]).
+    outbox: Option<mpsc::Sender<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -236,17 +241,26 @@ impl Registry {
 
     /// Makes the caller the session's follower (a previous one is told to stop): its id, and a
     /// receiver that changes with the session's registrations and fails when superseded.
-    fn follow(&self, session: &str) -> (u64, watch::Receiver<()>) {
+    fn follow(&self, session: &str, outbox: mpsc::Sender<String>) -> (u64, watch::Receiver<()>) {
         let mut inner = self.lock();
         inner.seq += 1;
         let id = inner.seq;
         let (wake, rx) = watch::channel(());
-        inner
-            .sessions
-            .entry(session.to_owned())
-            .or_default()
-            .follower = Some((id, wake));
+        let state = inner.sessions.entry(session.to_owned()).or_default();
+        state.follower = Some((id, wake));
+        state.outbox = Some(outbox);
         (id, rx)
+    }
+
+    /// Sends `message` on the notification stream of this client session alone (its newest,
+    /// the one following it), if one is open: whether it was queued. A full queue (a client
+    /// that does not read) drops it.
+    pub fn notify(&self, session: &str, message: &str) -> bool {
+        let inner = self.lock();
+        let Some(outbox) = inner.sessions.get(session).and_then(|s| s.outbox.as_ref()) else {
+            return false;
+        };
+        outbox.try_send(message.to_owned()).is_ok()
     }
 
     fn release(&self, session: &str, id: u64) {
@@ -254,6 +268,7 @@ impl Registry {
         if let Some(state) = inner.sessions.get_mut(session) {
             if state.follower.as_ref().is_some_and(|(f, _)| *f == id) {
                 state.follower = None;
+                state.outbox = None;
             }
             if state.entries.is_empty() && state.follower.is_none() {
                 inner.sessions.remove(session);
@@ -352,7 +367,7 @@ async fn run_follower(
     session: String,
     tx: mpsc::Sender<String>,
 ) {
-    let (id, mut wake) = registry.follow(&session);
+    let (id, mut wake) = registry.follow(&session, tx.clone());
     let mut running: HashMap<String, Running> = HashMap::new();
     loop {
         let (wanted, next_expiry) = registry.snapshot(&session, Instant::now());
@@ -692,15 +707,48 @@ mod tests {
     #[test]
     fn a_newer_follower_supersedes_the_older_one() {
         let registry = Registry::new(Limits::default());
-        let (first, first_rx) = registry.follow("s1");
+        let (first, first_rx) = registry.follow("s1", mpsc::channel(1).0);
         registry.register(registration("s1", "a", "1"), TTL, Instant::now());
         assert!(first_rx.has_changed().unwrap(), "woken by a registration");
-        let (second, _second_rx) = registry.follow("s1");
+        let (second, _second_rx) = registry.follow("s1", mpsc::channel(1).0);
         assert!(first_rx.has_changed().is_err(), "superseded");
         registry.release("s1", first);
         assert!(registry.lock().sessions["s1"].follower.is_some());
         registry.release("s1", second);
         assert!(registry.lock().sessions["s1"].follower.is_none());
+    }
+
+    #[test]
+    fn a_notice_goes_to_its_sessions_stream_alone() {
+        let registry = Registry::new(Limits::default());
+        let notice = r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#;
+        assert!(!registry.notify("a", notice), "no stream open");
+        let (a_tx, mut a_rx) = mpsc::channel(2);
+        let (b_tx, mut b_rx) = mpsc::channel(2);
+        let (a, _a_wake) = registry.follow("a", a_tx);
+        let (_b, _b_wake) = registry.follow("b", b_tx);
+        assert!(registry.notify("a", notice));
+        assert_eq!(a_rx.try_recv().unwrap(), notice);
+        assert!(b_rx.try_recv().is_err(), "never another session's");
+        assert!(!registry.notify("c", notice));
+        // A newer stream of the session takes the notices; a released one none.
+        let (a_tx2, mut a_rx2) = mpsc::channel(1);
+        let (newer, _wake) = registry.follow("a", a_tx2);
+        assert!(registry.notify("a", notice));
+        assert!(a_rx.try_recv().is_err());
+        assert_eq!(a_rx2.try_recv().unwrap(), notice);
+        // Bounded: a client that does not read loses notices, nothing piles up.
+        assert!(registry.notify("a", notice));
+        assert!(!registry.notify("a", notice));
+        registry.release("a", a);
+        assert_eq!(a_rx2.try_recv().unwrap(), notice);
+        assert!(
+            registry.notify("a", notice),
+            "the older stream's end leaves the newer one"
+        );
+        registry.release("a", newer);
+        assert!(!registry.notify("a", notice));
+        assert!(!registry.lock().sessions.contains_key("a"));
     }
 
     /// A fake upstream: the first GET streams a priming event, a request and a

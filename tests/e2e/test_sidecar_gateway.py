@@ -2,8 +2,8 @@
 Wasm plugin polling the sidecar), the sidecar discovering Python-SDK MCP servers, and Python-SDK MCP
 clients talking to the gateway. Covers: a server added while a client is connected (new tools on
 every worker within 2 s, `list_changed` on the client's GET stream), an upstream killed and
-restarted, the sidecar killed and restarted, a prefix collision, and a TLS upstream that requires
-a bearer token.
+restarted, the sidecar killed and restarted, a prefix collision, a TLS upstream that requires
+a bearer token, and `select_tools` pushing `list_changed` on its own session's GET stream only.
 
 Each test prints the figures it measured (run with `-s` to see them)."""
 
@@ -405,5 +405,40 @@ def test_notification_streams_cannot_starve_the_configuration_poll(workdir, upst
             r.close()
         for c in clients:
             c.close()
+        gw.stop()
+        sc.stop()
+
+
+def test_a_selection_notifies_its_own_sessions_stream_only(workdir, upstreams):
+    """`select_tools` (the meta-tools, `limits.meta_tools_above: 2`) changes that session's
+    tools/list: its GET stream gets `notifications/tools/list_changed` (the plugin's
+    `POST /v1/streams/notify` to the sidecar); another session's stream does not."""
+    envoy, _, _ = envoy_settings()
+    cfg = base_config(harness.free_port(), workdir / "xds-notify", **envoy)
+    cfg.setdefault("limits", {})["meta_tools_above"] = 2
+    cfg["servers"] = [{"name": "alpha", "url": upstreams["alpha"].url, "credential": {"env": "ALPHA_TOKEN"}}]
+    sc = Sidecar(workdir, cfg, name="sidecar-notify", env={"ALPHA_TOKEN": "alpha-secret"})
+    gw = SidecarGateway(workdir, sc, name="envoy-notify")
+    meta = ["discover_tools", "select_tools"]
+    try:
+        sc.start()
+        sc.wait_state("alpha", "serving")
+        gw.start()
+        wait_tools(gw, lambda names: names == meta)
+        with ListeningClient(gw.url) as a, ListeningClient(gw.url) as b:
+            assert a.tool_names() == meta and b.tool_names() == meta
+            wait_get_streams(gw, 2)
+            selected = time.monotonic()
+            text, is_error = a.call_tool("select_tools", {"tools": ["alpha_echo"]})
+            assert not is_error, text
+            assert json.loads(text)["toolsListChanged"] is True
+            notified = a.wait_notification(LIST_CHANGED, since=selected, timeout=5)
+            assert a.tool_names() == meta + ["alpha_echo"]
+            time.sleep(1.0)
+            assert [m for t, m in b.notifications if t >= selected and m == LIST_CHANGED] == []
+            assert b.tool_names() == meta
+            print(f"\nselect_tools -> list_changed on the session's stream after "
+                  f"{(notified - selected) * 1000:.0f} ms")
+    finally:
         gw.stop()
         sc.stop()
