@@ -123,6 +123,10 @@ def serving(stack, upstreams, *, beta: bool) -> None:
     sc.edit(lambda c: c.update(servers=servers))
     expected = ALPHA_TOOLS + (BETA_TOOLS if beta else [])
     wait_tools(gw, lambda names: names == expected, timeout=20)
+    # One worker listing it is not all of them: each VM adopts the published document on its own
+    # tick, so wait until every VM runs the sidecar's current version.
+    _, _, doc = sc.document()
+    wait_all_workers(gw, doc["version"], timeout=20)
 
 
 def test_catalog_and_credential_through_the_gateway(stack, upstreams):
