@@ -508,14 +508,11 @@ impl Catalog {
             ListKind::Resources => &self.pages[2],
             ListKind::ResourceTemplates => &self.pages[3],
         };
-        let unknown = || GatewayError::invalid_params("Invalid params: unknown cursor");
-        let index = match cursor {
-            None => 0,
-            Some(cursor) => decode_cursor(kind, cursor)
-                .filter(|i| *i > 0 && *i < pages.len())
-                .ok_or_else(unknown)?,
-        };
-        pages.get(index).map(String::as_str).ok_or_else(unknown)
+        let index = page_index(kind, cursor, pages.len())?;
+        pages
+            .get(index)
+            .map(String::as_str)
+            .ok_or_else(unknown_cursor)
     }
 
     /// A page of a list as `access` narrows it: the pre-built page when it allows everything,
@@ -542,15 +539,9 @@ impl Catalog {
                 .is_some_and(|s| access.shows(granted, &s.name, &item.granted_as, &item.shown_as))
         });
         let mut pages = paginate(kind, allowed, self.limits.page_size);
-        let unknown = || GatewayError::invalid_params("Invalid params: unknown cursor");
-        let index = match cursor {
-            None => 0,
-            Some(cursor) => decode_cursor(kind, cursor)
-                .filter(|i| *i > 0 && *i < pages.len())
-                .ok_or_else(unknown)?,
-        };
+        let index = page_index(kind, cursor, pages.len())?;
         if index >= pages.len() {
-            return Err(unknown());
+            return Err(unknown_cursor());
         }
         Ok(Cow::Owned(pages.swap_remove(index)))
     }
@@ -917,6 +908,20 @@ fn one_line(definition: &str) -> String {
         .chars()
         .take(160)
         .collect()
+}
+
+/// The page a list cursor names (none: the first), among `count` pages of `kind`.
+fn page_index(kind: ListKind, cursor: Option<&str>, count: usize) -> Result<usize, GatewayError> {
+    match cursor {
+        None => Ok(0),
+        Some(cursor) => decode_cursor(kind, cursor)
+            .filter(|i| *i > 0 && *i < count)
+            .ok_or_else(unknown_cursor),
+    }
+}
+
+fn unknown_cursor() -> GatewayError {
+    GatewayError::invalid_params("Invalid params: unknown cursor")
 }
 
 fn paginate<'a>(
