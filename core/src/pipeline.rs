@@ -1742,10 +1742,10 @@ impl Request {
         // (cookies, the client's credential, API keys, x-forwarded-for, ...) is removed, one host
         // call per name actually present. Envoy still needs x-forwarded-proto to pick the route,
         // which then removes it.
+        let stateless_upstream = upstream.protocol_version == stateless::VERSION;
         for (i, (name, _)) in self.headers.iter().enumerate() {
             // A stateless upstream gets the routing headers (set below to its own names).
-            let routing = upstream.protocol_version == stateless::VERSION
-                && matches!(name.as_str(), "mcp-method" | "mcp-name");
+            let routing = stateless_upstream && matches!(name.as_str(), "mcp-method" | "mcp-name");
             if routing || allowed.allows(name) || ROUTING_ONLY_HEADERS.contains(&name.as_str()) {
                 continue;
             }
@@ -1785,7 +1785,7 @@ impl Request {
             set("x-mcp-method", method.as_bytes());
         }
         set("mcp-protocol-version", upstream.protocol_version.as_bytes());
-        if upstream.protocol_version == stateless::VERSION {
+        if stateless_upstream {
             // The upstream checks the routing headers against the body: the names it knows.
             if let Some(method) = call.method {
                 set("mcp-method", method.as_bytes());

@@ -397,6 +397,16 @@ def print_tables(report: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+def fresh_out(out: Path) -> tuple[Path, Path]:
+    """An empty report directory (what an earlier run left is removed) and its logs folder."""
+    out = out.resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    logs = out / "logs"
+    logs.mkdir(parents=True)
+    return out, logs
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / ".run" / "conformance",
@@ -418,11 +428,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
-    out = args.out.resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    logs = out / "logs"
-    logs.mkdir(parents=True)
+    out, logs = fresh_out(args.out)
     timings: dict[str, float] = {}
     procs: list[Any] = []
     try:

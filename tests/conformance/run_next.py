@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -78,11 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if not SUITE.exists() or not base.NODE.exists():
         print(f"conformance-next: missing {SUITE} or {base.NODE}: npm ci in tools/conformance-next", file=sys.stderr)
         return 2
-    out = args.out.resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    logs = out / "logs"
-    logs.mkdir(parents=True)
+    out, logs = base.fresh_out(args.out)
     started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.monotonic()
     procs: list[Any] = []
