@@ -24,17 +24,18 @@ pub struct Audit {
 }
 
 impl Audit {
+    /// `session`: the client session's name in audit lines ([`session_hash`] of its token).
     pub fn new(
         method: &str,
         id: Option<&str>,
         subject: Option<&str>,
-        session: Option<&str>,
+        session: Option<String>,
     ) -> Self {
         Self {
             method: method.to_owned(),
             id: id.unwrap_or("null").to_owned(),
             subject: subject.map(str::to_owned),
-            session: session.map(session_hash),
+            session,
             server: None,
             name: None,
         }
@@ -62,14 +63,16 @@ impl Audit {
     }
 }
 
-/// First 16 hex digits of SHA-256 of the session id: correlates a session's lines without
+/// First 16 hex digits of SHA-256 of the session token: correlates a session's lines without
 /// revealing anything that could be replayed.
-fn session_hash(id: &str) -> String {
-    Sha256::digest(id.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+pub fn session_hash(token: &[u8]) -> String {
+    let digit = |nibble: u8| char::from_digit(u32::from(nibble), 16).unwrap_or('0');
+    let mut name = String::with_capacity(16);
+    for byte in Sha256::digest(token).iter().take(8) {
+        name.push(digit(byte >> 4));
+        name.push(digit(byte & 15));
+    }
+    name
 }
 
 #[cfg(test)]
@@ -78,7 +81,12 @@ mod tests {
 
     #[test]
     fn a_line_is_one_json_object() {
-        let mut audit = Audit::new("tools/call", Some("\"r1\""), Some("alice"), Some("s"));
+        let mut audit = Audit::new(
+            "tools/call",
+            Some("\"r1\""),
+            Some("alice"),
+            Some(session_hash(b"s")),
+        );
         audit.target("alpha", "alpha_echo");
         let line: serde_json::Value = serde_json::from_str(&audit.line(403, Some(-32001))).unwrap();
         assert_eq!(line["sub"], "alice");

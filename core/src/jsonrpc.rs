@@ -411,6 +411,15 @@ fn fold(key: &str) -> impl Iterator<Item = char> + '_ {
 }
 
 fn folds_equal(a: &str, b: &str) -> bool {
+    // Plain ASCII keys (no `_`, `-`, NUL, nothing outside ASCII) fold to their lower case: the
+    // usual keys compare without walking characters.
+    let plain = |key: &str| {
+        key.bytes()
+            .all(|b| b.is_ascii() && !matches!(b, b'_' | b'-' | b'\0'))
+    };
+    if plain(a) && plain(b) {
+        return a.eq_ignore_ascii_case(b);
+    }
     fold(a).eq(fold(b))
 }
 

@@ -730,6 +730,7 @@ impl Request {
                 caps: None,
                 info: None,
             },
+            audit_name: std::cell::OnceCell::new(),
         })
     }
 
@@ -1125,18 +1126,22 @@ impl Request {
                     | "resources/subscribe"
                     | "resources/unsubscribe"
                     | "completion/complete") => {
+                        let opened = self.open_session(host);
+                        // An opened token is remembered, and so is its audit name.
+                        let audit_name = self.session_token.as_deref().map(|token| match &opened {
+                            Ok(Some(session)) => session
+                                .audit_name
+                                .get_or_init(|| crate::audit::session_hash(token))
+                                .clone(),
+                            _ => crate::audit::session_hash(token),
+                        });
                         self.audit = Some(crate::audit::Audit::new(
                             routed,
                             self.id.as_deref(),
                             self.subject.as_deref(),
-                            self.session_token
-                                .as_deref()
-                                .map(String::from_utf8_lossy)
-                                .as_deref(),
+                            audit_name,
                         ));
-                        let session = self
-                            .open_session(host)?
-                            .ok_or_else(GatewayError::missing_session)?;
+                        let session = opened?.ok_or_else(GatewayError::missing_session)?;
                         let catalog = Rc::clone(&self.catalog);
                         let meta = routed == "tools/call" && catalog.meta_tools_active();
                         let called = params.name.and_then(jsonrpc::raw_str);

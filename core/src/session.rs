@@ -45,6 +45,9 @@ pub struct Session {
     /// Stable identifier of the session (the token's nonce, base64url).
     pub id: String,
     pub claims: Claims,
+    /// The session as audit lines name it (see [`crate::audit::session_hash`]): computed once
+    /// per opened token, since an opened token is remembered.
+    pub audit_name: std::cell::OnceCell<String>,
 }
 
 struct Key {
@@ -196,6 +199,7 @@ impl SessionKeys {
         Some(Session {
             id: URL_SAFE_NO_PAD.encode(nonce.as_slice()),
             claims,
+            audit_name: std::cell::OnceCell::new(),
         })
     }
 }
