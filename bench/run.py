@@ -53,6 +53,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 LUA = BENCH / "wrk" / "mcp.lua"
 PLUGIN_WASM = ROOT / "target" / "mcpgw.wasm"
+# `--baseline FILE`: another build of the plugin, contender `mcpgw_base`, to A/B a change in one run.
+BASELINE_WASM: list[Path] = []
 FLOOR_RAW = ROOT / "target" / "wasm32-wasip1" / "release" / "mcpgw_bench_floor.wasm"
 ECHO_BIN = ROOT / "target" / "release" / "mcpgw-bench-echo"
 
@@ -73,9 +75,10 @@ CONTENDERS = {
     "mcpgw": "mcpgw plugin (this)",
     "mcpgw_notel": "mcpgw, telemetry: false",
     "mcpgw_hdr": "mcpgw as a stock WasmPlugin (header-routed)",
+    "mcpgw_base": "mcpgw, the --baseline build",
 }
 # Contenders with MCP aggregation: they see every upstream; the others proxy one upstream.
-AGGREGATING = ("mcp_router", "mcpgw", "mcpgw_notel")
+AGGREGATING = ("mcp_router", "mcpgw", "mcpgw_notel", "mcpgw_base")
 
 WORKLOADS = {
     "call": "tools/call, small arguments",
@@ -355,14 +358,15 @@ def listener_for(contender: str, group: str, port: int, tools: dict[int, list], 
         filters = [NATIVE_MCP, {"name": "envoy.filters.http.mcp_router", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.mcp_router.v3.McpRouter",
             "servers": servers}}]
-    elif contender in ("mcpgw", "mcpgw_notel", "mcpgw_hdr"):
+    elif contender in ("mcpgw", "mcpgw_notel", "mcpgw_hdr", "mcpgw_base"):
         config = plugin_document(group, tools, key)
         if contender == "mcpgw_notel":
             config["telemetry"] = False  # the hot-path cost of telemetry: T9
         if contender == "mcpgw_hdr":
             config["install"] = "wasm_plugin"  # as a stock Istio WasmPlugin installs it
         doc = json.dumps(config, separators=(",", ":"))
-        filters = [wasm_filter(f"mcpgw_{group}", "mcpgw", "mcpgw", PLUGIN_WASM, doc,
+        wasm = BASELINE_WASM[0] if contender == "mcpgw_base" and BASELINE_WASM else PLUGIN_WASM
+        filters = [wasm_filter(f"mcpgw_{group}", "mcpgw", "mcpgw", wasm, doc,
                                stop_iteration=contender not in HEADERS_ONLY), ROUTER]
         vhosts = [{"name": f"s{i + 1}", "domains": [f"s{i + 1}.{group}.mcp.local"],
                    "routes": [{"match": {"prefix": "/"},
@@ -417,7 +421,7 @@ class Contender:
         return BASE_PORT[self.name] + LISTENER_OFFSET[group]
 
     def tool(self) -> str:
-        return {"mcpgw": "s1_echo", "mcpgw_notel": "s1_echo", "mcpgw_hdr": "s1_echo",
+        return {"mcpgw": "s1_echo", "mcpgw_notel": "s1_echo", "mcpgw_hdr": "s1_echo", "mcpgw_base": "s1_echo",
                 "mcp_router": "b1__echo"}.get(self.name, "echo")
 
     @property
@@ -1111,7 +1115,8 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=3, help="seconds per measured cell")
     ap.add_argument("--warmup", type=int, default=1, help="seconds per checked warm-up cell")
     ap.add_argument("--conns", default="1,16")
-    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--contenders", default=",".join(c for c in CONTENDERS if c != "mcpgw_base"),
+                    help="comma-separated (mcpgw_base is added by --baseline)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--sessions", type=int, default=10000, help="sessions for the RSS test (0: skip)")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already in target/")
@@ -1122,7 +1127,17 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="report directory (default docs/, smoke: target/bench/smoke)")
     ap.add_argument("--report-only", action="store_true",
                     help="re-render docs/benchmarks.md and .svg from target/bench/results.json, run nothing")
+    ap.add_argument("--baseline", type=Path,
+                    help="another build of the plugin, run as contender mcpgw_base beside mcpgw (A/B a change)")
     args = ap.parse_args()
+    if args.baseline:
+        if not args.baseline.is_file():
+            raise SystemExit(f"--baseline {args.baseline}: no such file")
+        BASELINE_WASM.append(args.baseline.resolve())
+        if "mcpgw_base" not in args.contenders.split(","):
+            args.contenders += ",mcpgw_base"
+    elif "mcpgw_base" in args.contenders.split(","):
+        raise SystemExit("contender mcpgw_base needs --baseline FILE")
     if args.report_only:
         return report_only(args)
 

@@ -65,13 +65,6 @@ mod ffi {
             return_map_data: *mut *mut u8,
             return_map_size: *mut usize,
         ) -> u32;
-        pub fn proxy_get_header_map_value(
-            map_type: u32,
-            key_data: *const u8,
-            key_size: usize,
-            return_value_data: *mut *mut u8,
-            return_value_size: *mut usize,
-        ) -> u32;
         pub fn proxy_get_buffer_bytes(
             buffer_type: u32,
             start: usize,
@@ -164,22 +157,6 @@ pub fn header_map_pairs(map: u32) -> Result<Vec<(String, Vec<u8>)>, Status> {
     let bytes = owned(data, size);
     match status {
         OK => Ok(bytes.map(|b| deserialize_map(&b)).unwrap_or_default()),
-        status => Err(status),
-    }
-}
-
-/// One header's value; `Ok(None)` when the map has no such header.
-pub fn header_map_value(map: u32, name: &str) -> Result<Option<Vec<u8>>, Status> {
-    let mut data = std::ptr::null_mut();
-    let mut size = 0;
-    // SAFETY: as above.
-    let status = unsafe {
-        ffi::proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size)
-    };
-    let bytes = owned(data, size);
-    match status {
-        OK => Ok(Some(bytes.unwrap_or_default())),
-        NOT_FOUND => Ok(None),
         status => Err(status),
     }
 }

@@ -139,11 +139,10 @@ impl Host for ProxyHost {
         );
     }
 
-    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
-        abi::header_map_value(abi::RESPONSE_HEADERS, name)
-            .inspect_err(|status| report(name, *status))
-            .ok()
-            .flatten()
+    fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        abi::header_map_pairs(abi::RESPONSE_HEADERS)
+            .inspect_err(|status| report("response headers", *status))
+            .unwrap_or_default()
     }
 
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {

@@ -77,7 +77,7 @@ impl Vm {
     fn timed(&self) -> bool {
         let n = self.streams.get().wrapping_add(1);
         self.streams.set(n);
-        self.telemetry.get() && n % TIMED_ONE_IN == 0
+        self.telemetry.get() && n.is_multiple_of(TIMED_ONE_IN)
     }
 
     /// Keeps the waiting list in step with a stream's stage.

@@ -54,12 +54,9 @@ impl Host for CountingHost {
     fn set_request_body(&mut self, _size: usize, _body: &[u8]) {
         self.count("write the request body");
     }
-    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
-        self.count("read a response header");
-        self.response_headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+    fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.count("read response headers");
+        self.response_headers.clone()
     }
     fn response_body(&self, _size: usize) -> Option<Vec<u8>> {
         self.count("read the response body");

@@ -112,7 +112,8 @@ pub trait Host {
     fn request_body(&self, size: usize) -> Option<Vec<u8>>;
     /// Replaces the whole buffered request body.
     fn set_request_body(&mut self, size: usize, body: &[u8]);
-    fn response_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// All response headers, in one host call (names lower-case).
+    fn response_headers(&self) -> Vec<(String, Vec<u8>)>;
     /// The response body chunk at hand (`size` bytes).
     fn response_body(&self, size: usize) -> Option<Vec<u8>>;
     /// Replaces the response body chunk at hand.

@@ -293,8 +293,8 @@ mod tests {
             None
         }
         fn set_request_body(&mut self, _: usize, _: &[u8]) {}
-        fn response_header(&self, _: &str) -> Option<Vec<u8>> {
-            None
+        fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
+            Vec::new()
         }
         fn response_body(&self, _: usize) -> Option<Vec<u8>> {
             None

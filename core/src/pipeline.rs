@@ -738,7 +738,9 @@ impl Request {
         let Stage::Forwarded { call, cached } = &self.stage else {
             return Action::Continue;
         };
-        let status = host.response_header(":status");
+        let response = host.response_headers();
+        let status = find_header(&response, ":status").map(<[u8]>::to_vec);
+        let content_type = find_header(&response, "content-type");
         if status.as_deref() == Some(b"404") && cached.is_some() {
             // The upstream forgot the session (restart, expiry): open a new one and replay.
             host.log(
@@ -777,11 +779,11 @@ impl Request {
         if let Some(refusal) = policy_refusal(status.as_deref(), call, &self.catalog) {
             // An authorization filter after the plugin (Envoy's rbac, ext_authz, ...) refused
             // the call with its own local reply: the client gets a JSON-RPC error instead.
-            if !speaks_mcp(host) {
+            if !speaks_mcp(content_type) {
                 return self.fail(host, refusal);
             }
         }
-        if !status.as_deref().is_some_and(|s| s.starts_with(b"2")) && !speaks_mcp(host) {
+        if !status.as_deref().is_some_and(|s| s.starts_with(b"2")) && !speaks_mcp(content_type) {
             // Envoy's own "upstream connect error" and the like: the client gets a JSON-RPC
             // error for this call, its session stays usable.
             let status = String::from_utf8_lossy(status.as_deref().unwrap_or(b"none")).into_owned();
@@ -814,7 +816,7 @@ impl Request {
                 .catalog
                 .server(call.server)
                 .is_some_and(|s| s.protocol_versions.iter().any(|v| v == stateless::VERSION));
-        if is_event_stream(host.response_header("content-type").as_deref()) {
+        if is_event_stream(content_type) {
             let server = self.catalog.server(call.server);
             let relay = SseRelay::new(
                 server.map_or("", |s| s.name.as_str()),
@@ -2523,9 +2525,9 @@ fn stateless_error(mut error: GatewayError) -> GatewayError {
 }
 
 /// The response carries an MCP answer (JSON or SSE), not a proxy's error page.
-fn speaks_mcp(host: &dyn Host) -> bool {
-    host.response_header("content-type").is_some_and(|ct| {
-        media_type_is(&ct, b"application/json") || media_type_is(&ct, b"text/event-stream")
+fn speaks_mcp(content_type: Option<&[u8]>) -> bool {
+    content_type.is_some_and(|ct| {
+        media_type_is(ct, b"application/json") || media_type_is(ct, b"text/event-stream")
     })
 }
 

@@ -91,6 +91,13 @@ impl FakeHost {
             .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
     }
 
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.response_headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+
     fn reply_json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.reply.as_ref().expect("a local reply").2).unwrap()
     }
@@ -135,11 +142,8 @@ impl Host for FakeHost {
         );
         self.request_body = body.to_vec();
     }
-    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
-        self.response_headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+    fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.response_headers.clone()
     }
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {
         assert_eq!(size, self.response_body.len());
