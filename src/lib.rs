@@ -11,7 +11,7 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use mcpgw_core::sync::ConfigSync;
-use mcpgw_core::{Catalog, LogBudget, PluginConfig};
+use mcpgw_core::{Catalog, Host, LogBudget, PluginConfig};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
@@ -19,6 +19,10 @@ use crate::host::{ControlProxy, HostLogger, ProxyHost};
 
 /// How often each VM looks for a newly published configuration (and the poller renews its lease).
 const TICK: Duration = Duration::from_millis(200);
+
+/// What a stream puts on its VM's wake-up queue to have the root start the openings ahead of
+/// need it asked for (no opening's outcome looks like it).
+const WARM_UP: &[u8] = b"warm-up";
 
 /// One stream in this many has its time inside the plugin measured (`mcpgw.plugin_time_us`).
 const TIMED_ONE_IN: u32 = 16;
@@ -59,6 +63,11 @@ struct Vm {
     telemetry: Cell<bool>,
     /// Streams created so far, to time one in [`TIMED_ONE_IN`] (see [`Vm::timed`]).
     streams: Cell<u32>,
+    /// Upstream-session openings ahead of need that streams asked for, to be started by the
+    /// root context (so that their calls outlive the stream, and their answers reach the root).
+    warm_ups: RefCell<Vec<mcpgw_core::Request>>,
+    /// Openings ahead of need under way, by address (they have no stream to own them).
+    warming: RefCell<HashMap<usize, Rc<Shared>>>,
 }
 
 impl Vm {
@@ -183,6 +192,33 @@ impl Gateway {
         }
     }
 
+    /// Starts the openings ahead of need streams asked for, on the root context: their calls
+    /// are the root's, so they outlive the streams and their answers come back here.
+    fn start_warm_ups(&self) {
+        let requests = std::mem::take(&mut *self.vm.warm_ups.borrow_mut());
+        let root = self.vm.root_context.get();
+        for request in requests {
+            let request = Rc::new(RefCell::new(request));
+            self.drive(root, &Rc::downgrade(&request), |warm, host| {
+                warm.start_warm_up(host)
+            });
+            if request.try_borrow().is_ok_and(|warm| warm.is_opening()) {
+                let at = Rc::as_ptr(&request) as usize;
+                self.vm.warming.borrow_mut().insert(at, request);
+            }
+        }
+    }
+
+    /// Lets go of an opening ahead of need once it is over.
+    fn forget_if_warm(&self, request: &Weak<Shared>) {
+        if let Some(request) = request.upgrade() {
+            if request.try_borrow().is_ok_and(|warm| !warm.is_opening()) {
+                let at = Rc::as_ptr(&request) as usize;
+                self.vm.warming.borrow_mut().remove(&at);
+            }
+        }
+    }
+
     /// Wakes this VM's waiting streams: with an opening's outcome, or (`None`) on the tick.
     fn wake_waiting(&self, message: Option<&[u8]>) {
         let waiting: Vec<(u32, Weak<Shared>)> = self
@@ -214,6 +250,7 @@ impl Context for Gateway {
                 let response = ProxyHost::call_response(body_size);
                 stream.on_call_response(host, token, response);
             });
+            self.forget_if_warm(&request);
             return;
         }
         let response = ProxyHost::call_response(body_size);
@@ -294,8 +331,10 @@ impl RootContext for Gateway {
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
+        self.start_warm_ups();
         loop {
             match abi::dequeue_shared_queue(queue_id) {
+                Ok(Some(message)) if message == WARM_UP => {}
                 Ok(Some(message)) => self.wake_waiting(Some(&message)),
                 Ok(None) => break,
                 Err(status) => {
@@ -308,6 +347,7 @@ impl RootContext for Gateway {
 
     fn on_tick(&mut self) {
         self.report_config_age();
+        self.start_warm_ups();
         if !self.vm.waiting.borrow().is_empty() {
             self.wake_waiting(None);
         }
@@ -452,6 +492,16 @@ impl McpStream {
         self.host.dispatched.clear();
         self.vm
             .note(self.context, &self.request, request.is_waiting());
+        let warm_ups = request.take_warm_ups();
+        drop(request);
+        if !warm_ups.is_empty() {
+            self.vm.warm_ups.borrow_mut().extend(warm_ups);
+            // The root starts them on its next callback: at once through the wake-up queue,
+            // else on the tick.
+            if let Some(queue) = self.host.wake_address() {
+                self.host.wake(queue, WARM_UP);
+            }
+        }
         Some(out)
     }
 

@@ -79,6 +79,31 @@ pub struct GatewayInfo {
     /// `"*"` allows any. A request with any other `Origin` is refused with 403 (DNS rebinding).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
+    /// When a client session's upstream sessions are opened (docs/architecture.md, "Upstream
+    /// sessions ahead of the first call").
+    #[serde(skip_serializing_if = "OpenUpstreamSessions::is_default")]
+    pub open_upstream_sessions: OpenUpstreamSessions,
+}
+
+/// When the gateway opens a client session's upstream sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenUpstreamSessions {
+    /// On the session's first call to each server: nothing is opened that is not used, and
+    /// that first call waits for the opening (two more round trips to the upstream).
+    #[default]
+    OnFirstCall,
+    /// As soon as the client's `initialize` is answered, for every server its session can reach
+    /// (its virtual server's, or all): the answer is not delayed, a first call that arrives
+    /// after the opening finds it cached, one that arrives during it waits for it; every
+    /// session costs an upstream session on every server, used or not.
+    OnInitialize,
+}
+
+impl OpenUpstreamSessions {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for GatewayInfo {
@@ -90,6 +115,7 @@ impl Default for GatewayInfo {
             instructions: None,
             list_changed: false,
             allowed_origins: Vec::new(),
+            open_upstream_sessions: OpenUpstreamSessions::OnFirstCall,
         }
     }
 }

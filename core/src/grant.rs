@@ -128,6 +128,11 @@ impl VirtualServer {
         })
     }
 
+    /// The (prefixed) names of the tools it shows.
+    pub fn tools(&self) -> impl Iterator<Item = &str> {
+        self.tools.iter().map(String::as_str)
+    }
+
     /// The virtual server shows `shown_as` (a prefixed name; resources are not curated).
     pub fn shows(&self, kind: Kind, shown_as: &str) -> bool {
         match kind {

@@ -8,8 +8,8 @@ use crate::batch::{self, Batch, Progress};
 use crate::budget::LogBudget;
 use crate::catalog::{Catalog, ForwardHeaders, ListKind};
 use crate::config::{
-    ServerConfig, SidecarLink, ROUTING_ONLY_HEADERS, SIDECAR_NOTIFY_PATH, SIDECAR_STREAMS_PATH,
-    SUPPORTED_PROTOCOL_VERSIONS,
+    OpenUpstreamSessions, ServerConfig, SidecarLink, ROUTING_ONLY_HEADERS, SIDECAR_NOTIFY_PATH,
+    SIDECAR_STREAMS_PATH, SUPPORTED_PROTOCOL_VERSIONS,
 };
 use crate::error::GatewayError;
 use crate::host::{CallResponse, Event, Field, Host, Level, Refusal, Served};
@@ -51,13 +51,16 @@ enum AfterOpening {
     /// `allow_on_headers_stop_iteration`): set the routing headers and let the headers go on;
     /// the body, checked against `expect`, follows (see [`Stage::Stateless`]).
     Headers { expect: Box<Expect> },
+    /// Nothing: the session is opened ahead of the client's first call
+    /// (`gateway.open_upstream_sessions: on_initialize`), and cached for it.
+    Warm,
 }
 
 impl AfterOpening {
     /// A cached upstream session this continuation can use.
     fn accepts(&self, upstream: &UpstreamSession) -> bool {
         match self {
-            AfterOpening::Forward | AfterOpening::Headers { .. } => true,
+            AfterOpening::Forward | AfterOpening::Headers { .. } | AfterOpening::Warm => true,
             AfterOpening::Replay { stale } => upstream.session_id != *stale,
         }
     }
@@ -192,6 +195,9 @@ enum Stage {
         expect: Expect,
         routed: Option<(Call, Option<String>)>,
     },
+    /// An upstream session to open ahead of the client's first call, not yet started (see
+    /// [`Request::take_warm_ups`]).
+    Ahead { pending: Pending },
     /// Another stream is opening this upstream session (see [`crate::opening`]): woken by
     /// [`Request::on_wake`] when it is cached or failed, or when the opening went stale.
     WaitingForSession {
@@ -291,6 +297,21 @@ pub struct Request {
     /// The client speaks MCP 2026-07-28 (stateless): its answers carry no session, and results
     /// from session-era upstreams get `resultType`.
     stateless: bool,
+    /// Who hears of this request's outcome: its client, or nobody (an opening ahead of need).
+    answers: Answers,
+    /// Openings ahead of need this request asked for, for the edge to start (see
+    /// [`Request::take_warm_ups`]).
+    warm_ups: Vec<Request>,
+}
+
+/// Who a request answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answers {
+    /// An HTTP client.
+    Client,
+    /// Nobody: an upstream session opened ahead of the client's first call; a failure is
+    /// logged, and that first call opens the session itself.
+    Nobody,
 }
 
 impl Request {
@@ -317,6 +338,87 @@ impl Request {
             virtual_server: None,
             headers_only: false,
             stateless: false,
+            answers: Answers::Client,
+            warm_ups: Vec::new(),
+        }
+    }
+
+    /// The upstream-session openings this request asked for (`initialize` with
+    /// `gateway.open_upstream_sessions: on_initialize`): each is a request of its own, answering
+    /// nobody, to be started with [`Request::start_warm_up`] from the VM's root context, so that
+    /// its calls outlive this stream.
+    pub fn take_warm_ups(&mut self) -> Vec<Request> {
+        std::mem::take(&mut self.warm_ups)
+    }
+
+    /// Starts an opening ahead of need: nothing to do when the session is cached already or
+    /// another stream is opening it.
+    pub fn start_warm_up(&mut self, host: &mut dyn Host) {
+        let Stage::Ahead { pending } = std::mem::replace(&mut self.stage, Stage::Answered) else {
+            return;
+        };
+        match self.obtain_session(host, pending, None) {
+            Ok(Obtained::Ready(..)) => {}
+            Ok(Obtained::Underway) => {
+                if self.is_waiting() {
+                    // Another stream opens it: the first call finds it cached or waits for it.
+                    self.stage = Stage::Answered;
+                }
+            }
+            Err(e) => {
+                self.fail(host, e);
+            }
+        }
+    }
+
+    /// An upstream session opening is under way in this request (its calls are awaited).
+    pub fn is_opening(&self) -> bool {
+        matches!(
+            self.stage,
+            Stage::Initializing { .. } | Stage::Acknowledging { .. } | Stage::Leveling { .. }
+        )
+    }
+
+    /// The openings ahead of need for a new session: one per server it can reach (all, or the
+    /// servers of its virtual server's tools).
+    fn plan_warm_ups(&mut self, session: &Rc<Session>) {
+        let catalog = Rc::clone(&self.catalog);
+        let mut servers: Vec<usize> = match &self.virtual_server {
+            None => (0..catalog.servers.len()).collect(),
+            Some(name) => catalog
+                .virtual_servers
+                .get(name)
+                .into_iter()
+                .flat_map(|vs| vs.tools())
+                .filter_map(|tool| catalog.route(tool).map(|(route, _)| route.server))
+                .collect(),
+        };
+        // Servers that speak only MCP 2026-07-28 have no sessions to open.
+        servers.retain(|&index| {
+            catalog.server(index).is_some_and(|server| {
+                server.protocol_versions.is_empty()
+                    || server
+                        .protocol_versions
+                        .iter()
+                        .any(|v| SUPPORTED_PROTOCOL_VERSIONS.contains(&v.as_str()))
+            })
+        });
+        servers.sort_unstable();
+        servers.dedup();
+        for index in servers {
+            let mut warm = Request::new(
+                Rc::clone(&catalog),
+                Rc::clone(&self.log_budget),
+                self.sidecar.clone(),
+            );
+            warm.answers = Answers::Nobody;
+            warm.stage = Stage::Ahead {
+                pending: Pending {
+                    call: Call::opening(index, Rc::clone(session)),
+                    then: AfterOpening::Warm,
+                },
+            };
+            self.warm_ups.push(warm);
         }
     }
 
@@ -1246,14 +1348,23 @@ impl Request {
         let nonce = host
             .random_nonce()
             .ok_or_else(GatewayError::no_randomness)?;
-        let (token, _) = self
+        let (token, id) = self
             .catalog
             .keys
             .seal(&claims, nonce)
             .ok_or_else(|| GatewayError::upstream("could not seal the session token"))?;
         self.session_token = Some(token.into_bytes());
         let result = self.catalog.initialize_result(version);
-        Ok(self.reply_result(host, &result))
+        let action = self.reply_result(host, &result);
+        if self.catalog.gateway.open_upstream_sessions == OpenUpstreamSessions::OnInitialize {
+            let session = Rc::new(Session {
+                id,
+                claims,
+                audit_name: std::cell::OnceCell::new(),
+            });
+            self.plan_warm_ups(&session);
+        }
+        Ok(action)
     }
 
     /// A client notification: `notifications/cancelled` goes to the upstream that can know the
@@ -1570,6 +1681,7 @@ impl Request {
                     cached && !upstream.session_id.is_empty(),
                 );
             }
+            AfterOpening::Warm => self.stage = Stage::Answered,
             AfterOpening::Headers { expect } => {
                 if self.set_route_headers(host, &call, upstream, None) {
                     host.clear_route_cache();
@@ -1981,6 +2093,11 @@ impl Request {
         upstream: UpstreamSession,
     ) -> Result<(), GatewayError> {
         let Pending { call, then } = pending;
+        if let AfterOpening::Warm = then {
+            // Cached for the client's first call: nothing to resume.
+            self.stage = Stage::Answered;
+            return Ok(());
+        }
         let catalog = Rc::clone(&self.catalog);
         let server = server_of(&catalog, call.server)?;
         if let AfterOpening::Replay { .. } = then {
@@ -2171,6 +2288,10 @@ impl Request {
 
     fn fail(&mut self, host: &mut dyn Host, error: GatewayError) -> Action {
         self.report(host, &error);
+        if self.answers == Answers::Nobody {
+            self.stage = Stage::Answered;
+            return Action::Continue;
+        }
         host.observe(Event::Request {
             method: self.method,
             served: Served::Error(error.code),

@@ -35,6 +35,22 @@ pub(crate) struct Call {
     pub(crate) session: Rc<Session>,
 }
 
+impl Call {
+    /// No call at all: what opens an upstream session of `server` ahead of need.
+    pub(crate) fn opening(server: usize, session: Rc<Session>) -> Self {
+        Self {
+            server,
+            method: None,
+            tool: None,
+            policy: Vec::new(),
+            name: None,
+            body: Vec::new(),
+            received_len: 0,
+            session,
+        }
+    }
+}
+
 /// Where a routed request goes, and the one value of its body that changes on the way (a
 /// prefixed name, a mapped URI).
 pub(crate) struct Destination {

@@ -3474,3 +3474,111 @@ fn a_selection_notifies_the_sessions_stream_through_the_sidecar_after_the_answer
     );
     assert!(host.detached.is_empty() && host.calls.is_empty());
 }
+
+fn catalog_opening_on_initialize() -> Rc<Catalog> {
+    let config: GatewayConfig = serde_json::from_value(serde_json::json!({
+        "version": "t1",
+        "gateway": {"open_upstream_sessions": "on_initialize"},
+        "session": {"keys": [{"id": "k1", "secret": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}]},
+        "servers": [
+            {"name": "alpha", "prefix": "alpha_", "authority": "alpha.mcp.local", "cluster": "alpha",
+             "tools": [{"name": "echo", "inputSchema": {"type": "object"}}]},
+            {"name": "beta", "prefix": "beta_", "authority": "beta.mcp.local", "cluster": "beta",
+             "tools": [{"name": "echo", "inputSchema": {"type": "object"}}]},
+            {"name": "next", "prefix": "next_", "authority": "next.mcp.local", "cluster": "next",
+             "protocol_versions": ["2026-07-28"],
+             "tools": [{"name": "echo", "inputSchema": {"type": "object"}}]}
+        ]
+    }))
+    .unwrap();
+    Rc::new(Catalog::build(config).unwrap())
+}
+
+#[test]
+fn upstream_sessions_open_ahead_of_the_first_call_when_configured() {
+    let catalog = catalog_opening_on_initialize();
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
+        None,
+    );
+    let (mut request, action) = run(&catalog, &mut host);
+    // The client's answer is not delayed: it is sent before any upstream is called.
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.reply_status(), 200);
+    assert!(host.calls.is_empty());
+    let token = host.reply_header("mcp-session-id").unwrap();
+    // One opening per session-era server (`next` speaks only 2026-07-28: no session to open).
+    let mut warm_ups = request.take_warm_ups();
+    assert_eq!(warm_ups.len(), 2);
+    assert!(request.take_warm_ups().is_empty(), "taken once");
+    for warm in &mut warm_ups {
+        warm.start_warm_up(&mut host);
+        assert!(warm.is_opening());
+    }
+    let clusters: Vec<&str> = host.calls.iter().map(|(c, _, _)| c.as_str()).collect();
+    assert_eq!(clusters, ["alpha", "beta"]);
+    assert!(host.calls[0]
+        .2
+        .starts_with(br#"{"jsonrpc":"2.0","id":0,"method":"initialize""#));
+    // alpha opens; beta fails (logged, nobody answered: the first call to beta opens it).
+    let initialized = br#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-06-18"}}"#;
+    warm_ups[0].on_call_response(
+        &mut host,
+        101,
+        CallResponse {
+            status: Some(200),
+            content_type: Some(b"application/json".to_vec()),
+            session_id: Some(b"up-alpha".to_vec()),
+            body: initialized.to_vec(),
+            ..Default::default()
+        },
+    );
+    warm_ups[1].on_call_response(
+        &mut host,
+        102,
+        CallResponse {
+            status: Some(503),
+            ..Default::default()
+        },
+    );
+    // (A reply would trip the fake host's one-reply-per-stream assertion.)
+    assert!(!warm_ups[1].is_opening());
+    assert_eq!(host.calls.len(), 3, "alpha's notifications/initialized");
+    warm_ups[0].on_call_response(
+        &mut host,
+        103,
+        CallResponse {
+            status: Some(202),
+            ..Default::default()
+        },
+    );
+    assert!(!warm_ups[0].is_opening());
+    assert!(!host.resumed_request, "a warm-up has no request to resume");
+    // The first call to alpha finds its session cached: routed at once, no upstream call.
+    let body = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"alpha_echo","arguments":{}}}"#;
+    let mut call = FakeHost::post(body, Some(&token));
+    call.shared = host.shared.clone();
+    let (_, action) = run(&catalog, &mut call);
+    assert_eq!(action, Action::Continue);
+    assert!(call.calls.is_empty());
+    assert_eq!(call.header("mcp-session-id").as_deref(), Some("up-alpha"));
+    // The first call to beta opens its session itself.
+    let body = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"beta_echo","arguments":{}}}"#;
+    let mut call = FakeHost::post(body, Some(&token));
+    call.shared = host.shared.clone();
+    let (_, action) = run(&catalog, &mut call);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(call.calls.len(), 1);
+}
+
+#[test]
+fn by_default_initialize_opens_no_upstream_session() {
+    let catalog = catalog(10);
+    let mut host = FakeHost::post(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
+        None,
+    );
+    let (mut request, _) = run(&catalog, &mut host);
+    assert!(request.take_warm_ups().is_empty());
+    assert!(host.calls.is_empty());
+}

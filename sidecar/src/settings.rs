@@ -129,6 +129,7 @@ struct GatewaySection {
     mcp_path: String,
     instructions: Option<String>,
     allowed_origins: Vec<String>,
+    open_upstream_sessions: mcpgw_core::config::OpenUpstreamSessions,
 }
 
 impl Default for GatewaySection {
@@ -140,6 +141,7 @@ impl Default for GatewaySection {
             mcp_path: info.mcp_path,
             instructions: None,
             allowed_origins: Vec::new(),
+            open_upstream_sessions: info.open_upstream_sessions,
         }
     }
 }
@@ -719,6 +721,7 @@ pub fn parse(
         // The sidecar serves the GET notification stream.
         list_changed: true,
         allowed_origins: gateway.allowed_origins,
+        open_upstream_sessions: gateway.open_upstream_sessions,
     };
     gateway.validate()?;
     let settings = Settings {
