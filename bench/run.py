@@ -76,9 +76,10 @@ CONTENDERS = {
     "mcpgw_notel": "mcpgw, telemetry: false",
     "mcpgw_hdr": "mcpgw as a stock WasmPlugin (header-routed)",
     "mcpgw_base": "mcpgw, the --baseline build",
+    "mcpgw_warm": "mcpgw, upstream sessions opened on initialize",
 }
 # Contenders with MCP aggregation: they see every upstream; the others proxy one upstream.
-AGGREGATING = ("mcp_router", "mcpgw", "mcpgw_notel", "mcpgw_base")
+AGGREGATING = ("mcp_router", "mcpgw", "mcpgw_notel", "mcpgw_base", "mcpgw_warm")
 
 WORKLOADS = {
     "call": "tools/call, small arguments",
@@ -91,10 +92,15 @@ WORKLOADS = {
 # Workloads run only by some contenders / at some connection counts (default: all).
 # mcpgw_hdr: the filter without allow_on_headers_stop_iteration (`install: wasm_plugin`), which serves
 # only MCP 2026-07-28 requests: it runs the 2026 call alone, routed on its Mcp-Name header.
+# mcpgw_warm (`gateway.open_upstream_sessions: on_initialize`) differs from mcpgw only on a new
+# session: it runs `init` (what opening every upstream session on initialize costs) and `call` (for
+# the fresh-session latencies).
 HEADERS_ONLY = ("mcpgw_hdr",)
-WORKLOAD_CONTENDERS = {"list200": AGGREGATING, "call2026": ("mcpgw", "mcpgw_hdr")}
-# Every other workload: every contender but the header-routed one.
-ALL_WORKLOADS_CONTENDERS = tuple(c for c in CONTENDERS if c not in HEADERS_ONLY)
+# Every other workload: every contender but the header-routed one and mcpgw_warm.
+ALL_WORKLOADS_CONTENDERS = tuple(c for c in CONTENDERS if c not in HEADERS_ONLY + ("mcpgw_warm",))
+WORKLOAD_CONTENDERS = {"list200": AGGREGATING, "call2026": ("mcpgw", "mcpgw_hdr"),
+                       "init": ALL_WORKLOADS_CONTENDERS + ("mcpgw_warm",),
+                       "call": ALL_WORKLOADS_CONTENDERS + ("mcpgw_warm",)}
 WORKLOAD_CONNS = {"list200": [16]}
 LUA_WORKLOAD = {"list200": "list"}
 # Which listener (upstream group) a workload uses.
@@ -358,12 +364,14 @@ def listener_for(contender: str, group: str, port: int, tools: dict[int, list], 
         filters = [NATIVE_MCP, {"name": "envoy.filters.http.mcp_router", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.mcp_router.v3.McpRouter",
             "servers": servers}}]
-    elif contender in ("mcpgw", "mcpgw_notel", "mcpgw_hdr", "mcpgw_base"):
+    elif contender in ("mcpgw", "mcpgw_notel", "mcpgw_hdr", "mcpgw_base", "mcpgw_warm"):
         config = plugin_document(group, tools, key)
         if contender == "mcpgw_notel":
             config["telemetry"] = False  # the hot-path cost of telemetry: T9
         if contender == "mcpgw_hdr":
             config["install"] = "wasm_plugin"  # as a stock Istio WasmPlugin installs it
+        if contender == "mcpgw_warm":
+            config["document"].setdefault("gateway", {})["open_upstream_sessions"] = "on_initialize"
         doc = json.dumps(config, separators=(",", ":"))
         wasm = BASELINE_WASM[0] if contender == "mcpgw_base" and BASELINE_WASM else PLUGIN_WASM
         filters = [wasm_filter(f"mcpgw_{group}", "mcpgw", "mcpgw", wasm, doc,
@@ -422,6 +430,7 @@ class Contender:
 
     def tool(self) -> str:
         return {"mcpgw": "s1_echo", "mcpgw_notel": "s1_echo", "mcpgw_hdr": "s1_echo", "mcpgw_base": "s1_echo",
+                "mcpgw_warm": "s1_echo",
                 "mcp_router": "b1__echo"}.get(self.name, "echo")
 
     @property
@@ -657,6 +666,10 @@ def session_latency(c: Contender, n: int) -> dict:
         h = dict(base, **{"MCP-Protocol-Version": PROTOCOL})
         if sid:
             h["Mcp-Session-Id"] = sid
+        # As a client does before its first request (untimed).
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        conn.request("POST", "/mcp", body=json.dumps(note).encode(), headers=h)
+        conn.getresponse().read()
         for out in (t_first, t_second):
             t = time.perf_counter()
             conn.request("POST", "/mcp", body=json.dumps(call_body(2, c.tool())).encode(), headers=h)
@@ -1302,7 +1315,7 @@ def main() -> int:
             log(f"   {json.dumps(growth)}")
             if growth["failures"]:
                 failures["mcpgw/sessions"] = f"{growth['failures']} failed sessions: {growth['failure_sample']}"
-        for c in ("mcpgw", "mcp_router"):
+        for c in ("mcpgw", "mcpgw_warm", "mcp_router"):
             if c in live.get("call", []):
                 lat = session_latency(contender_objs[c], 50 if args.smoke else 300)
                 latencies.append(lat)
