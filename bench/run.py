@@ -168,18 +168,22 @@ class Procs:
         self.procs.append(p)
         return p
 
-    def stop_all(self) -> None:
-        for p in self.procs:
+    def stop(self, procs: list[subprocess.Popen]) -> None:
+        """Ends these processes (terminate, then kill after 5 s) and forgets them."""
+        for p in procs:
             if p.poll() is None:
                 p.terminate()
         deadline = time.time() + 5
-        for p in self.procs:
+        for p in procs:
             try:
                 p.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        self.procs.clear()
+        self.procs = [p for p in self.procs if p not in procs]
+
+    def stop_all(self) -> None:
+        self.stop(list(self.procs))
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -514,25 +518,36 @@ def check_workload(c: Contender, workload: str) -> None:
         raise RuntimeError(f"{workload} failed:\n" + describe_exchange(port, body, sid, status, headers, data))
 
 
-def run_wrk(c: Contender, workload: str, conns: int, duration: int, check: bool) -> dict:
+def wrk_command(c: Contender, workload: str, conns: int, duration: int, check: bool) -> list[str]:
+    """The wrk command line of one run against contender c (one thread, on the load core)."""
     group = GROUP_OF[workload]
     sid = c.sessions.get(group) if workload not in ("init", "call2026") else None
     url = f"http://{HOST}:{c.port(group)}/mcp"
-    argv = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "5s",
-            "-s", str(LUA), url, "--", LUA_WORKLOAD.get(workload, workload), sid or "-", c.tool(), "check" if check else "fast"]
+    return ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "5s",
+            "-s", str(LUA), url, "--", LUA_WORKLOAD.get(workload, workload), sid or "-", c.tool(),
+            "check" if check else "fast"]
+
+
+def wrk_result(stdout: str, stderr: str, returncode: int) -> dict:
+    """The MCPBENCH line of bench/wrk/mcp.lua, with req/s, bytes per answer and the error total added."""
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("MCPBENCH ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result: rc={returncode}\n{stdout}\n{stderr}")
+    r = json.loads(line[len("MCPBENCH "):])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    r["bytes_per_resp"] = r["bytes"] / max(r["requests"], 1)
+    r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    return r
+
+
+def run_wrk(c: Contender, workload: str, conns: int, duration: int, check: bool) -> dict:
+    argv = wrk_command(c, workload, conns, duration, check)
     t0 = cpu_ticks(c.pid)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     t1 = cpu_ticks(c.pid)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("MCPBENCH ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk printed no result: rc={out.returncode}\n{out.stdout}\n{out.stderr}")
-    r = json.loads(line[len("MCPBENCH "):])
-    reqs = max(r["requests"], 1)
-    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
-    r["cpu_us_per_req"] = (t1 - t0) / CLK_TCK * 1e6 / reqs
+    r = wrk_result(out.stdout, out.stderr, out.returncode)
+    r["cpu_us_per_req"] = (t1 - t0) / CLK_TCK * 1e6 / max(r["requests"], 1)
     r["rss_kib"] = rss_kib(c.pid)
-    r["bytes_per_resp"] = r["bytes"] / reqs
-    r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
     return r
 
 
@@ -1099,6 +1114,7 @@ def report_only(args) -> int:
     conns_list = [int(x) for x in run_args.conns.split(",")]
     targets = evaluate_targets(s, raw["sizes"].get("mcpgw"), raw["growth"], raw.get("session_latency"))
     out_dir = Path(args.out) if args.out else ROOT / "docs"
+    out_dir.mkdir(parents=True, exist_ok=True)
     write_report(out_dir / "benchmarks.md", out_dir / "benchmarks.svg", raw["info"], s, targets, run_args,
                  contenders, workloads, conns_list, raw["sizes"], raw["growth"], raw["failures"],
                  raw.get("profiles", []), raw.get("session_latency", []))
