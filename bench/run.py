@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """MCP gateway benchmarks: one command, every contender, interleaved rounds, medians, targets.
 
-    .venv/bin/python bench/run.py            # full run (~17 min), writes docs/benchmarks.md + .svg
+    .venv/bin/python bench/run.py            # full run (~19 min), writes docs/benchmarks.md + .svg
     .venv/bin/python bench/run.py --smoke    # every contender x workload for ~1 s, checks answers only
 
 Contenders (each one Envoy 1.40 process, `--concurrency 1`, pinned to CPU 1; load and upstreams on CPU 0):
@@ -21,6 +21,13 @@ Workloads (each at 1 and 16 connections, wrk + bench/wrk/mcp.lua, a fresh JSON-R
               contenders without aggregation proxy the slowest upstream
   list200     tools/list aggregated from the 2 upstreams of `call` (2 x 100 tools), 16 connections,
               aggregating contenders only: reproduces the anchor "mcp_router tools/list 1.1 k rps"
+
+Scale-out (`--scale`, on by default; `--no-scale` skips it): mcpgw on `call` at 16 connections in Envoys
+of its own with the same plugin document and session key: one Envoy `--concurrency 1` (pinned like the
+contenders), one Envoy `--concurrency 2` and two replicas of `--concurrency 1` (these two on every core);
+the wasm floor at 1 and 2 workers for reference. Two wrk processes of 8 connections each, started
+together (one per replica, both sending the session replica A minted); req/s summed, Envoy CPU time per
+request summed over the row's Envoy processes.
 
 Upstreams: bench/echo-server (Rust, hyper, one thread per process), session ids accepted, not tracked.
 Standard library only.
@@ -125,6 +132,28 @@ SLOWEST_UPSTREAM_MS = 3
 LISTENER_OFFSET = {"call": 0, "list": 1, "init": 2}
 BASE_PORT = {name: 10100 + 100 * i for i, name in enumerate(CONTENDERS)}
 
+# Scale-out section (`--scale`): the plugin on the `call` workload, SCALE_CONNS connections in all, in
+# Envoys of its own with the same plugin document and session key: one worker pinned like the main run,
+# two workers, and two replicas of one worker each; the wasm floor's first two as a reference (how far
+# this machine lets any Envoy scale). The two-worker and two-replica rows may use every core (on a
+# 2-core machine: the load core too, which the load generator and the upstreams keep).
+SCALE_CONNS = 16
+SCALE_LOAD_PROCESSES = 2  # wrk processes per row, started together; with replicas, one per replica
+SCALE_CPUS = ",".join(sorted({LOAD_CPU, ENVOY_CPU}))
+SCALE_BASE_PORT = 11000  # the section's Envoy k: listener SCALE_BASE_PORT + 10 k, admin listener + 9
+SCALE_CONFIGS = {
+    "mcpgw_c1": {"contender": "mcpgw", "replicas": 1, "concurrency": 1, "cpus": ENVOY_CPU,
+                 "base": "mcpgw_c1", "label": "mcpgw: 1 Envoy, --concurrency 1"},
+    "mcpgw_c2": {"contender": "mcpgw", "replicas": 1, "concurrency": 2, "cpus": SCALE_CPUS,
+                 "base": "mcpgw_c1", "label": "mcpgw: 1 Envoy, --concurrency 2"},
+    "mcpgw_r2": {"contender": "mcpgw", "replicas": 2, "concurrency": 1, "cpus": SCALE_CPUS,
+                 "base": "mcpgw_c1", "label": "mcpgw: 2 replicas x --concurrency 1"},
+    "floor_c1": {"contender": "floor", "replicas": 1, "concurrency": 1, "cpus": ENVOY_CPU,
+                 "base": "floor_c1", "label": "wasm floor: 1 Envoy, --concurrency 1"},
+    "floor_c2": {"contender": "floor", "replicas": 1, "concurrency": 2, "cpus": SCALE_CPUS,
+                 "base": "floor_c1", "label": "wasm floor: 1 Envoy, --concurrency 2"},
+}
+
 # Measured earlier on this machine class (Envoy 1.40, 1 pinned worker, small tools/call, 16 connections,
 # medians of 3 interleaved rounds): the run reproduces them alongside, as a sanity check of the setup.
 ANCHORS = [
@@ -174,18 +203,22 @@ class Procs:
         self.procs.append(p)
         return p
 
-    def stop_all(self) -> None:
-        for p in self.procs:
+    def stop(self, procs: list[subprocess.Popen]) -> None:
+        """Ends these processes (terminate, then kill after 5 s) and forgets them."""
+        for p in procs:
             if p.poll() is None:
                 p.terminate()
         deadline = time.time() + 5
-        for p in self.procs:
+        for p in procs:
             try:
                 p.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        self.procs.clear()
+        self.procs = [p for p in self.procs if p not in procs]
+
+    def stop_all(self) -> None:
+        self.stop(list(self.procs))
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -201,9 +234,9 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
     raise RuntimeError(f"port {port} not listening after {timeout}s ({proc.args})")
 
 
-def ports_in_use(contenders: list[str]) -> list[int]:
+def ports_in_use(contenders: list[str], extra: list[int] = ()) -> list[int]:
     """The ports this run needs that something else already holds (a leftover run, say)."""
-    ports = []
+    ports = list(extra)
     for spec, _, _ in ECHO_FLEET:
         a, _, b = spec.partition("-")
         ports += range(int(a), int(b or a) + 1)
@@ -523,25 +556,36 @@ def check_workload(c: Contender, workload: str) -> None:
         raise RuntimeError(f"{workload} failed:\n" + describe_exchange(port, body, sid, status, headers, data))
 
 
-def run_wrk(c: Contender, workload: str, conns: int, duration: int, check: bool) -> dict:
+def wrk_command(c: Contender, workload: str, conns: int, duration: int, check: bool) -> list[str]:
+    """The wrk command line of one run against contender c (one thread, on the load core)."""
     group = GROUP_OF[workload]
     sid = c.sessions.get(group) if workload not in ("init", "call2026") else None
     url = f"http://{HOST}:{c.port(group)}/mcp"
-    argv = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "5s",
-            "-s", str(LUA), url, "--", LUA_WORKLOAD.get(workload, workload), sid or "-", c.tool(), "check" if check else "fast"]
+    return ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "5s",
+            "-s", str(LUA), url, "--", LUA_WORKLOAD.get(workload, workload), sid or "-", c.tool(),
+            "check" if check else "fast"]
+
+
+def wrk_result(stdout: str, stderr: str, returncode: int) -> dict:
+    """The MCPBENCH line of bench/wrk/mcp.lua, with req/s, bytes per answer and the error total added."""
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("MCPBENCH ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result: rc={returncode}\n{stdout}\n{stderr}")
+    r = json.loads(line[len("MCPBENCH "):])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    r["bytes_per_resp"] = r["bytes"] / max(r["requests"], 1)
+    r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    return r
+
+
+def run_wrk(c: Contender, workload: str, conns: int, duration: int, check: bool) -> dict:
+    argv = wrk_command(c, workload, conns, duration, check)
     t0 = cpu_ticks(c.pid)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     t1 = cpu_ticks(c.pid)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("MCPBENCH ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk printed no result: rc={out.returncode}\n{out.stdout}\n{out.stderr}")
-    r = json.loads(line[len("MCPBENCH "):])
-    reqs = max(r["requests"], 1)
-    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
-    r["cpu_us_per_req"] = (t1 - t0) / CLK_TCK * 1e6 / reqs
+    r = wrk_result(out.stdout, out.stderr, out.returncode)
+    r["cpu_us_per_req"] = (t1 - t0) / CLK_TCK * 1e6 / max(r["requests"], 1)
     r["rss_kib"] = rss_kib(c.pid)
-    r["bytes_per_resp"] = r["bytes"] / reqs
-    r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
     return r
 
 
@@ -681,6 +725,211 @@ def session_latency(c: Contender, n: int) -> dict:
     p50 = lambda xs: statistics.median(xs) * 1e6  # noqa: E731
     return {"contender": c.name, "sessions": n, "init_p50_us": p50(t_init), "first_call_p50_us": p50(t_first),
             "second_call_p50_us": p50(t_second), "bad": bad}
+
+
+class ScaleEnvoy(Contender):
+    """One Envoy process of the scale-out section: contender's `call` listener alone, on its own port."""
+
+    def __init__(self, contender: str, listen: int) -> None:
+        super().__init__(contender)
+        self.listen = listen
+
+    def port(self, group: str) -> int:
+        return self.listen
+
+
+def scale_layout(names: list[str]) -> list[tuple[str, int]]:
+    """(configuration, listener port) of every Envoy process the scale-out section starts, in order."""
+    out: list[tuple[str, int]] = []
+    for name in names:
+        out += [(name, SCALE_BASE_PORT + 10 * (len(out) + i)) for i in range(SCALE_CONFIGS[name]["replicas"])]
+    return out
+
+
+def scale_ports(names: list[str]) -> list[int]:
+    """Every port (listeners and admin) of the scale-out section's Envoys."""
+    return [port for _, listen in scale_layout(names) for port in (listen, listen + 9)]
+
+
+def scale_envoy_config(contender: str, listen: int, tools: dict[int, list], key: str, floor_wasm: Path) -> dict:
+    """An Envoy with contender's `call` listener only: the main run's plugin document and key."""
+    g = GROUPS["call"]
+    clusters = [cluster("call_direct", g["direct"])]
+    clusters += [cluster(upstream_cluster("call", i), p) for i, p in enumerate(g["ports"])]
+    return {
+        "static_resources": {"listeners": [listener_for(contender, "call", listen, tools, key, floor_wasm)],
+                             "clusters": clusters},
+        "admin": {"address": {"socket_address": {"address": HOST, "port_value": listen + 9}}},
+    }
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of every core since boot (/proc/stat; idle and iowait are not busy,
+    steal is: the core was not ours to use)."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    total = sum(vals)
+    return total - vals[3] - vals[4], total
+
+
+def run_wrk_together(envoys: list[Contender], conns: int, duration: int, check: bool) -> dict:
+    """The `call` workload as SCALE_LOAD_PROCESSES wrk processes started together, conns connections in
+    all, spread over envoys (one load generator per replica when there are two); req/s and requests
+    summed, Envoy CPU time summed over every process of envoys, p50/p99 the higher load generator's."""
+    targets = [envoys[i % len(envoys)] for i in range(SCALE_LOAD_PROCESSES)]
+    argvs = [wrk_command(t, "call", max(conns // len(targets), 1), duration, check) for t in targets]
+    ticks0 = [cpu_ticks(e.pid) for e in envoys]
+    busy0, total0 = machine_ticks()
+    wall0 = time.monotonic()
+    running = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for argv in argvs]
+    try:
+        outs = [p.communicate(timeout=duration + 60) for p in running]
+    finally:
+        for p in running:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    wall = time.monotonic() - wall0
+    busy1, total1 = machine_ticks()
+    envoy_s = sum(cpu_ticks(e.pid) - t for e, t in zip(envoys, ticks0)) / CLK_TCK
+    parts = [wrk_result(out, err, p.returncode) for (out, err), p in zip(outs, running)]
+    requests = sum(r["requests"] for r in parts)
+    return {
+        "rps": sum(r["rps"] for r in parts),
+        "requests": requests,
+        "cpu_us_per_req": envoy_s * 1e6 / max(requests, 1),
+        "envoy_cores": envoy_s / wall,
+        "machine_busy_pct": 100 * (busy1 - busy0) / max(total1 - total0, 1),
+        "p50_us": max(r["p50_us"] for r in parts),
+        "p99_us": max(r["p99_us"] for r in parts),
+        "errors": sum(r["errors"] for r in parts),
+        "bad": sum(r["bad"] for r in parts),
+        "checked": sum(r["checked"] for r in parts),
+        "sample": next((r["sample"] for r in parts if r["sample"]), ""),
+        "load": [{"port": t.port("call"), **{k: r[k] for k in ("requests", "rps", "p50_us", "p99_us",
+                                                                "errors", "bad")}}
+                 for r, t in zip(parts, targets)],
+    }
+
+
+def scale_out(procs: Procs, envoy: str, tools: dict[int, list], key: str, floor_wasm: Path,
+              names: list[str], conns: int, args, work: Path) -> dict:
+    """The scale-out section: starts the Envoys of the configurations names, opens one session per
+    configuration (on its first replica; the other replica must accept it), checks one call on every
+    replica, runs a checked warm-up, then args.rounds interleaved rounds (smoke: the checked run is the
+    result), and stops its Envoys. Returns the raw runs and the summary (scale_summary)."""
+    envoys: dict[str, list[ScaleEnvoy]] = {name: [] for name in names}
+    for name, listen in scale_layout(names):
+        spec = SCALE_CONFIGS[name]
+        tag = f"scale-{name}-{'ab'[len(envoys[name])]}"  # replicas A and B
+        cfg_path = work / f"envoy-{tag}.json"
+        cfg_path.write_text(json.dumps(scale_envoy_config(spec["contender"], listen, tools, key, floor_wasm),
+                                       indent=1))
+        e = ScaleEnvoy(spec["contender"], listen)
+        e.proc = procs.start(["taskset", "-c", spec["cpus"], envoy, "-c", str(cfg_path),
+                              "--concurrency", str(spec["concurrency"]), "--disable-hot-restart",
+                              "-l", "warning"], work / "logs" / f"envoy-{tag}.log")
+        envoys[name].append(e)
+    errors: dict[str, str] = {}
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    try:
+        for name, replicas in envoys.items():
+            try:
+                for e in replicas:
+                    wait_port(e.listen, e.proc)
+                # One client session, minted by replica A; replica B accepts it (sealed with the shared key).
+                sid = open_session(replicas[0], "call")
+                for e in replicas:
+                    e.sessions["call"] = sid
+                    check_workload(e, "call")
+            except (RuntimeError, OSError, http.client.HTTPException, ValueError, KeyError) as ex:
+                # On one line: the table and the Failures section show a failure's first line.
+                errors[name] = f"{' '.join(str(ex).split())[:400]} (see target/bench/logs/envoy-scale-{name}-*.log)"
+                log(f"!! scale/{name}: {errors[name]}")
+        live = [name for name in names if name not in errors]
+
+        def load(name: str, seconds: int) -> dict | None:
+            """One checked run of configuration name; None (and name is dropped) when wrk failed."""
+            try:
+                return run_wrk_together(envoys[name], conns, seconds, check=True)
+            except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as ex:
+                errors[name] = "load generator failed: " + " ".join(str(ex).split())[:400]
+                log(f"!! scale/{name}: {errors[name]}")
+                live.remove(name)
+                return None
+
+        # Checked warm-up (in smoke mode: the checked run itself, which is all smoke measures).
+        for name in list(live):
+            r = load(name, args.warmup if args.warmup > 0 else args.duration)
+            if r is None:
+                continue
+            log(f"   check scale {name:<9} {r['rps']:>9,.0f} req/s  checked {r['checked']:,}  "
+                f"bad {r['bad']}  errors {r['errors']}")
+            if r["bad"] or r["errors"] or r["requests"] == 0 or r["checked"] == 0:
+                errors[name] = (f"under load: {r['bad']} bad answers of {r['checked']}, {r['errors']} "
+                                f"transport/status errors; first bad answer: {r['sample']}")
+                log(f"!! scale/{name}: {errors[name]}")
+                live.remove(name)
+            elif args.smoke:
+                runs[name].append(r)
+
+        if not args.smoke:
+            for rnd in range(args.rounds):
+                order = list(live)
+                if order:
+                    k = rnd % len(order)
+                    order = order[k:] + order[:k]
+                    if rnd % 2:
+                        order.reverse()
+                for name in order:
+                    r = load(name, args.duration)
+                    if r is None:
+                        continue
+                    runs[name].append(r)
+                    log(f"r{rnd + 1} scale    c={conns:<3} {name:<10} {r['rps']:>9,.0f} req/s  "
+                        f"p50 {fmt_us(r['p50_us']):>9}  p99 {fmt_us(r['p99_us']):>9}  "
+                        f"cpu {r['cpu_us_per_req']:>5.0f} us/req  envoy {r['envoy_cores']:.2f} cores  "
+                        f"machine {r['machine_busy_pct']:.0f} %"
+                        + (f"  ERRORS {r['errors']}" if r["errors"] else "")
+                        + (f"  BAD {r['bad']}" if r["bad"] else ""))
+        for name, replicas in envoys.items():
+            for e in replicas:
+                if e.proc.poll() is not None:
+                    errors.setdefault(name, f"Envoy (port {e.listen}) exited with {e.proc.returncode} during the run")
+    finally:
+        procs.stop([e.proc for replicas in envoys.values() for e in replicas])
+    return {"conns": conns, "load_processes": SCALE_LOAD_PROCESSES, "rounds": 0 if args.smoke else args.rounds,
+            "duration": args.duration, "smoke": bool(args.smoke), "cores": os.cpu_count(),
+            "load_cpu": LOAD_CPU, "envoy_cpu": ENVOY_CPU,
+            "summary": scale_summary(names, runs, errors),
+            "runs": [{"config": name, "runs": rows} for name, rows in runs.items()]}
+
+
+def scale_summary(names: list[str], runs: dict[str, list[dict]], errors: dict[str, str]) -> list[dict]:
+    """One row per configuration: medians over its rounds; `failed` says why when it has no figures
+    (it did not start, a check failed, or a measured round had an error or a bad answer)."""
+    out = []
+    for name in names:
+        rows = runs.get(name, [])
+        row = {"config": name, **SCALE_CONFIGS[name], "rounds": len(rows)}
+        failed = errors.get(name)
+        errs, bad = sum(r["errors"] for r in rows), sum(r["bad"] for r in rows)
+        if not failed and (errs or bad):
+            sample = next((r["sample"] for r in rows if r["sample"]), "")
+            failed = (f"{errs} transport/status errors, {bad} bad answers of "
+                      f"{sum(r['checked'] for r in rows)} in its measured rounds; first bad answer: {sample}")
+        if not failed and not rows:
+            failed = "not measured"
+        if rows:
+            row.update({k: med(rows, k) for k in ("rps", "cpu_us_per_req", "envoy_cores", "machine_busy_pct",
+                                                   "p50_us", "p99_us")})
+            rps = [r["rps"] for r in rows]
+            row["rps_all"] = [round(x) for x in rps]
+            row["spread_pct"] = (max(rps) - min(rps)) / 2 / row["rps"] * 100 if row["rps"] else 0
+        row.update({"errors": errs, "bad": bad, "checked": sum(r["checked"] for r in rows), "failed": failed})
+        out.append(row)
+    return out
 
 
 def machine_info(envoy: str) -> dict:
@@ -940,9 +1189,94 @@ def anchor_table(s: dict) -> str:
     return "\n".join(rows)
 
 
+def scale_table(scale: dict) -> str:
+    """The scale-out rows: a failed configuration shows why, never a figure."""
+    by = {r["config"]: r for r in scale["summary"]}
+    lines = ["| configuration | Envoy CPUs | req/s | vs 1 worker | Envoy CPU/req | vs 1 worker | "
+             "Envoy cores busy | machine busy | p50 | p99 | answers checked |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in scale["summary"]:
+        name = f"**{r['label']}**" if r["contender"] == "mcpgw" else r["label"]
+        cpus = f"`taskset -c {r['cpus']}`"
+        if r["failed"]:
+            why = r["failed"].splitlines()[0].replace("|", "/")
+            lines.append(f"| {name} | {cpus} | **failed** | | | | | | | | {why[:160]} |")
+            continue
+        base = by.get(r["base"])
+        base = base if base and not base["failed"] else None
+        spread = f" ±{r['spread_pct']:.0f}%" if r["rounds"] > 1 else ""
+        vs_rps = f"{r['rps'] / base['rps']:.2f}x" if base and base["rps"] else "-"
+        vs_cpu = f"{r['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x" if base and base["cpu_us_per_req"] else "-"
+        lines.append(f"| {name} | {cpus} | {r['rps']:,.0f}{spread} | {vs_rps} | {r['cpu_us_per_req']:.0f} us | "
+                     f"{vs_cpu} | {r['envoy_cores']:.2f} | {r['machine_busy_pct']:.0f} % | {fmt_us(r['p50_us'])} | "
+                     f"{fmt_us(r['p99_us'])} | {r['checked']:,}, all good |")
+    return "\n".join(lines)
+
+
+def scale_section(scale: dict | None) -> str:
+    """The report's scale-out section: what each row is, the table, and how to read it."""
+    if not scale:
+        return ("not run (`--no-scale`, or the run's `--contenders` had no `mcpgw` or its `--workloads` "
+                "no `call`)")
+    by = {r["config"]: r for r in scale["summary"]}
+    n, k = scale["conns"], scale["load_processes"]
+    load_cpu, envoy_cpu = scale["load_cpu"], scale["envoy_cpu"]
+    both = SCALE_CONFIGS["mcpgw_c2"]["cpus"]
+    how = (f"one checked run of {scale['duration']} s (smoke: answers checked, not a measurement)"
+           if scale["smoke"] else f"medians over {scale['rounds']} interleaved round"
+                                  f"{'' if scale['rounds'] == 1 else 's'} of {scale['duration']} s "
+                                  f"(± half the range over rounds)")
+
+    def change(name: str) -> str | None:
+        r = by.get(name)
+        base = by.get(r["base"]) if r else None
+        if not r or r["failed"] or not base or base["failed"] or not base["rps"] or not base["cpu_us_per_req"]:
+            return None
+        return (f"{r['rps'] / base['rps']:.2f}x the requests per second at "
+                f"{r['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x the Envoy CPU time per request")
+
+    seen = [f"{what}, {c}" for what, name in (("mcpgw with two workers", "mcpgw_c2"),
+                                               ("mcpgw as two replicas", "mcpgw_r2"),
+                                               ("the wasm floor with two workers", "floor_c2"))
+            if (c := change(name))]
+    this_run = ("In this run: " + "; ".join(seen) + ".") if seen else ""
+    return f"""The mcpgw plugin on the `call` workload (`tools/call`, small arguments, {n} connections in all),
+in Envoys started for this section with the main run's plugin document and session key:
+
+- **1 Envoy, `--concurrency 1`**: one worker, pinned to CPU {envoy_cpu} as in the main run;
+- **1 Envoy, `--concurrency 2`**: two workers, free to run on every core (`taskset -c {both}`);
+- **2 replicas x `--concurrency 1`**: two Envoy processes with the same document and key, both on
+  `taskset -c {both}`, the load split between them. Both load generators send the one session minted by
+  replica A: replica B accepts it because sessions are sealed with the shared key (the replicas share
+  no state; B opens its own upstream session on first use);
+- the wasm floor (a proxy-wasm filter that only reads the body) at one and two workers, for reference:
+  how far this machine lets any Envoy scale.
+
+In every row the load is {k} `wrk` processes of {n // k} connections each, started together on CPU {load_cpu}
+(one per replica in the replica row), every answer checked (HTTP 200, a JSON-RPC `result`, no `error`);
+a configuration with an error or a bad answer is shown as failed, without figures. Figures: {how}.
+req/s is the sum over the load generators; Envoy CPU/req is the utime+stime of every Envoy process of
+the row over its requests; Envoy cores busy is that CPU time over the wall time; machine busy is the share
+of all cores in use (Envoy, `wrk`, the upstreams, anything else on the machine); p50 and p99 are the higher
+of the load generators'. "vs 1 worker" compares with the same filter's first row. The first row is the
+main table's mcpgw `call` at 16 connections, but loaded by {k} `wrk` processes instead of one: its
+figures need not match the main table's; compare the rows within this table.
+
+{scale_table(scale)}
+
+This machine has {scale['cores']} cores, shared with the load generator and the upstreams (CPU {load_cpu}): a
+second worker or a second replica gets only what CPU {load_cpu} leaves, so throughput cannot double here.
+Read the CPU per request: flat from one row to the next means every request costs the same however
+many workers or replicas serve them, i.e. the gateway's cost grows linearly with load, and its throughput
+with the cores given to Envoy. A rise would be contention between workers (the shared-data tables,
+caches), a cost growing faster than load; the wasm floor's rows show what the machine itself adds.
+{this_run}"""
+
+
 def write_report(out_md: Path, out_svg: Path, info: dict, s: dict, targets: list[dict], args,
                  contenders: list[str], workloads: list[str], conns_list: list[int], sizes: dict,
-                 growth: dict | None, failures: dict, profiles: list[dict], latencies: list[dict]) -> None:
+                 growth: dict | None, failures: dict, profiles: list[dict], latencies: list[dict],
+                 scale: dict | None = None) -> None:
     tt = "\n".join(f"| {t['id']} | {t['target']} | {t['value']} | {'met' if t['met'] else '**not met**'} | "
                    f"{t['detail']} |" for t in targets)
     fails = "\n".join(f"- `{c}`: {msg.splitlines()[0]}" for c, msg in failures.items()) or "none"
@@ -1024,7 +1358,8 @@ Raw numbers: `target/bench/results.json` of the run.
 
 - Every contender is its own Envoy process (`--concurrency 1`, `taskset -c {ENVOY_CPU}`), all started
   together with the same listeners, clusters and buffer limits (4 MiB); the load generator (`wrk -t1`)
-  and the upstreams run on the other core (`taskset -c {LOAD_CPU}`).
+  and the upstreams run on the other core (`taskset -c {LOAD_CPU}`). The scale-out section below starts
+  Envoys of its own (two workers, two replicas).
 - Contenders: **plain route** (router only); **buffer filter** (`envoy.filters.http.buffer`, the same
   body buffering, no MCP logic); **wasm floor** (`bench/wasm-floor`: a proxy-wasm filter that pauses
   in the request headers, reads the body once at end of stream and continues); **native mcp filter**
@@ -1077,6 +1412,10 @@ Figures measured before on this machine (same Envoy, same pinning), reproduced i
 
 {anchor_table(s)}
 
+## Scale-out (tools/call, {scale['conns'] if scale else SCALE_CONNS} connections)
+
+{scale_section(scale)}
+
 ## Where the time goes (tools/call, 16 connections)
 
 {prof_txt}
@@ -1112,9 +1451,10 @@ def report_only(args) -> int:
     conns_list = [int(x) for x in run_args.conns.split(",")]
     targets = evaluate_targets(s, raw["sizes"].get("mcpgw"), raw["growth"], raw.get("session_latency"))
     out_dir = Path(args.out) if args.out else ROOT / "docs"
+    out_dir.mkdir(parents=True, exist_ok=True)
     write_report(out_dir / "benchmarks.md", out_dir / "benchmarks.svg", raw["info"], s, targets, run_args,
                  contenders, workloads, conns_list, raw["sizes"], raw["growth"], raw["failures"],
-                 raw.get("profiles", []), raw.get("session_latency", []))
+                 raw.get("profiles", []), raw.get("session_latency", []), raw.get("scale"))
     print(f"report: {out_dir / 'benchmarks.md'}")
     return 0
 
@@ -1132,6 +1472,11 @@ def main() -> int:
                     help="comma-separated (mcpgw_base is added by --baseline)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--sessions", type=int, default=10000, help="sessions for the RSS test (0: skip)")
+    ap.add_argument("--scale", action=argparse.BooleanOptionalAction, default=True,
+                    help="the scale-out section: mcpgw tools/call at 16 connections with --concurrency 1, 2 "
+                         "and two replicas, the wasm floor at 1 and 2 for reference (needs mcpgw among "
+                         "--contenders and call among --workloads; floor rows need floor; smoke: one "
+                         "checked second each)")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already in target/")
     ap.add_argument("--profile", default="buffer,floor,mcpgw",
                     help="contenders to profile with perf on tools/call at 16 connections ('' to skip)")
@@ -1176,7 +1521,10 @@ def main() -> int:
     if "mcpgw" in contenders and not PLUGIN_WASM.exists():
         raise SystemExit(f"{PLUGIN_WASM} missing: run ./build.sh (make wasm), or drop mcpgw with --contenders")
 
-    busy = ports_in_use(contenders)
+    scale_names = []
+    if args.scale and not args.serve and "mcpgw" in contenders and "call" in workloads:
+        scale_names = [n for n, spec in SCALE_CONFIGS.items() if spec["contender"] in contenders]
+    busy = ports_in_use(contenders, scale_ports(scale_names))
     if busy:
         raise SystemExit(f"ports already in use (a leftover bench run?): {busy[:10]}")
     floor_wasm = build(args)
@@ -1198,6 +1546,7 @@ def main() -> int:
     growth = None
     profiles: list[dict] = []
     latencies: list[dict] = []
+    scale = None
     try:
         # Upstreams.
         for spec, tools, latency in ECHO_FLEET:
@@ -1308,6 +1657,14 @@ def main() -> int:
                     profiles.append(p)
                     log(f"   profile {c}: " + ", ".join(f"{k} {v:.0f} us" for k, v in p["split_us"].items()))
 
+        if scale_names:
+            log(f"scale-out: {', '.join(scale_names)} ...")
+            scale = scale_out(procs, envoy, tools, key, floor_wasm, scale_names,
+                              conns_list[0] if args.smoke else SCALE_CONNS, args, work)
+            for row in scale["summary"]:
+                if row["failed"]:
+                    failures[f"scale/{row['config']}"] = row["failed"]
+
         if args.sessions and "mcpgw" in contender_objs and "mcpgw" in live.get("call", []):
             log(f"session growth: {args.sessions:,} sessions through mcpgw ...")
             growth = session_growth(contender_objs["mcpgw"], args.sessions,
@@ -1333,17 +1690,20 @@ def main() -> int:
     targets = evaluate_targets(s, sizes.get("mcpgw"), growth, latencies)
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = {"info": info, "args": vars(args), "sizes": sizes, "growth": growth, "failures": failures,
-           "profiles": profiles, "session_latency": latencies,
+           "profiles": profiles, "session_latency": latencies, "scale": scale,
            "targets": targets,
            "summary": [{"contender": c, "workload": w, "conns": n, **v} for (c, w, n), v in s.items()],
            "rounds": [{"contender": c, "workload": w, "conns": n, "runs": rows}
                       for (c, w, n), rows in results.items()]}
     (work / ("smoke-results.json" if args.smoke else "results.json")).write_text(json.dumps(raw, indent=1))
     write_report(out_dir / "benchmarks.md", out_dir / "benchmarks.svg", info, s, targets, args,
-                 contenders, workloads, conns_list, sizes, growth, failures, profiles, latencies)
+                 contenders, workloads, conns_list, sizes, growth, failures, profiles, latencies, scale)
 
     print(markdown_table(s, contenders, workloads, conns_list, args.smoke))
     print()
+    if scale:
+        print(scale_table(scale))
+        print()
     if not args.smoke:
         print(anchor_table(s))
         print()
@@ -1356,8 +1716,11 @@ def main() -> int:
     print(f"\nreport: {out_dir / 'benchmarks.md'}")
     if args.smoke:
         expected = sum(1 for w in workloads for c in contenders if c in WORKLOAD_CONTENDERS.get(w, ALL_WORKLOADS_CONTENDERS))
-        ok = not failures and len(s) == expected and all(v["errors"] == 0 for v in s.values())
-        print(f"smoke: {len(s)}/{expected} cells ok" + ("" if ok else " -- FAILED"))
+        scale_ok = sum(1 for r in (scale or {}).get("summary", []) if not r["failed"])
+        ok = (not failures and len(s) == expected and all(v["errors"] == 0 for v in s.values())
+              and scale_ok == len(scale_names))
+        print(f"smoke: {len(s)}/{expected} cells ok, scale-out {scale_ok}/{len(scale_names)} configurations ok"
+              + ("" if ok else " -- FAILED"))
         return 0 if ok else 1
     if args.gate and (failures or not all(t["met"] for t in targets)):
         print("gate: " + ", ".join(t["id"] for t in targets if not t["met"]) + " not met"
