@@ -336,6 +336,30 @@ fn read_params(raw: &RawValue) -> Result<Params<'_>, GatewayError> {
 /// folds to a `known` member without being spelled so, and two keys that fold equal. `place`
 /// (`""` or `" in params"`) goes into the message.
 fn check_members(members: &Members<'_>, known: &[&str], place: &str) -> Result<(), GatewayError> {
+    // The usual object: a few plain keys (see `is_plain`), compared with each other pairwise,
+    // without folding or sorting.
+    if members.0.len() <= 16 && members.0.iter().all(|(key, _)| is_plain(key)) {
+        for (i, (key, _)) in members.0.iter().enumerate() {
+            // A plain key folds to its own length: a longer one cannot fold to a member.
+            if let Some(member) = known
+                .iter()
+                .find(|m| key.len() <= m.len() && **m != key.as_ref() && folds_equal(key, m))
+            {
+                return Err(ambiguous(key, member, place));
+            }
+            let earlier = members.0.iter().take(i).map(|(k, _)| k.as_ref());
+            if let Some(first) = earlier.clone().find(|first| *first == key.as_ref()) {
+                return Err(duplicate(first, place));
+            }
+            if let Some(first) = earlier
+                .clone()
+                .find(|first| first.eq_ignore_ascii_case(key))
+            {
+                return Err(ambiguous(key, first, place));
+            }
+        }
+        return Ok(());
+    }
     for (key, _) in &members.0 {
         if let Some(member) = known
             .iter()
@@ -354,11 +378,7 @@ fn check_members(members: &Members<'_>, known: &[&str], place: &str) -> Result<(
     for pair in keys.windows(2) {
         if let [first, second] = pair {
             if first == second {
-                return Err(GatewayError::invalid_request(format!(
-                    "Invalid Request: duplicate key {}{place}",
-                    quote_key(first)
-                ))
-                .because("duplicate_key"));
+                return Err(duplicate(first, place));
             }
             if folds_equal(first, second) {
                 return Err(ambiguous(second, first, place));
@@ -366,6 +386,14 @@ fn check_members(members: &Members<'_>, known: &[&str], place: &str) -> Result<(
         }
     }
     Ok(())
+}
+
+fn duplicate(key: &str, place: &str) -> GatewayError {
+    GatewayError::invalid_request(format!(
+        "Invalid Request: duplicate key {}{place}",
+        quote_key(key)
+    ))
+    .because("duplicate_key")
 }
 
 fn ambiguous(key: &str, read_as: &str, place: &str) -> GatewayError {
@@ -410,14 +438,14 @@ fn fold(key: &str) -> impl Iterator<Item = char> + '_ {
         })
 }
 
+/// A key whose fold is its ASCII lower case: nothing outside ASCII, no `_`, `-` or NUL.
+fn is_plain(key: &str) -> bool {
+    key.bytes()
+        .all(|b| b.is_ascii() && !matches!(b, b'_' | b'-' | b'\0'))
+}
+
 fn folds_equal(a: &str, b: &str) -> bool {
-    // Plain ASCII keys (no `_`, `-`, NUL, nothing outside ASCII) fold to their lower case: the
-    // usual keys compare without walking characters.
-    let plain = |key: &str| {
-        key.bytes()
-            .all(|b| b.is_ascii() && !matches!(b, b'_' | b'-' | b'\0'))
-    };
-    if plain(a) && plain(b) {
+    if is_plain(a) && is_plain(b) {
         return a.eq_ignore_ascii_case(b);
     }
     fold(a).eq(fold(b))
@@ -499,6 +527,14 @@ pub fn splice(outer: &str, range: std::ops::Range<usize>, replacement: &str) -> 
 
 /// JSON text of a string.
 pub fn json_string(value: &str) -> String {
+    // What serde_json escapes: `"`, `\\` and control characters; anything else is copied.
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        let mut out = String::with_capacity(value.len() + 2);
+        out.push('"');
+        out.push_str(value);
+        out.push('"');
+        return out;
+    }
     serde_json::to_string(value).unwrap_or_else(|_| String::from("\"\""))
 }
 
