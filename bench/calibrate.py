@@ -29,6 +29,8 @@ VARIANTS = [
     ("floor", ""),
     ("floor + get all request headers", "get_headers=1"),
     ("floor + 10 request header replaces", "set_headers=10"),
+    ("floor + get all request headers + 10 replaces", "get_headers=1;set_headers=10"),
+    ("floor + get all request headers + 1 whole-map write (them + 10)", "get_headers=1;set_map=10"),
     ("floor + body write-back", "set_body=1"),
     ("floor + clear_route_cache", "clear_route_cache=1"),
     ("floor + 2 response header replaces", "resp_headers=2"),

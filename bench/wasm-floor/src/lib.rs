@@ -8,7 +8,8 @@
 //! For calibration only (`bench/calibrate.py`), the plugin configuration may add host calls, as
 //! `key=value` pairs separated by `;` (an empty configuration or `{}` is the floor itself):
 //! `get_headers=1` reads the whole request header map once, `set_headers=N` replaces N request
-//! headers at end of stream, `set_body=1` writes the body back, `clear_route_cache=1` calls the
+//! headers at end of stream, `set_map=N` writes the whole request header map once instead (the
+//! headers read plus N), `set_body=1` writes the body back, `clear_route_cache=1` calls the
 //! foreign function, `resp_headers=N` replaces N response headers; the telemetry host calls of the
 //! mcpgw plugin (docs/observability.md): `properties=N` sets N filter-state properties,
 //! `counters=N` increments N counters, `histogram=1` records one histogram sample, `clock=N` reads
@@ -28,6 +29,7 @@ proxy_wasm::main! {{
 struct Extra {
     get_headers: bool,
     set_headers: usize,
+    set_map: usize,
     set_body: bool,
     clear_route_cache: bool,
     resp_headers: usize,
@@ -48,6 +50,7 @@ impl Extra {
             match key.trim() {
                 "get_headers" => extra.get_headers = n > 0,
                 "set_headers" => extra.set_headers = n,
+                "set_map" => extra.set_map = n,
                 "set_body" => extra.set_body = n > 0,
                 "clear_route_cache" => extra.clear_route_cache = n > 0,
                 "resp_headers" => extra.resp_headers = n,
@@ -95,6 +98,7 @@ impl RootContext for FloorRoot {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Floor {
             body_len: 0,
+            headers: Vec::new(),
             extra: self.extra,
             metrics: self.metrics.clone(),
         }))
@@ -104,6 +108,8 @@ impl RootContext for FloorRoot {
 struct Floor {
     /// Bytes read at end of stream; kept so the read cannot be optimised away.
     body_len: usize,
+    /// The request headers, when read (`get_headers`).
+    headers: Vec<(String, Vec<u8>)>,
     extra: Extra,
     metrics: Vec<u32>,
 }
@@ -132,8 +138,9 @@ impl Context for Floor {}
 impl HttpContext for Floor {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.extra.get_headers {
-            let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-            self.body_len = headers.len();
+            self.headers =
+                hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+            self.body_len = self.headers.len();
         }
         if end_of_stream {
             Action::Continue
@@ -153,6 +160,21 @@ impl HttpContext for Floor {
             }
         }
         set_headers(MapType::HttpRequestHeaders, self.extra.set_headers);
+        if self.extra.set_map > 0 {
+            let mut map: Vec<(&str, &[u8])> = self
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_slice()))
+                .collect();
+            map.extend(
+                HEADER_NAMES
+                    .iter()
+                    .cycle()
+                    .take(self.extra.set_map)
+                    .map(|n| (*n, b"value".as_slice())),
+            );
+            let _ = hostcalls::set_map_bytes(MapType::HttpRequestHeaders, map);
+        }
         if self.extra.clear_route_cache {
             let _ = hostcalls::call_foreign_function("clear_route_cache", None);
         }
