@@ -40,6 +40,8 @@ VARIANTS = [
     ("floor + 2 counter increments", "counters=2"),
     ("floor + 1 histogram sample", "histogram=1"),
     ("floor + 10 clock reads", "clock=10"),
+    # The session checks of a routed call: the ended-session set and the upstream-session cache.
+    ("floor + 2 shared-data reads", "shared=2"),
 ]
 # `--variants` picks some by index (the reference contenders always run).
 BASE = 10800

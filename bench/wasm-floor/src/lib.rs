@@ -12,7 +12,8 @@
 //! headers read plus N), `set_body=1` writes the body back, `clear_route_cache=1` calls the
 //! foreign function, `resp_headers=N` replaces N response headers; the telemetry host calls of the
 //! mcpgw plugin (docs/observability.md): `properties=N` sets N filter-state properties,
-//! `counters=N` increments N counters, `histogram=1` records one histogram sample, `clock=N` reads
+//! `counters=N` increments N counters, `shared=N` reads a 100-byte shared-data value N times (the
+//! plugin's session checks), `histogram=1` records one histogram sample, `clock=N` reads
 //! the clock N times.
 
 use proxy_wasm::hostcalls;
@@ -37,6 +38,7 @@ struct Extra {
     counters: usize,
     histogram: bool,
     clock: usize,
+    shared: usize,
 }
 
 impl Extra {
@@ -58,6 +60,7 @@ impl Extra {
                 "counters" => extra.counters = n,
                 "histogram" => extra.histogram = n > 0,
                 "clock" => extra.clock = n,
+                "shared" => extra.shared = n,
                 _ => {}
             }
         }
@@ -88,6 +91,9 @@ impl RootContext for FloorRoot {
                 self.metrics.push(id);
             }
         }
+        if self.extra.shared > 0 {
+            let _ = hostcalls::set_shared_data(SHARED_KEY, Some(&[b'x'; 100]), None);
+        }
         true
     }
 
@@ -113,6 +119,8 @@ struct Floor {
     extra: Extra,
     metrics: Vec<u32>,
 }
+
+const SHARED_KEY: &str = "floor.shared";
 
 const PROPERTY_NAMES: [&str; 4] = ["floor_p0", "floor_p1", "floor_p2", "floor_p3"];
 
@@ -184,6 +192,11 @@ impl HttpContext for Floor {
         let counters = self.extra.counters.min(self.metrics.len());
         for id in self.metrics.iter().take(counters) {
             let _ = hostcalls::increment_metric(*id, 1);
+        }
+        for _ in 0..self.extra.shared {
+            if let Ok((Some(value), _)) = hostcalls::get_shared_data(SHARED_KEY) {
+                self.body_len ^= value.len();
+            }
         }
         for _ in 0..self.extra.clock {
             if let Ok(now) = hostcalls::get_current_time() {
