@@ -444,8 +444,8 @@ struct Configured {
 }
 
 fn parse_plugin_config(raw: &[u8]) -> Result<Configured, String> {
-    let config: PluginConfig =
-        serde_json::from_slice(raw).map_err(|e| format!("plugin configuration: {e}"))?;
+    let config: PluginConfig = mcpgw_core::jsonrpc::from_json_bytes(raw)
+        .map_err(|e| format!("plugin configuration: {e}"))?;
     if config.document.is_none() && config.sidecar.is_none() {
         return Err("plugin configuration: needs `document` or `sidecar`".into());
     }

@@ -374,7 +374,7 @@ impl Grants {
                 .map_err(|_| malformed(&format!("the {what} is not base64url")))
         };
         let header_json = decode(header, "header")?;
-        let parsed: Header = serde_json::from_slice(&header_json)
+        let parsed: Header = crate::jsonrpc::from_json_bytes(&header_json)
             .map_err(|_| malformed("the header is not a JSON object with alg"))?;
         if parsed.alg != "ES256" {
             return Err(malformed(&format!(
@@ -397,7 +397,7 @@ impl Grants {
                     "x-mcp-authorized: the signature does not verify with the configured key",
                 )
             })?;
-        serde_json::from_slice(&decode(payload, "payload")?)
+        crate::jsonrpc::from_json_bytes(&decode(payload, "payload")?)
             .map_err(|e| malformed(&format!("the payload is not a JSON object of claims: {e}")))
     }
 }

@@ -526,6 +526,13 @@ pub fn splice(outer: &str, range: std::ops::Range<usize>, replacement: &str) -> 
 }
 
 /// JSON text of a string.
+/// Reads JSON from bytes. Every read of the plugin goes through `serde_json::from_str`, so one
+/// parser is compiled into the module, not a second one for byte slices (about 10 KB).
+pub fn from_json_bytes<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
 pub fn json_string(value: &str) -> String {
     // What serde_json escapes: `"`, `\\` and control characters; anything else is copied.
     if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {

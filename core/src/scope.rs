@@ -26,7 +26,7 @@ fn key(id: &str) -> String {
 }
 
 fn decode(value: &[u8]) -> Entries {
-    serde_json::from_slice(value).unwrap_or_default()
+    crate::jsonrpc::from_json_bytes(value).unwrap_or_default()
 }
 
 /// The scope the session `id` selected, if any.

@@ -195,7 +195,7 @@ impl SessionKeys {
         let (nonce, sealed) = payload.split_at_checked(NONCE_LEN)?;
         let nonce = XNonce::try_from(nonce).ok()?;
         let plaintext = key.cipher.decrypt(&nonce, sealed).ok()?;
-        let claims: Claims = serde_json::from_slice(&plaintext).ok()?;
+        let claims: Claims = crate::jsonrpc::from_json_bytes(&plaintext).ok()?;
         Some(Session {
             id: URL_SAFE_NO_PAD.encode(nonce.as_slice()),
             claims,

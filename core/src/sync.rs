@@ -269,7 +269,7 @@ impl ConfigSync {
 
 fn build(document: &[u8]) -> Result<Catalog, String> {
     let config: GatewayConfig =
-        serde_json::from_slice(document).map_err(|e| format!("document: {e}"))?;
+        crate::jsonrpc::from_json_bytes(document).map_err(|e| format!("document: {e}"))?;
     Catalog::build(config)
 }
 

@@ -304,7 +304,7 @@ fn is_response(data: &[u8]) -> bool {
         #[serde(default, borrow)]
         error: Option<&'a RawValue>,
     }
-    serde_json::from_slice::<Probe>(data)
+    crate::jsonrpc::from_json_bytes::<Probe>(data)
         .map(|p| p.result.is_some() || p.error.is_some())
         .unwrap_or(false)
 }
@@ -323,7 +323,7 @@ pub fn initialize_outcome(message: &[u8]) -> Result<String, String> {
         #[serde(rename = "protocolVersion", borrow)]
         protocol_version: std::borrow::Cow<'a, str>,
     }
-    let answer: Answer = serde_json::from_slice(message)
+    let answer: Answer = crate::jsonrpc::from_json_bytes(message)
         .map_err(|e| format!("unreadable initialize answer: {e}"))?;
     match (answer.result, answer.error) {
         (Some(result), _) => Ok(result.protocol_version.into_owned()),
