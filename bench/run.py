@@ -1704,7 +1704,7 @@ def main() -> int:
     s = summarize(results)
     targets = evaluate_targets(s, sizes.get("mcpgw"), growth, latencies)
     out_dir.mkdir(parents=True, exist_ok=True)
-    raw = {"info": info, "args": vars(args), "sizes": sizes, "growth": growth, "failures": failures,
+    raw = {"info": info, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "sizes": sizes, "growth": growth, "failures": failures,
            "profiles": profiles, "session_latency": latencies, "scale": scale,
            "targets": targets,
            "summary": [{"contender": c, "workload": w, "conns": n, **v} for (c, w, n), v in s.items()],
