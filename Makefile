@@ -13,7 +13,7 @@ help:
 	@echo "make test   everything CI runs: lint, unit tests (native and wasm32-wasip1), end-to-end, MCP conformance,"
 	@echo "           OCI image + Istio manifests, Kubernetes mode on a real API server, bench smoke, fuzz smoke"
 	@echo "make fuzz   every fuzz target for FUZZ_SECONDS each (default 600; docs/fuzzing.md)"
-	@echo "make bench  side-by-side benchmarks (~17 min), rewrites docs/benchmarks.md (BENCH_ARGS=--gate: exit 1 on an unmet target)"
+	@echo "make bench  side-by-side benchmarks (~20 min), rewrites docs/benchmarks.md (BENCH_ARGS=--gate: exit 1 on an unmet target)"
 	@echo "make soak   10 minutes of mixed MCP traffic against make run's gateway: errors, p99 drift, RSS plot (SOAK_MINUTES=)"
 	@echo "make churn  30 minutes of keep-alive load under configuration churn and health flaps (CHURN_MINUTES=)"
 

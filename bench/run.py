@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """MCP gateway benchmarks: one command, every contender, interleaved rounds, medians, targets.
 
-    .venv/bin/python bench/run.py            # full run (~19 min), writes docs/benchmarks.md + .svg
+    .venv/bin/python bench/run.py            # full run (~20 min), writes docs/benchmarks.md + .svg
     .venv/bin/python bench/run.py --smoke    # every contender x workload for ~1 s, checks answers only
 
 Contenders (each one Envoy 1.40 process, `--concurrency 1`, pinned to CPU 1; load and upstreams on CPU 0):

@@ -297,7 +297,7 @@ pub fn hmac_sha256(key: &[u8], message: &[&[u8]]) -> [u8; 32] {
     let hashed;
     let key = if key.len() > 64 {
         hashed = Sha256::digest(key);
-        hashed.as_slice()
+        hashed.as_ref()
     } else {
         key
     };
