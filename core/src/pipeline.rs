@@ -395,13 +395,9 @@ impl Request {
         };
         // Servers that speak only MCP 2026-07-28 have no sessions to open.
         servers.retain(|&index| {
-            catalog.server(index).is_some_and(|server| {
-                server.protocol_versions.is_empty()
-                    || server
-                        .protocol_versions
-                        .iter()
-                        .any(|v| SUPPORTED_PROTOCOL_VERSIONS.contains(&v.as_str()))
-            })
+            catalog
+                .server(index)
+                .is_some_and(|server| on_upstream_session(server, false))
         });
         servers.sort_unstable();
         servers.dedup();
@@ -1707,15 +1703,7 @@ impl Request {
     ) -> Result<Obtained, GatewayError> {
         let catalog = Rc::clone(&self.catalog);
         let server = server_of(&catalog, pending.call.server)?;
-        let speaks_2026 = server
-            .protocol_versions
-            .iter()
-            .any(|v| v == stateless::VERSION);
-        let speaks_2025 = server
-            .protocol_versions
-            .iter()
-            .any(|v| SUPPORTED_PROTOCOL_VERSIONS.contains(&v.as_str()));
-        if speaks_2026 && (self.stateless || !speaks_2025) {
+        if !on_upstream_session(server, self.stateless) {
             // No upstream session at all: a stateless client's call goes as it is; a session
             // client's call to an upstream that speaks only 2026-07-28 gets the `_meta` that
             // revision requires (its routing headers are set on forwarding).
@@ -2673,6 +2661,16 @@ fn charset(value: &[u8]) -> Option<&[u8]> {
 fn media_type_is(value: &[u8], expected: &[u8]) -> bool {
     let essence = value.split(|b| *b == b';').next().unwrap_or_default();
     essence.trim_ascii().eq_ignore_ascii_case(expected)
+}
+
+/// Whether a client's calls to `server` go on an upstream session: not when the server speaks
+/// MCP 2026-07-28 and the client (`stateless_client`) does too, nor when the server speaks no
+/// older revision.
+fn on_upstream_session(server: &ServerConfig, stateless_client: bool) -> bool {
+    let speaks = |wanted: &dyn Fn(&str) -> bool| server.protocol_versions.iter().any(|v| wanted(v));
+    let speaks_2026 = speaks(&|v| v == stateless::VERSION);
+    let speaks_2025 = speaks(&|v| SUPPORTED_PROTOCOL_VERSIONS.contains(&v));
+    !(speaks_2026 && (stateless_client || !speaks_2025))
 }
 
 fn server_left() -> GatewayError {
