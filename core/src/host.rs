@@ -110,7 +110,8 @@ pub trait Host {
     fn remove_request_header(&mut self, name: &str);
     /// The buffered request body (`size` bytes).
     fn request_body(&self, size: usize) -> Option<Vec<u8>>;
-    /// Replaces the whole buffered request body.
+    /// Replaces the first `size` bytes of the buffered request body with `body` (all of it when
+    /// `size` is its length), as Envoy's proxy-wasm host does with a write at offset 0.
     fn set_request_body(&mut self, size: usize, body: &[u8]);
     /// All response headers, in one host call (names lower-case).
     fn response_headers(&self) -> Vec<(String, Vec<u8>)>;

@@ -718,9 +718,10 @@ impl Request {
                     "Mcp-Name and the body name different servers",
                 ));
             }
-            host.set_request_body(body.len(), &spliced.body);
+            spliced.write_body(host);
             call.body = spliced.body;
-            call.received_len = body.len();
+            call.received_len = spliced.received_len;
+            call.kept_tail = spliced.kept_tail;
             self.stage = Stage::Forwarded { call, cached };
             return Ok(Action::Continue);
         }
@@ -1715,6 +1716,8 @@ impl Request {
                     claims.caps.as_deref(),
                     claims.info.as_deref(),
                 )?;
+                // The whole body is rewritten.
+                pending.call.kept_tail = 0;
             }
             return Ok(Obtained::Ready(pending, UpstreamSession::stateless()));
         }
@@ -1818,7 +1821,7 @@ impl Request {
         upstream: &UpstreamSession,
         cached: bool,
     ) {
-        host.set_request_body(call.received_len, &call.body);
+        call.write_body(host);
         if !self.set_route_headers(host, &call, upstream, Some(call.body.len())) {
             return;
         }
@@ -2886,6 +2889,7 @@ pub(crate) fn answer_call(
         .position(|s| s.name == server_name)
         .ok_or_else(unknown)?;
     let span = jsonrpc::span_in(text, id.get()).ok_or_else(unknown)?;
+    let kept_tail = text.len().saturating_sub(span.end);
     let body = jsonrpc::splice(text, span, original)
         .ok_or_else(unknown)?
         .into_bytes();
@@ -2897,6 +2901,7 @@ pub(crate) fn answer_call(
         name: None,
         body,
         received_len,
+        kept_tail,
         session,
     })
 }

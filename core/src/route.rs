@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use crate::catalog::{Catalog, Route};
 use crate::error::GatewayError;
 use crate::grant::{Access, Kind};
+use crate::host::Host;
 use crate::jsonrpc::{self, Params};
 use crate::session::Session;
 
@@ -32,6 +33,9 @@ pub(crate) struct Call {
     pub(crate) body: Vec<u8>,
     /// The body buffered by Envoy, which the rewrite replaces.
     pub(crate) received_len: usize,
+    /// Bytes at the end of `body` that are the received body's own, unchanged: the write-back
+    /// replaces only what precedes them (a 64 KiB argument after the name is not copied back).
+    pub(crate) kept_tail: usize,
     pub(crate) session: Rc<Session>,
 }
 
@@ -46,7 +50,19 @@ impl Call {
             name: None,
             body: Vec::new(),
             received_len: 0,
+            kept_tail: 0,
             session,
+        }
+    }
+
+    /// Writes the rewritten body over the one Envoy buffered: only the part before the kept
+    /// tail (Envoy replaces a prefix of the buffer), nothing when nothing changed.
+    pub(crate) fn write_body(&self, host: &mut dyn Host) {
+        let tail = self.kept_tail.min(self.received_len).min(self.body.len());
+        let received = self.received_len - tail;
+        let changed = self.body.get(..self.body.len() - tail).unwrap_or_default();
+        if received > 0 || !changed.is_empty() {
+            host.set_request_body(received, changed);
         }
     }
 }
@@ -319,6 +335,7 @@ impl Destination {
             policy: self.policy,
             body: Vec::new(),
             received_len: 0,
+            kept_tail: 0,
             session,
         }
     }
@@ -331,6 +348,7 @@ impl Destination {
         session: Rc<Session>,
     ) -> Result<Call, GatewayError> {
         let mut rewrite = self.rewrite;
+        let kept_tail = text.len() - rewrite.iter().map(|(span, _)| span.end).max().unwrap_or(0);
         // Last span first: earlier spans keep their offsets.
         rewrite.sort_by_key(|(span, _)| std::cmp::Reverse(span.start));
         let mut body = std::borrow::Cow::Borrowed(text);
@@ -350,6 +368,7 @@ impl Destination {
             policy: self.policy,
             body,
             received_len,
+            kept_tail,
             session,
         })
     }

@@ -39,6 +39,8 @@ struct FakeHost {
     route_cache_cleared: bool,
     /// Request headers the pipeline removed, in order (one entry per host call).
     removed: Vec<String>,
+    /// The length of each request body write.
+    body_writes: Vec<usize>,
     now: u64,
     /// The proxy's randomness is broken.
     no_entropy: bool,
@@ -134,13 +136,14 @@ impl Host for FakeHost {
         assert_eq!(size, self.request_body.len());
         Some(self.request_body.clone())
     }
+    /// Like Envoy's write at offset 0: the first `size` bytes are drained, `body` prepended.
     fn set_request_body(&mut self, size: usize, body: &[u8]) {
-        assert_eq!(
-            size,
-            self.request_body.len(),
-            "replaces exactly the buffered body"
+        assert!(
+            size <= self.request_body.len(),
+            "replaces buffered bytes only"
         );
-        self.request_body = body.to_vec();
+        self.request_body.splice(..size, body.iter().copied());
+        self.body_writes.push(body.len());
     }
     fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
         self.response_headers.clone()
@@ -3581,4 +3584,42 @@ fn by_default_initialize_opens_no_upstream_session() {
     let (mut request, _) = run(&catalog, &mut host);
     assert!(request.take_warm_ups().is_empty());
     assert!(host.calls.is_empty());
+}
+
+#[test]
+fn only_the_rewritten_prefix_of_a_body_is_written_back() {
+    let catalog = catalog_with_limits(
+        serde_json::json!({"page_size": 10, "max_body_bytes": 1 << 20}),
+        false,
+    );
+    let token = initialize(&catalog);
+    let big = "x".repeat(64 * 1024);
+    for name_first in [true, false] {
+        let body = if name_first {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{{"name":"alpha_echo","arguments":{{"text":"{big}"}}}}}}"#
+            )
+        } else {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{{"arguments":{{"text":"{big}"}},"name":"alpha_echo"}}}}"#
+            )
+        };
+        let mut host = FakeHost::post(&body, Some(&token));
+        cache_upstream(&mut host, &catalog, &token, "alpha", "up-alpha");
+        let (_, action) = run(&catalog, &mut host);
+        assert_eq!(action, Action::Continue);
+        // Whatever was written, the upstream gets the whole body with the name unprefixed.
+        assert_eq!(
+            String::from_utf8(host.request_body.clone()).unwrap(),
+            body.replace("alpha_echo", "echo")
+        );
+        assert_eq!(host.body_writes.len(), 1);
+        if name_first {
+            // Up to the name: the 64 KiB argument after it is left where Envoy holds it.
+            let prefix = body.find("alpha_echo").unwrap() + "echo\"".len();
+            assert_eq!(host.body_writes[0], prefix);
+        } else {
+            assert!(host.body_writes[0] > big.len());
+        }
+    }
 }
