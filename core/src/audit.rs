@@ -49,32 +49,25 @@ impl Audit {
 
     /// The line (JSON), with the outcome.
     pub fn line(&self, status: u16, code: Option<i32>) -> String {
-        let mut out = String::with_capacity(160 + self.id.len());
-        let mut field = |name: &str, value: Option<&str>| {
+        fn field(out: &mut String, name: &str, value: Option<&str>) {
             out.push_str(name);
             match value {
                 Some(value) => out.push_str(&json_string(value)),
                 None => out.push_str("null"),
             }
-        };
-        field("{\"sub\":", self.subject.as_deref());
-        field(",\"method\":", Some(&self.method));
-        field(",\"server\":", self.server.as_deref());
-        field(",\"name\":", self.name.as_deref());
+        }
+        let mut out = String::with_capacity(160 + self.id.len());
+        field(&mut out, "{\"sub\":", self.subject.as_deref());
+        field(&mut out, ",\"method\":", Some(&self.method));
+        field(&mut out, ",\"server\":", self.server.as_deref());
+        field(&mut out, ",\"name\":", self.name.as_deref());
         out.push_str(",\"status\":");
         out.push_str(&status.to_string());
         out.push_str(",\"code\":");
-        match code {
-            Some(code) => out.push_str(&code.to_string()),
-            None => out.push_str("null"),
-        }
+        out.push_str(&code.map_or_else(|| "null".to_owned(), |c| c.to_string()));
         out.push_str(",\"id\":");
         out.push_str(&self.id);
-        out.push_str(",\"session\":");
-        match &self.session {
-            Some(session) => out.push_str(&json_string(session)),
-            None => out.push_str("null"),
-        }
+        field(&mut out, ",\"session\":", self.session.as_deref());
         out.push('}');
         out
     }

@@ -562,23 +562,7 @@ fn routed_call(catalog: &Rc<Catalog>, token: &str, server: &str, tool: &str) -> 
         host.request_headers
             .push(((*name).into(), value.as_bytes().to_vec()));
     }
-    let session_id = catalog
-        .keys
-        .open(token.as_bytes(), host.now)
-        .unwrap()
-        .id
-        .clone();
-    let up = upstream::UpstreamSession {
-        session_id: format!("up-{server}"),
-        protocol_version: "2025-06-18".into(),
-    };
-    upstream::store(
-        &mut host,
-        catalog.limits.upstream_session_slots,
-        &session_id,
-        server,
-        &up,
-    );
+    cache_upstream(&mut host, catalog, token, server, &format!("up-{server}"));
     let (_, action) = run(catalog, &mut host);
     assert_eq!(action, Action::Continue);
     assert!(host.calls.is_empty() && host.reply.is_none());
@@ -2931,23 +2915,7 @@ fn a_policy_refusal_after_the_plugin_becomes_a_jsonrpc_error() {
         );
         let server = tool.split('_').next().unwrap();
         let mut host = FakeHost::post(&body, Some(&token));
-        let session_id = catalog
-            .keys
-            .open(token.as_bytes(), host.now)
-            .unwrap()
-            .id
-            .clone();
-        let up = upstream::UpstreamSession {
-            session_id: format!("up-{server}"),
-            protocol_version: "2025-06-18".into(),
-        };
-        upstream::store(
-            &mut host,
-            catalog.limits.upstream_session_slots,
-            &session_id,
-            server,
-            &up,
-        );
+        cache_upstream(&mut host, &catalog, &token, server, &format!("up-{server}"));
         let (mut request, action) = run(&catalog, &mut host);
         assert_eq!(action, Action::Continue);
         host.response_headers = vec![
